@@ -1,0 +1,1 @@
+//! Placeholder: the emulator is being built (issue 3); nothing here works yet.

@@ -1,0 +1,326 @@
+//! The latest presence of every user, thread-safe: last-write-wins by event time, change
+//! detection, time-to-live and expiry.
+//!
+//! A short tour:
+//! - [`Registry::apply`] takes a [`PresenceEvent`] and says what happened: an [`Outcome::Changed`]
+//!   (publish it), an [`Outcome::Refreshed`] (same state again: time-to-live renewed, nothing to
+//!   publish) or an [`Outcome::Stale`] (older than what is held: ignored).
+//! - Last-write-wins compares the event time the source gave (Genesys `modifiedDate`, the frame
+//!   time), never the time of arrival. Equal times are settled by a fixed total order on the
+//!   state ([`PresenceState`]'s `Ord`), so replicas fed the same events in any order end equal.
+//! - Each entry lives for the TTL after its last confirmation (a change or a refresh, by a
+//!   stream event or a resync). Reads never return an expired entry. [`Registry::sweep`]
+//!   removes expired entries and returns them as [`Expired`] for the publisher to turn into
+//!   tombstones; its work is what expires, never a scan.
+//! - [`Registry::get`], [`Registry::for_each`], [`Registry::snapshot`] and
+//!   [`Registry::counts_by_status`] serve queries, dashboards and metrics.
+//! - The clock is a [`Clock`]: [`MonotonicClock`] in production, [`ManualClock`] in tests.
+//!
+//! The registry is split into shards, each behind its own lock, chosen by a hash of the user
+//! id, so threads updating different users rarely contend.
+//!
+//! ```
+//! use std::time::Duration;
+//! use presence_frame::{EventTime, GroupMask, Location, PresenceEvent, PresenceState, Source,
+//!                      Status, UserId};
+//! use presence_registry::{ManualClock, Outcome, Registry, RegistryConfig};
+//!
+//! let clock = ManualClock::new();
+//! let registry = Registry::with_clock(RegistryConfig::new(Duration::from_secs(60)), clock.clone())?;
+//! let event = |ms, status| PresenceEvent {
+//!     user: UserId::Relay(7),
+//!     time: EventTime(ms),
+//!     state: PresenceState::new(status, Location::DESK, GroupMask(1)),
+//!     source: Source::Relay,
+//! };
+//!
+//! assert!(matches!(registry.apply(event(1_000, Status::AVAILABLE)), Outcome::Changed(_)));
+//! assert!(matches!(registry.apply(event(2_000, Status::AVAILABLE)), Outcome::Refreshed));
+//! assert!(matches!(registry.apply(event(500, Status::BUSY)), Outcome::Stale));
+//!
+//! clock.advance(Duration::from_secs(61));
+//! assert!(registry.get(UserId::Relay(7)).is_none()); // expired, even before a sweep
+//! let expired = registry.sweep();
+//! assert_eq!(expired.len(), 1);
+//! assert_eq!(expired[0].last.state.status, Status::AVAILABLE);
+//! # Ok::<(), presence_registry::ConfigError>(())
+//! ```
+#![deny(missing_docs)]
+
+mod clock;
+mod shard;
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+pub use presence_frame::{PresenceEvent, PresenceState, Status, UserId};
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
+use shard::Shard;
+
+/// What [`Registry::apply`] did with an event.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[must_use = "a change must be published"]
+pub enum Outcome {
+    /// The user's state changed (or the user is new): publish it.
+    Changed(Change),
+    /// The same state again, at the same or a later event time: the entry's time-to-live was
+    /// renewed and its event time advanced; nothing to publish.
+    Refreshed,
+    /// Older than the state held (or equal in time and lower in the tie order): ignored.
+    Stale,
+}
+
+/// A change of a user's state.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Change {
+    /// The state held before, if the user was known and not expired.
+    pub previous: Option<PresenceEvent>,
+    /// The state held now.
+    pub current: PresenceEvent,
+}
+
+/// An entry removed because it was not confirmed within the time-to-live.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Expired {
+    /// The last state held for the user.
+    pub last: PresenceEvent,
+    /// When the entry was last confirmed, on the registry's clock (milliseconds).
+    pub confirmed_ms: u64,
+}
+
+/// Invalid registry configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The time-to-live must be at least one millisecond.
+    #[error("registry ttl must be at least 1 ms, got {ttl:?}")]
+    TtlTooShort {
+        /// The rejected value.
+        ttl: Duration,
+    },
+    /// The shard count must be a power of two between 1 and 4096.
+    #[error("registry shard count must be a power of two from 1 to 4096, got {shards}")]
+    BadShardCount {
+        /// The rejected value.
+        shards: usize,
+    },
+}
+
+/// How a [`Registry`] is set up.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    ttl: Duration,
+    shards: usize,
+    expiry_ticks_per_ttl: u64,
+}
+
+impl RegistryConfig {
+    /// A configuration with the given time-to-live and the other settings at their defaults.
+    pub fn new(ttl: Duration) -> RegistryConfig {
+        RegistryConfig {
+            ttl,
+            shards: 64,
+            expiry_ticks_per_ttl: 64,
+        }
+    }
+
+    /// How long an entry lives after its last confirmation.
+    pub fn ttl(mut self, ttl: Duration) -> RegistryConfig {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Number of independently locked shards; a power of two. By default, 64.
+    pub fn shards(mut self, shards: usize) -> RegistryConfig {
+        self.shards = shards;
+        self
+    }
+
+    /// Expiry precision: the sweeper removes an entry at most `ttl / ticks` after it expired
+    /// (reads are always exact). More ticks cost more list moves on confirmation. By default,
+    /// 64.
+    pub fn expiry_ticks_per_ttl(mut self, ticks: u64) -> RegistryConfig {
+        self.expiry_ticks_per_ttl = ticks.max(1);
+        self
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ttl < Duration::from_millis(1) {
+            return Err(ConfigError::TtlTooShort { ttl: self.ttl });
+        }
+        if !self.shards.is_power_of_two() || self.shards > 4096 {
+            return Err(ConfigError::BadShardCount {
+                shards: self.shards,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A shard on its own cache lines, so that two threads locking neighbouring shards do not
+/// fight over one line.
+#[repr(align(128))]
+struct PaddedShard(Mutex<Shard>);
+
+/// Counts of live users by status code.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StatusCounts([u64; 256]);
+
+impl StatusCounts {
+    /// Users with `status`.
+    pub fn get(&self, status: Status) -> u64 {
+        self.0[usize::from(status.code())]
+    }
+
+    /// Every status with at least one user, in code order.
+    pub fn iter(&self) -> impl Iterator<Item = (Status, u64)> + '_ {
+        (0..=255u8)
+            .map(|code| (Status(code), self.0[usize::from(code)]))
+            .filter(|(_, n)| *n > 0)
+    }
+
+    /// All users counted.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl std::fmt::Debug for StatusCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// The thread-safe store of every user's latest presence. See the [crate docs](crate).
+pub struct Registry<C: Clock = MonotonicClock> {
+    shards: Box<[PaddedShard]>,
+    shard_mask: u64,
+    ttl_ms: u64,
+    tick_ms: u64,
+    clock: C,
+}
+
+impl Registry<MonotonicClock> {
+    /// A registry on the real monotonic clock.
+    pub fn new(config: RegistryConfig) -> Result<Registry<MonotonicClock>, ConfigError> {
+        Registry::with_clock(config, MonotonicClock::new())
+    }
+}
+
+impl<C: Clock> Registry<C> {
+    /// A registry on the given clock.
+    pub fn with_clock(config: RegistryConfig, clock: C) -> Result<Registry<C>, ConfigError> {
+        config.validate()?;
+        let ttl_ms = config.ttl.as_millis().min(u128::from(u64::MAX)) as u64;
+        let shards = (0..config.shards)
+            .map(|_| PaddedShard(Mutex::new(Shard::new())))
+            .collect();
+        Ok(Registry {
+            shards,
+            shard_mask: config.shards as u64 - 1,
+            ttl_ms,
+            tick_ms: (ttl_ms / config.expiry_ticks_per_ttl).max(1),
+            clock,
+        })
+    }
+
+    /// The time-to-live.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+
+    #[inline]
+    fn shard(&self, user: UserId) -> &Mutex<Shard> {
+        // The middle bits pick the shard; hashbrown inside uses the low bits (bucket) and the
+        // top 7 (tag), which must stay varied within a shard.
+        let at = (user.mix64() >> 32) & self.shard_mask;
+        &self.shards[at as usize].0
+    }
+
+    /// Applies one event: last-write-wins by event time, ties broken by the state's order.
+    pub fn apply(&self, event: PresenceEvent) -> Outcome {
+        let mut shard = self.shard(event.user).lock();
+        // Read the clock under the lock so that confirmation times only grow within a shard.
+        let now = self.clock.now_ms();
+        shard.apply(event, now, now / self.tick_ms, self.ttl_ms)
+    }
+
+    /// The current state of `user`, unless unknown or expired.
+    pub fn get(&self, user: UserId) -> Option<PresenceEvent> {
+        let shard = self.shard(user).lock();
+        let now = self.clock.now_ms();
+        shard.get(user, now, self.ttl_ms).cloned()
+    }
+
+    /// Calls `f` on every live entry, one shard at a time (each shard is locked while its
+    /// entries are visited, so keep `f` short).
+    pub fn for_each(&self, mut f: impl FnMut(&PresenceEvent)) {
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock();
+            let now = self.clock.now_ms();
+            shard.for_each_live(now, self.ttl_ms, &mut f);
+        }
+    }
+
+    /// A copy of every live entry (unordered).
+    pub fn snapshot(&self) -> Vec<PresenceEvent> {
+        let mut out = Vec::with_capacity(self.len());
+        self.for_each(|event| out.push(event.clone()));
+        out
+    }
+
+    /// Number of entries held, including expired ones not yet swept.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().len()).sum()
+    }
+
+    /// Whether no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Users by status, in constant time per shard. Expired entries count until swept; sweep
+    /// often (every second is cheap) to keep this exact enough for dashboards.
+    pub fn counts_by_status(&self) -> StatusCounts {
+        let mut counts = [0u64; 256];
+        for shard in self.shards.iter() {
+            let shard = shard.0.lock();
+            for (total, n) in counts.iter_mut().zip(shard.counts()) {
+                *total += u64::from(*n);
+            }
+        }
+        StatusCounts(counts)
+    }
+
+    /// Removes entries past their time-to-live and returns them, oldest first per shard.
+    pub fn sweep(&self) -> Vec<Expired> {
+        let mut out = Vec::new();
+        self.sweep_into(&mut out);
+        out
+    }
+
+    /// Like [`sweep`](Registry::sweep), appending to `out`; returns how many expired. An
+    /// entry is removed within one expiry tick (`ttl / expiry_ticks_per_ttl`) of expiring.
+    pub fn sweep_into(&self, out: &mut Vec<Expired>) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut shard = shard.0.lock();
+                let now = self.clock.now_ms();
+                shard.sweep(now, self.tick_ms, self.ttl_ms, out)
+            })
+            .sum()
+    }
+}
+
+impl<C: Clock> std::fmt::Debug for Registry<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("shards", &self.shards.len())
+            .field("ttl_ms", &self.ttl_ms)
+            .field("len", &self.len())
+            .finish()
+    }
+}

@@ -1,0 +1,295 @@
+//! One shard: a hash index over a slab of entries that are also threaded on a list ordered by
+//! confirmation time.
+//!
+//! Because every entry lives for the same time-to-live after its last confirmation, ordering by
+//! confirmation is ordering by deadline: the entries due to expire are always at the head of the
+//! list, so expiry pops exactly what expires and never scans. To keep confirmations cheap, an
+//! entry only moves to the tail when its confirmation lands in a later *tick* (a coarse slice of
+//! time, a fraction of the TTL); the list is therefore ordered by tick, and the sweeper expires
+//! a head entry once its whole tick is past the TTL. Reads compare the exact confirmation time,
+//! so they never see an expired entry even before the sweeper gets to it.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use presence_frame::{PresenceEvent, UserId};
+
+use crate::{Change, Expired, Outcome};
+
+/// No slot: the end of the list.
+const NIL: u32 = u32::MAX;
+
+/// One user's latest state and its place on the confirmation list.
+struct Slot {
+    event: PresenceEvent,
+    /// Exact time of the last confirmation, on the registry clock.
+    confirmed_ms: u64,
+    /// The tick the entry was last placed on the list at.
+    tick: u64,
+    prev: u32,
+    next: u32,
+}
+
+/// Wraps a user id so that hashing it costs one mix ([`UserId::mix64`]), not a SipHash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key(UserId);
+
+impl std::hash::Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.mix64());
+    }
+}
+
+/// Takes the pre-mixed 64-bit value written by [`Key`] as the hash.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `Key`, which writes one u64; fold FxHash-style to stay correct.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type Index = HashMap<Key, u32, BuildHasherDefault<KeyHasher>>;
+
+/// A shard of the registry. Not thread-safe by itself; the registry wraps each in a lock.
+pub(crate) struct Shard {
+    index: Index,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    head: u32,
+    tail: u32,
+    /// Live entries per status code (entries past their TTL count until swept).
+    counts: [u32; 256],
+}
+
+impl Shard {
+    pub(crate) fn new() -> Shard {
+        Shard {
+            index: Index::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            counts: [0; 256],
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub(crate) fn counts(&self) -> &[u32; 256] {
+        &self.counts
+    }
+
+    /// Applies `event` at time `now`; `tick` is `now`'s tick and `ttl_ms` the time-to-live.
+    pub(crate) fn apply(
+        &mut self,
+        event: PresenceEvent,
+        now: u64,
+        tick: u64,
+        ttl_ms: u64,
+    ) -> Outcome {
+        let key = Key(event.user);
+        let Some(&at) = self.index.get(&key) else {
+            self.insert(key, event.clone(), now, tick);
+            return Outcome::Changed(Change {
+                previous: None,
+                current: event,
+            });
+        };
+        let slot = &mut self.slots[at as usize];
+        let expired = now.saturating_sub(slot.confirmed_ms) >= ttl_ms;
+        if expired {
+            // Forgotten already as far as readers know: the new event starts afresh.
+            let old_status = slot.event.state.status.code();
+            slot.event = event.clone();
+            self.counts[usize::from(old_status)] -= 1;
+            self.counts[usize::from(event.state.status.code())] += 1;
+            self.confirm(at, now, tick);
+            return Outcome::Changed(Change {
+                previous: None,
+                current: event,
+            });
+        }
+
+        let stored = &slot.event;
+        let ordering = event
+            .time
+            .cmp(&stored.time)
+            .then_with(|| event.state.cmp(&stored.state));
+        if ordering.is_lt() {
+            return Outcome::Stale;
+        }
+        if event.state == stored.state {
+            let slot = &mut self.slots[at as usize];
+            if event.time > slot.event.time {
+                slot.event.time = event.time;
+                slot.event.source = event.source;
+            } else {
+                // Same time, same state: keep the larger source so replicas agree.
+                slot.event.source = slot.event.source.max(event.source);
+            }
+            self.confirm(at, now, tick);
+            return Outcome::Refreshed;
+        }
+
+        let old_status = stored.state.status.code();
+        let new_status = event.state.status.code();
+        let previous = std::mem::replace(&mut self.slots[at as usize].event, event.clone());
+        self.counts[usize::from(old_status)] -= 1;
+        self.counts[usize::from(new_status)] += 1;
+        self.confirm(at, now, tick);
+        Outcome::Changed(Change {
+            previous: Some(previous),
+            current: event,
+        })
+    }
+
+    /// The entry of `user`, unless it is past its TTL at `now`.
+    pub(crate) fn get(&self, user: UserId, now: u64, ttl_ms: u64) -> Option<&PresenceEvent> {
+        let at = *self.index.get(&Key(user))?;
+        let slot = &self.slots[at as usize];
+        (now.saturating_sub(slot.confirmed_ms) < ttl_ms).then_some(&slot.event)
+    }
+
+    /// Calls `f` on every entry not past its TTL at `now`.
+    pub(crate) fn for_each_live(&self, now: u64, ttl_ms: u64, f: &mut impl FnMut(&PresenceEvent)) {
+        let mut at = self.head;
+        while at != NIL {
+            let slot = &self.slots[at as usize];
+            if now.saturating_sub(slot.confirmed_ms) < ttl_ms {
+                f(&slot.event);
+            }
+            at = slot.next;
+        }
+    }
+
+    /// Removes every entry whose whole tick is at least `ttl_ms` old at `now`, oldest first.
+    /// Stops at the first entry that is not due, so the work is what expires.
+    pub(crate) fn sweep(
+        &mut self,
+        now: u64,
+        tick_ms: u64,
+        ttl_ms: u64,
+        out: &mut Vec<Expired>,
+    ) -> usize {
+        let mut removed = 0;
+        while self.head != NIL {
+            let at = self.head;
+            let slot = &self.slots[at as usize];
+            // Every confirmation on this tick happened before the tick's end.
+            let tick_end = slot.tick.saturating_add(1).saturating_mul(tick_ms);
+            if tick_end.saturating_add(ttl_ms) > now {
+                break;
+            }
+            let confirmed_ms = slot.confirmed_ms;
+            let event = self.remove(at);
+            out.push(Expired {
+                last: event,
+                confirmed_ms,
+            });
+            removed += 1;
+        }
+        removed
+    }
+
+    fn insert(&mut self, key: Key, event: PresenceEvent, now: u64, tick: u64) {
+        self.counts[usize::from(event.state.status.code())] += 1;
+        let slot = Slot {
+            event,
+            confirmed_ms: now,
+            tick,
+            prev: self.tail,
+            next: NIL,
+        };
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.slots[at as usize] = slot;
+                at
+            }
+            None => {
+                self.slots.push(slot);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.link_tail(at);
+        self.index.insert(key, at);
+    }
+
+    fn remove(&mut self, at: u32) -> PresenceEvent {
+        self.unlink(at);
+        let slot = &mut self.slots[at as usize];
+        // The vacant slot keeps a husk (no heap) until it is reused.
+        let husk = PresenceEvent {
+            user: slot.event.user,
+            time: slot.event.time,
+            state: Default::default(),
+            source: slot.event.source,
+        };
+        let event = std::mem::replace(&mut slot.event, husk);
+        self.index.remove(&Key(event.user));
+        self.counts[usize::from(event.state.status.code())] -= 1;
+        self.free.push(at);
+        event
+    }
+
+    /// Records a confirmation; moves the entry to the tail only when its tick changed.
+    fn confirm(&mut self, at: u32, now: u64, tick: u64) {
+        let slot = &mut self.slots[at as usize];
+        slot.confirmed_ms = slot.confirmed_ms.max(now);
+        if tick > slot.tick {
+            slot.tick = tick;
+            if self.tail != at {
+                self.unlink(at);
+                self.link_tail(at);
+            }
+        }
+    }
+
+    /// Appends a slot whose `prev`/`next` are about to be set.
+    fn link_tail(&mut self, at: u32) {
+        let old_tail = self.tail;
+        // Ticks only grow along the list: the registry reads the clock under the shard's lock.
+        {
+            let slot = &mut self.slots[at as usize];
+            slot.prev = old_tail;
+            slot.next = NIL;
+        }
+        if old_tail == NIL {
+            self.head = at;
+        } else {
+            self.slots[old_tail as usize].next = at;
+        }
+        self.tail = at;
+    }
+
+    fn unlink(&mut self, at: u32) {
+        let (prev, next) = {
+            let slot = &self.slots[at as usize];
+            (slot.prev, slot.next)
+        };
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.slots[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.slots[next as usize].prev = prev;
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Registry behaviour: last-write-wins, ties, refresh, time-to-live and expiry, order
+//! independence, and concurrent use against a sequential model.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use presence_frame::{
+    EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
+};
+use presence_registry::{Change, ManualClock, Outcome, Registry, RegistryConfig};
+use proptest::prelude::*;
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn registry() -> (Registry<ManualClock>, ManualClock) {
+    let clock = ManualClock::new();
+    let registry = Registry::with_clock(RegistryConfig::new(TTL), clock.clone()).expect("config");
+    (registry, clock)
+}
+
+fn event(user: u32, ms: i64, status: Status) -> PresenceEvent {
+    PresenceEvent {
+        user: UserId::Relay(user),
+        time: EventTime(ms),
+        state: PresenceState::new(status, Location::DESK, GroupMask(1)),
+        source: Source::Relay,
+    }
+}
+
+#[test]
+fn newer_event_wins_and_reports_the_change() {
+    let (registry, _) = registry();
+    let first = event(1, 100, Status::AVAILABLE);
+    assert_eq!(
+        registry.apply(first.clone()),
+        Outcome::Changed(Change {
+            previous: None,
+            current: first.clone()
+        })
+    );
+    let second = event(1, 200, Status::BUSY);
+    assert_eq!(
+        registry.apply(second.clone()),
+        Outcome::Changed(Change {
+            previous: Some(first),
+            current: second.clone()
+        })
+    );
+    assert_eq!(registry.get(UserId::Relay(1)), Some(second));
+}
+
+#[test]
+fn older_event_is_stale_even_when_it_arrives_last() {
+    let (registry, _) = registry();
+    let _ = registry.apply(event(1, 200, Status::BUSY));
+    assert_eq!(
+        registry.apply(event(1, 100, Status::AVAILABLE)),
+        Outcome::Stale
+    );
+    assert_eq!(
+        registry.get(UserId::Relay(1)).map(|e| e.state.status),
+        Some(Status::BUSY)
+    );
+}
+
+#[test]
+fn same_state_is_a_refresh_that_advances_time_but_publishes_nothing() {
+    let (registry, _) = registry();
+    let _ = registry.apply(event(1, 100, Status::AVAILABLE));
+    let mut resync = event(1, 150, Status::AVAILABLE);
+    resync.source = Source::Resync;
+    assert_eq!(registry.apply(resync), Outcome::Refreshed);
+    let held = registry.get(UserId::Relay(1)).expect("held");
+    assert_eq!(held.time, EventTime(150));
+    assert_eq!(held.source, Source::Resync);
+    // And an older copy of it is stale.
+    assert_eq!(
+        registry.apply(event(1, 120, Status::AVAILABLE)),
+        Outcome::Stale
+    );
+    // The same event again is a refresh.
+    assert_eq!(
+        registry.apply(event(1, 150, Status::AVAILABLE)),
+        Outcome::Refreshed
+    );
+}
+
+#[test]
+fn each_field_of_the_state_is_a_change() {
+    let (registry, _) = registry();
+    let base = event(1, 100, Status::AVAILABLE);
+    let _ = registry.apply(base.clone());
+    let mut variants = Vec::new();
+    let mut e = base.clone();
+    e.state.location = Location::REMOTE;
+    variants.push(e);
+    let mut e = base.clone();
+    e.state.groups = GroupMask(2);
+    variants.push(e);
+    let mut e = base.clone();
+    e.state = e.state.with_message("lunch");
+    variants.push(e);
+    let mut e = base.clone();
+    e.state = e
+        .state
+        .with_definition_id("6a3af858-942f-489d-9700-5f9bcdcdae9b");
+    variants.push(e);
+    for (i, mut e) in variants.into_iter().enumerate() {
+        e.time = EventTime(200 + i as i64);
+        assert!(
+            matches!(registry.apply(e), Outcome::Changed(_)),
+            "variant {i}"
+        );
+    }
+}
+
+#[test]
+fn equal_times_resolve_by_state_order_in_either_arrival_order() {
+    let low = event(1, 100, Status::AVAILABLE);
+    let high = event(1, 100, Status::BUSY);
+    assert!(low.state < high.state);
+
+    let (a, _) = registry();
+    let _ = a.apply(low.clone());
+    assert!(matches!(a.apply(high.clone()), Outcome::Changed(_)));
+
+    let (b, _) = registry();
+    let _ = b.apply(high.clone());
+    assert_eq!(b.apply(low), Outcome::Stale);
+
+    assert_eq!(a.get(UserId::Relay(1)), b.get(UserId::Relay(1)));
+    assert_eq!(a.get(UserId::Relay(1)), Some(high));
+}
+
+#[test]
+fn genesys_and_relay_ids_never_collide() {
+    let (registry, _) = registry();
+    let _ = registry.apply(event(7, 100, Status::AVAILABLE));
+    let mut genesys = event(0, 100, Status::BUSY);
+    genesys.user = UserId::Genesys(Guid(7));
+    assert!(matches!(
+        registry.apply(genesys),
+        Outcome::Changed(Change { previous: None, .. })
+    ));
+    assert_eq!(registry.len(), 2);
+}
+
+#[test]
+fn entries_expire_after_the_ttl_and_reads_never_see_them() {
+    let (registry, clock) = registry();
+    let _ = registry.apply(event(1, 100, Status::AVAILABLE));
+    clock.advance(TTL - Duration::from_millis(1));
+    assert!(registry.get(UserId::Relay(1)).is_some());
+    assert_eq!(registry.snapshot().len(), 1);
+    clock.advance(Duration::from_millis(1));
+    assert!(
+        registry.get(UserId::Relay(1)).is_none(),
+        "expired at exactly the TTL"
+    );
+    assert!(registry.snapshot().is_empty());
+    let mut seen = 0;
+    registry.for_each(|_| seen += 1);
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn sweep_returns_expired_entries_within_one_tick() {
+    let (registry, clock) = registry();
+    let _ = registry.apply(event(1, 100, Status::AVAILABLE));
+    let _ = registry.apply(event(2, 100, Status::BUSY));
+    clock.advance(TTL / 2);
+    let _ = registry.apply(event(2, 200, Status::BUSY)); // refresh: user 2 lives on
+    clock.advance(TTL / 2 + TTL / 64); // one tick past user 1's expiry
+    let expired = registry.sweep();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].last, event(1, 100, Status::AVAILABLE));
+    assert_eq!(expired[0].confirmed_ms, 0);
+    assert_eq!(registry.len(), 1);
+    assert!(registry.sweep().is_empty(), "nothing expires twice");
+    assert_eq!(registry.counts_by_status().get(Status::AVAILABLE), 0);
+    assert_eq!(registry.counts_by_status().get(Status::BUSY), 1);
+
+    clock.advance(TTL);
+    let expired = registry.sweep();
+    assert_eq!(
+        expired.iter().map(|e| e.last.user).collect::<Vec<_>>(),
+        [UserId::Relay(2)]
+    );
+    assert!(registry.is_empty());
+}
+
+#[test]
+fn a_stale_event_does_not_renew_the_ttl() {
+    let (registry, clock) = registry();
+    let _ = registry.apply(event(1, 200, Status::AVAILABLE));
+    clock.advance(TTL / 2);
+    assert_eq!(registry.apply(event(1, 100, Status::BUSY)), Outcome::Stale);
+    clock.advance(TTL / 2);
+    assert!(registry.get(UserId::Relay(1)).is_none());
+}
+
+#[test]
+fn an_expired_entry_is_forgotten_before_the_sweep() {
+    let (registry, clock) = registry();
+    let _ = registry.apply(event(1, 200, Status::AVAILABLE));
+    clock.advance(TTL);
+    // Even an older event is news now: the old state is gone as far as anyone can tell.
+    let late = event(1, 100, Status::BUSY);
+    assert_eq!(
+        registry.apply(late.clone()),
+        Outcome::Changed(Change {
+            previous: None,
+            current: late
+        })
+    );
+    clock.advance(TTL / 2);
+    assert!(registry.sweep().is_empty());
+    assert_eq!(registry.counts_by_status().total(), 1);
+}
+
+#[test]
+fn counts_follow_changes() {
+    let (registry, _) = registry();
+    for user in 0..10 {
+        let _ = registry.apply(event(user, 1, Status::AVAILABLE));
+    }
+    for user in 0..4 {
+        let _ = registry.apply(event(user, 2, Status::ON_QUEUE));
+    }
+    let counts = registry.counts_by_status();
+    assert_eq!(counts.get(Status::AVAILABLE), 6);
+    assert_eq!(counts.get(Status::ON_QUEUE), 4);
+    assert_eq!(counts.total(), 10);
+    assert_eq!(counts.iter().count(), 2);
+}
+
+#[test]
+fn bad_config_is_rejected_with_the_reason() {
+    let err = RegistryConfig::new(Duration::ZERO)
+        .validate()
+        .expect_err("zero ttl");
+    assert!(err.to_string().contains("ttl"));
+    let err = RegistryConfig::new(TTL)
+        .shards(3)
+        .validate()
+        .expect_err("3 shards");
+    assert!(err.to_string().contains('3'));
+}
+
+/// Events over few users, times and states, so that collisions and ties are common.
+fn events() -> impl Strategy<Value = Vec<PresenceEvent>> {
+    let one = (0u32..6, 0i64..8, 0u8..4, 0u8..3, prop::bool::ANY, 0u8..3).prop_map(
+        |(user, ms, status, groups, message, source)| {
+            let mut state =
+                PresenceState::new(Status(status), Location::DESK, GroupMask(u64::from(groups)));
+            if message {
+                state = state.with_message("m");
+            }
+            PresenceEvent {
+                user: UserId::Relay(user),
+                time: EventTime(ms),
+                state,
+                source: [Source::Stream, Source::Resync, Source::Relay][usize::from(source)],
+            }
+        },
+    );
+    prop::collection::vec(one, 1..40)
+}
+
+fn sorted_snapshot<C: presence_registry::Clock>(registry: &Registry<C>) -> Vec<PresenceEvent> {
+    let mut all = registry.snapshot();
+    all.sort_by_key(|e| e.user);
+    all
+}
+
+proptest! {
+    #[test]
+    fn any_permutation_gives_the_same_registry(
+        (events, shuffled) in events().prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle()))
+    ) {
+        let (a, _) = registry();
+        let (b, _) = registry();
+        for e in events {
+            let _ = a.apply(e);
+        }
+        for e in shuffled {
+            let _ = b.apply(e);
+        }
+        prop_assert_eq!(sorted_snapshot(&a), sorted_snapshot(&b));
+    }
+}
+
+/// The sequential model: per user, the event that is greatest by (time, state, source).
+fn model(events: &[PresenceEvent]) -> Vec<PresenceEvent> {
+    let mut best: HashMap<UserId, &PresenceEvent> = HashMap::new();
+    for e in events {
+        let slot = best.entry(e.user).or_insert(e);
+        if (e.time, &e.state, e.source) > (slot.time, &slot.state, slot.source) {
+            *slot = e;
+        }
+    }
+    let mut out: Vec<PresenceEvent> = best.into_values().cloned().collect();
+    out.sort_by_key(|e| e.user);
+    out
+}
+
+#[test]
+fn concurrent_updates_match_the_sequential_model() {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 50_000;
+    const USERS: u32 = 2_000;
+    let clock = ManualClock::new();
+    let registry =
+        Arc::new(Registry::with_clock(RegistryConfig::new(TTL).shards(16), clock).expect("config"));
+    // Deterministic per-thread streams over shared users with many ties.
+    let streams: Vec<Vec<PresenceEvent>> = (0..THREADS)
+        .map(|t| {
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1);
+            (0..PER_THREAD)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let mut e = event(
+                        (seed % u64::from(USERS)) as u32,
+                        ((seed >> 16) % 64) as i64,
+                        Status(((seed >> 24) % 10) as u8),
+                    );
+                    e.source = [Source::Stream, Source::Resync][((seed >> 40) % 2) as usize];
+                    e
+                })
+                .collect()
+        })
+        .collect();
+    let changes = std::thread::scope(|scope| {
+        let handles: Vec<_> = streams
+            .iter()
+            .map(|stream| {
+                let registry = &registry;
+                scope.spawn(move || {
+                    stream
+                        .iter()
+                        .filter(|e| matches!(registry.apply((*e).clone()), Outcome::Changed(_)))
+                        .count()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .sum::<usize>()
+    });
+    let all: Vec<PresenceEvent> = streams.into_iter().flatten().collect();
+    let want = model(&all);
+    assert_eq!(sorted_snapshot(&registry), want);
+    assert!(changes >= want.len(), "every user changed at least once");
+    let counts = registry.counts_by_status();
+    assert_eq!(counts.total() as usize, want.len());
+    for status in (0..10).map(Status) {
+        let n = want.iter().filter(|e| e.state.status == status).count() as u64;
+        assert_eq!(counts.get(status), n, "{status}");
+    }
+}
