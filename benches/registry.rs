@@ -11,7 +11,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use presence_frame::{
     EventTime, GroupMask, Location, PresenceEvent, PresenceState, Source, Status, UserId,
 };
-use presence_registry::{ManualClock, Registry, RegistryConfig};
+use presence_registry::{ManualClock, Outcome, Registry, RegistryConfig};
 
 const USERS: u32 = 100_000;
 const TTL: Duration = Duration::from_secs(3600);
@@ -70,6 +70,34 @@ fn apply_two_threads(c: &mut Criterion) {
                                 status,
                             )));
                         }
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+
+    // The same stream fed in batches of 4096 events (one 64 KiB relay message each).
+    group.bench_function("apply_batch_2_threads_100k_users", |b| {
+        b.iter_custom(|iters| {
+            let base = clock.fetch_add(iters as i64, Ordering::Relaxed);
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for steps in &steps {
+                    let registry = &registry;
+                    scope.spawn(move || {
+                        let mut batch = Vec::with_capacity(4096);
+                        let mut changed = 0u64;
+                        for k in 0..iters as usize {
+                            let (user, status) = steps[k & (steps.len() - 1)];
+                            batch.push(relay_event(user, base + k as i64, status));
+                            if batch.len() == 4096 || k + 1 == iters as usize {
+                                registry.apply_batch(&mut batch, |outcome| {
+                                    changed += u64::from(matches!(outcome, Outcome::Changed(_)));
+                                });
+                            }
+                        }
+                        black_box(changed);
                     });
                 }
             });

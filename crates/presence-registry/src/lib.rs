@@ -232,11 +232,15 @@ impl<C: Clock> Registry<C> {
     }
 
     #[inline]
-    fn shard(&self, user: UserId) -> &Mutex<Shard> {
-        // The middle bits pick the shard; hashbrown inside uses the low bits (bucket) and the
+    fn shard_index(&self, user: UserId) -> u64 {
+        // The middle bits pick the shard; the table inside uses the low bits (bucket) and the
         // top 7 (tag), which must stay varied within a shard.
-        let at = (user.mix64() >> 32) & self.shard_mask;
-        &self.shards[at as usize].0
+        (user.mix64() >> 32) & self.shard_mask
+    }
+
+    #[inline]
+    fn shard(&self, user: UserId) -> &Mutex<Shard> {
+        &self.shards[self.shard_index(user) as usize].0
     }
 
     /// Applies one event: last-write-wins by event time, ties broken by the state's order.
@@ -245,6 +249,41 @@ impl<C: Clock> Registry<C> {
         // Read the clock under the lock so that confirmation times only grow within a shard.
         let now = self.clock.now_ms();
         shard.apply(event, now, now / self.tick_ms, self.ttl_ms)
+    }
+
+    /// Applies a batch of events (such as one relay message), taking each shard's lock once
+    /// for all of the batch's events in it rather than once per event. Events of one user are
+    /// applied in batch order; `on_outcome` gets each outcome, grouped by shard. `events` is
+    /// left empty, keeping its capacity for the next batch.
+    pub fn apply_batch(
+        &self,
+        events: &mut Vec<PresenceEvent>,
+        mut on_outcome: impl FnMut(Outcome),
+    ) {
+        // Sort positions by (shard, position): unique keys, so an unstable sort keeps order.
+        let mut order: Vec<u64> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (self.shard_index(e.user) << 32) | i as u64)
+            .collect();
+        order.sort_unstable();
+        let mut pending: Vec<Option<PresenceEvent>> = events.drain(..).map(Some).collect();
+        let mut run = order.as_slice();
+        while let Some(&first) = run.first() {
+            let shard_at = first >> 32;
+            let len = run.iter().take_while(|k| *k >> 32 == shard_at).count();
+            let (this, rest) = run.split_at(len);
+            let mut shard = self.shards[shard_at as usize].0.lock();
+            let now = self.clock.now_ms();
+            let tick = now / self.tick_ms;
+            for key in this {
+                if let Some(event) = pending[(*key & 0xffff_ffff) as usize].take() {
+                    on_outcome(shard.apply(event, now, tick, self.ttl_ms));
+                }
+            }
+            drop(shard);
+            run = rest;
+        }
     }
 
     /// The current state of `user`, unless unknown or expired.

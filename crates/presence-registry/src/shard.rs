@@ -9,9 +9,7 @@
 //! a head entry once its whole tick is past the TTL. Reads compare the exact confirmation time,
 //! so they never see an expired entry even before the sweeper gets to it.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
+use hashbrown::HashTable;
 use presence_frame::{PresenceEvent, UserId};
 
 use crate::{Change, Expired, Outcome};
@@ -30,42 +28,11 @@ struct Slot {
     next: u32,
 }
 
-/// Wraps a user id so that hashing it costs one mix ([`UserId::mix64`]), not a SipHash.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Key(UserId);
-
-impl std::hash::Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0.mix64());
-    }
-}
-
-/// Takes the pre-mixed 64-bit value written by [`Key`] as the hash.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for `Key`, which writes one u64; fold FxHash-style to stay correct.
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-}
-
-type Index = HashMap<Key, u32, BuildHasherDefault<KeyHasher>>;
-
 /// A shard of the registry. Not thread-safe by itself; the registry wraps each in a lock.
 pub(crate) struct Shard {
-    index: Index,
+    /// Slot numbers, hashed by their user's id: 4 bytes an entry, so the index of a shard
+    /// stays in cache and a lookup costs one miss, on the slot itself.
+    index: HashTable<u32>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     head: u32,
@@ -77,7 +44,7 @@ pub(crate) struct Shard {
 impl Shard {
     pub(crate) fn new() -> Shard {
         Shard {
-            index: Index::default(),
+            index: HashTable::new(),
             slots: Vec::new(),
             free: Vec::new(),
             head: NIL,
@@ -102,9 +69,8 @@ impl Shard {
         tick: u64,
         ttl_ms: u64,
     ) -> Outcome {
-        let key = Key(event.user);
-        let Some(&at) = self.index.get(&key) else {
-            self.insert(key, event.clone(), now, tick);
+        let Some(at) = self.find(event.user) else {
+            self.insert(event.clone(), now, tick);
             return Outcome::Changed(Change {
                 previous: None,
                 current: event,
@@ -160,8 +126,7 @@ impl Shard {
 
     /// The entry of `user`, unless it is past its TTL at `now`.
     pub(crate) fn get(&self, user: UserId, now: u64, ttl_ms: u64) -> Option<&PresenceEvent> {
-        let at = *self.index.get(&Key(user))?;
-        let slot = &self.slots[at as usize];
+        let slot = &self.slots[self.find(user)? as usize];
         (now.saturating_sub(slot.confirmed_ms) < ttl_ms).then_some(&slot.event)
     }
 
@@ -206,8 +171,18 @@ impl Shard {
         removed
     }
 
-    fn insert(&mut self, key: Key, event: PresenceEvent, now: u64, tick: u64) {
+    /// The slot of `user`, if held.
+    #[inline]
+    fn find(&self, user: UserId) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(user.mix64(), |&at| slots[at as usize].event.user == user)
+            .copied()
+    }
+
+    fn insert(&mut self, event: PresenceEvent, now: u64, tick: u64) {
         self.counts[usize::from(event.state.status.code())] += 1;
+        let user = event.user;
         let slot = Slot {
             event,
             confirmed_ms: now,
@@ -226,11 +201,18 @@ impl Shard {
             }
         };
         self.link_tail(at);
-        self.index.insert(key, at);
+        let slots = &self.slots;
+        self.index.insert_unique(user.mix64(), at, |&at| {
+            slots[at as usize].event.user.mix64()
+        });
     }
 
     fn remove(&mut self, at: u32) -> PresenceEvent {
         self.unlink(at);
+        let user = self.slots[at as usize].event.user;
+        if let Ok(entry) = self.index.find_entry(user.mix64(), |&i| i == at) {
+            entry.remove();
+        }
         let slot = &mut self.slots[at as usize];
         // The vacant slot keeps a husk (no heap) until it is reused.
         let husk = PresenceEvent {
@@ -240,7 +222,6 @@ impl Shard {
             source: slot.event.source,
         };
         let event = std::mem::replace(&mut slot.event, husk);
-        self.index.remove(&Key(event.user));
         self.counts[usize::from(event.state.status.code())] -= 1;
         self.free.push(at);
         event

@@ -1,0 +1,631 @@
+//! The authenticated Genesys Cloud API client: token cache, retries, pacing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::limiter::RateLimiter;
+use crate::region::Endpoints;
+use crate::secret::Secret;
+
+/// How a [`GenesysClient`] is set up. Every setting but the endpoints and credentials has a
+/// default; call [`validate`](AuthConfig::validate) (done by [`GenesysClient::new`]).
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    endpoints: Endpoints,
+    client_id: String,
+    client_secret: Secret,
+    refresh_margin: Duration,
+    max_attempts: u32,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    retry_after_cap: Duration,
+    timeout: Duration,
+    max_body_bytes: u64,
+    requests_per_minute: u32,
+}
+
+impl AuthConfig {
+    /// A configuration for an OAuth client-credentials client.
+    pub fn new(
+        endpoints: Endpoints,
+        client_id: impl Into<String>,
+        client_secret: Secret,
+    ) -> AuthConfig {
+        AuthConfig {
+            endpoints,
+            client_id: client_id.into(),
+            client_secret,
+            refresh_margin: Duration::from_secs(60),
+            max_attempts: 5,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            retry_after_cap: Duration::from_secs(180),
+            timeout: Duration::from_secs(30),
+            max_body_bytes: 32 << 20,
+            requests_per_minute: 300,
+        }
+    }
+
+    /// Get a new token this long before the current one expires (at most half its lifetime).
+    /// By default, 60 seconds.
+    pub fn refresh_margin(mut self, margin: Duration) -> AuthConfig {
+        self.refresh_margin = margin;
+        self
+    }
+
+    /// Attempts per request when rate limited (429), on 502/503/504 and on network errors.
+    /// By default, 5.
+    pub fn max_attempts(mut self, attempts: u32) -> AuthConfig {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Exponential backoff with full jitter between retries of 5xx and network errors: a
+    /// random wait up to `min(cap, base * 2^attempt)`. By default, 500 ms and 30 seconds.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> AuthConfig {
+        self.backoff_base = base;
+        self.backoff_cap = cap;
+        self
+    }
+
+    /// The longest `Retry-After` honoured; a longer one is waited for only this long, with a
+    /// warning. Genesys's own SDKs stop at 180 s. By default, 180 seconds.
+    pub fn retry_after_cap(mut self, cap: Duration) -> AuthConfig {
+        self.retry_after_cap = cap;
+        self
+    }
+
+    /// Timeout of one HTTP exchange, body included. By default, 30 seconds.
+    pub fn timeout(mut self, timeout: Duration) -> AuthConfig {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Largest response body accepted. By default, 32 MiB.
+    pub fn max_body_bytes(mut self, bytes: u64) -> AuthConfig {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// Client-side pacing: no 60-second window holds more requests than this (0 disables
+    /// pacing). Genesys allows 300 per token by default. By default, 300.
+    pub fn requests_per_minute(mut self, per_minute: u32) -> AuthConfig {
+        self.requests_per_minute = per_minute;
+        self
+    }
+
+    /// The endpoints in use.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// Checks the configuration.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |option, reason: &str| {
+            Err(Error::Config {
+                option,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.client_id.trim().is_empty() {
+            return bad("client-id", "is empty (set GENESYS_CLIENT_ID)");
+        }
+        if self.client_secret.is_empty() {
+            return bad("client-secret", "is empty (set GENESYS_CLIENT_SECRET)");
+        }
+        if self.max_attempts == 0 {
+            return bad("max-attempts", "must be at least 1");
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", "must be more than zero");
+        }
+        Ok(())
+    }
+}
+
+/// An OAuth access token. Prints as `<redacted>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessToken {
+    secret: Secret,
+    expires_at: Instant,
+    refresh_at: Instant,
+}
+
+impl AccessToken {
+    /// The value for an `Authorization` header: `Bearer ...`.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.secret.expose())
+    }
+
+    /// When the token expires (on tokio's clock).
+    pub fn expires_at(&self) -> Instant {
+        self.expires_at
+    }
+}
+
+/// Counters of what the client has seen, for metrics. Cheap to read at any time.
+#[derive(Debug, Default)]
+pub struct ClientStats {
+    /// Requests sent (each attempt counts).
+    pub requests: AtomicU64,
+    /// Tokens obtained.
+    pub token_refreshes: AtomicU64,
+    /// 401 answers to API calls (each followed by one refresh and retry).
+    pub unauthorized: AtomicU64,
+    /// 429 answers.
+    pub rate_limited: AtomicU64,
+    /// 5xx answers.
+    pub server_errors: AtomicU64,
+    /// Network failures.
+    pub transport_errors: AtomicU64,
+    /// Retries made.
+    pub retries: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The HTTP methods the Genesys API uses here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD
+    Head,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// DELETE
+    Delete,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+        }
+    }
+}
+
+/// A successful (2xx) response.
+#[derive(Clone, Debug)]
+pub struct ApiResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body (empty for HEAD).
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    /// Parses the body as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_slice(&self.body)
+    }
+}
+
+/// A raw answer from the blocking worker.
+struct RawResponse {
+    status: u16,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+struct Inner {
+    config: AuthConfig,
+    agent: ureq::Agent,
+    token: tokio::sync::Mutex<Option<AccessToken>>,
+    limiter: RateLimiter,
+    stats: ClientStats,
+}
+
+/// A Genesys Cloud API client: gets and caches the OAuth token, refreshes it ahead of expiry
+/// and once on 401, paces requests, honours `Retry-After` on 429 and retries 502/503/504 and
+/// network errors with backoff. Cheap to clone; clones share the token and the pacing.
+///
+/// HTTP runs on blocking threads (`spawn_blocking`), never on the runtime's workers; waits
+/// use tokio's clock, so tests can pause time.
+#[derive(Clone)]
+pub struct GenesysClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GenesysClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenesysClient")
+            .field("endpoints", &self.inner.config.endpoints)
+            .field("client_id", &self.inner.config.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    error_description: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+}
+
+impl GenesysClient {
+    /// A client; no request is made until one is needed.
+    pub fn new(config: AuthConfig) -> Result<GenesysClient> {
+        config.validate()?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(config.timeout))
+            .user_agent(concat!("presence-bridge/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(GenesysClient {
+            inner: Arc::new(Inner {
+                limiter: RateLimiter::new(config.requests_per_minute),
+                agent,
+                token: tokio::sync::Mutex::new(None),
+                stats: ClientStats::default(),
+                config,
+            }),
+        })
+    }
+
+    /// The endpoints this client talks to.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.inner.config.endpoints
+    }
+
+    /// What the client has seen so far.
+    pub fn stats(&self) -> &ClientStats {
+        &self.inner.stats
+    }
+
+    /// A valid token: the cached one, or a new one when it is missing or within the refresh
+    /// margin of expiry. Concurrent callers share one token request.
+    pub async fn token(&self) -> Result<AccessToken> {
+        let mut cached = self.inner.token.lock().await;
+        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+            return Ok(token.clone());
+        }
+        let token = self.fetch_token().await?;
+        *cached = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Whether a token is held and not expired (for readiness).
+    pub async fn has_valid_token(&self) -> bool {
+        let cached = self.inner.token.lock().await;
+        cached
+            .as_ref()
+            .is_some_and(|t| t.expires_at > Instant::now())
+    }
+
+    /// Forgets `stale` so that the next call gets a new token (after a 401). A newer token
+    /// already fetched by someone else is kept.
+    pub async fn invalidate(&self, stale: &AccessToken) {
+        let mut cached = self.inner.token.lock().await;
+        if cached.as_ref() == Some(stale) {
+            *cached = None;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<AccessToken> {
+        let config = &self.inner.config;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            config.client_id,
+            config.client_secret.expose()
+        ));
+        let url = config.endpoints.token_url();
+        let started = Instant::now();
+        let raw = self
+            .send_with_retries(Method::Post, "/oauth/token", move |agent| {
+                agent
+                    .post(&url)
+                    .header("Authorization", &format!("Basic {basic}"))
+                    .send_form([("grant_type", "client_credentials")])
+            })
+            .await?;
+        if !(200..300).contains(&raw.status) {
+            let body: ErrorBody = serde_json::from_slice(&raw.body).unwrap_or_default();
+            return Err(Error::Token {
+                status: raw.status,
+                error: body.error.unwrap_or_else(|| summarize(&raw.body)),
+                description: body.error_description.or(body.description),
+            });
+        }
+        let body: TokenBody =
+            serde_json::from_slice(&raw.body).map_err(|source| Error::Decode {
+                method: "POST",
+                path: "/oauth/token".into(),
+                source,
+            })?;
+        // Genesys lifetimes are 300 s to 48 h; assume the default day when unsaid.
+        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(86_400));
+        bump(&self.inner.stats.token_refreshes);
+        log::info!(
+            "obtained a Genesys access token valid for {}s from {}",
+            lifetime.as_secs(),
+            config.endpoints.login_base()
+        );
+        // Refresh ahead by the margin, but never sooner than half the lifetime.
+        let margin = config.refresh_margin.min(lifetime / 2);
+        Ok(AccessToken {
+            secret: Secret::new(body.access_token),
+            expires_at: started + lifetime,
+            refresh_at: started + lifetime - margin,
+        })
+    }
+
+    /// Sends an API request with the bearer token. On 401, gets a new token once and retries.
+    /// Non-2xx answers other than those retried become [`Error::Api`].
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<ApiResponse> {
+        let url = self.inner.config.endpoints.api_url(path);
+        let path_only = path.split('?').next().unwrap_or(path).to_owned();
+        let mut refreshed = false;
+        loop {
+            let token = self.token().await?;
+            let bearer = token.bearer();
+            let url = url.clone();
+            let body = body.clone();
+            let raw = self
+                .send_with_retries(method, &path_only, move |agent| {
+                    send(agent, method, &url, &bearer, body.as_deref())
+                })
+                .await?;
+            match raw.status {
+                200..=299 => {
+                    return Ok(ApiResponse {
+                        status: raw.status,
+                        body: raw.body,
+                    });
+                }
+                401 if !refreshed => {
+                    bump(&self.inner.stats.unauthorized);
+                    log::info!(
+                        "{} {path_only}: 401, getting a new token and retrying once",
+                        method.as_str()
+                    );
+                    self.invalidate(&token).await;
+                    refreshed = true;
+                }
+                status => return Err(api_error(method, &path_only, status, &raw.body)),
+            }
+        }
+    }
+
+    /// GET a JSON document.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let response = self.request(Method::Get, path, None).await?;
+        response.json().map_err(|source| Error::Decode {
+            method: "GET",
+            path: path.split('?').next().unwrap_or(path).to_owned(),
+            source,
+        })
+    }
+
+    /// Sends one request through the pacer, retrying 429 (after `Retry-After`), 502/503/504
+    /// and network errors. Returns the last answer of any other status.
+    async fn send_with_retries<F>(&self, method: Method, path: &str, call: F) -> Result<RawResponse>
+    where
+        F: Fn(&ureq::Agent) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let config = &self.inner.config;
+        let call = Arc::new(call);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            self.inner.limiter.acquire().await;
+            bump(&self.inner.stats.requests);
+            let agent = self.inner.agent.clone();
+            let call = Arc::clone(&call);
+            let max_body = config.max_body_bytes;
+            let outcome = tokio::task::spawn_blocking(move || {
+                let response = call(&agent)?;
+                read(response, max_body)
+            })
+            .await
+            .map_err(|e| Error::Worker(e.to_string()))?;
+
+            let wait = match outcome {
+                Ok(raw) if raw.status == 429 => {
+                    bump(&self.inner.stats.rate_limited);
+                    let asked = raw.retry_after.unwrap_or_else(|| backoff(config, attempt));
+                    let wait = if asked > config.retry_after_cap {
+                        log::warn!(
+                            "{} {path}: rate limited with Retry-After {}s, more than the cap of {}s; waiting the cap",
+                            method.as_str(),
+                            asked.as_secs(),
+                            config.retry_after_cap.as_secs()
+                        );
+                        config.retry_after_cap
+                    } else {
+                        asked
+                    };
+                    if attempt >= config.max_attempts {
+                        return Err(exhausted(
+                            method,
+                            path,
+                            attempt,
+                            api_error(method, path, 429, &raw.body),
+                        ));
+                    }
+                    log::debug!("{} {path}: 429, retrying in {wait:?}", method.as_str());
+                    wait
+                }
+                Ok(raw) if matches!(raw.status, 502..=504) => {
+                    bump(&self.inner.stats.server_errors);
+                    if attempt >= config.max_attempts {
+                        return Err(exhausted(
+                            method,
+                            path,
+                            attempt,
+                            api_error(method, path, raw.status, &raw.body),
+                        ));
+                    }
+                    let wait = backoff(config, attempt);
+                    log::debug!(
+                        "{} {path}: HTTP {}, retrying in {wait:?}",
+                        method.as_str(),
+                        raw.status
+                    );
+                    wait
+                }
+                Ok(raw) => {
+                    if raw.status >= 500 {
+                        bump(&self.inner.stats.server_errors);
+                    }
+                    return Ok(raw);
+                }
+                Err(source) => {
+                    bump(&self.inner.stats.transport_errors);
+                    let err = Error::Transport {
+                        method: method.as_str(),
+                        path: path.to_owned(),
+                        source: Box::new(source),
+                    };
+                    if attempt >= config.max_attempts {
+                        return Err(exhausted(method, path, attempt, err));
+                    }
+                    let wait = backoff(config, attempt);
+                    log::debug!("{err}; retrying in {wait:?}");
+                    wait
+                }
+            };
+            bump(&self.inner.stats.retries);
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn send(
+    agent: &ureq::Agent,
+    method: Method,
+    url: &str,
+    bearer: &str,
+    body: Option<&[u8]>,
+) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+    match method {
+        Method::Get => agent.get(url).header("Authorization", bearer).call(),
+        Method::Head => agent.head(url).header("Authorization", bearer).call(),
+        Method::Delete => agent.delete(url).header("Authorization", bearer).call(),
+        Method::Post | Method::Put => {
+            let request = if method == Method::Post {
+                agent.post(url)
+            } else {
+                agent.put(url)
+            };
+            let request = request.header("Authorization", bearer);
+            match body {
+                Some(body) => request
+                    .header("Content-Type", "application/json")
+                    .send(body),
+                None => request.send_empty(),
+            }
+        }
+    }
+}
+
+fn read(
+    mut response: ureq::http::Response<ureq::Body>,
+    max_body: u64,
+) -> std::result::Result<RawResponse, ureq::Error> {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(max_body)
+        .read_to_vec()?;
+    Ok(RawResponse {
+        status,
+        retry_after,
+        body,
+    })
+}
+
+/// Full jitter: a random wait in `0..=min(cap, base * 2^(attempt-1))`.
+fn backoff(config: &AuthConfig, attempt: u32) -> Duration {
+    let exp = config.backoff_base.saturating_mul(
+        1u32.checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX),
+    );
+    let ceiling = exp.min(config.backoff_cap);
+    ceiling.mul_f64(fastrand::f64())
+}
+
+fn exhausted(method: Method, path: &str, attempts: u32, last: Error) -> Error {
+    Error::RetriesExhausted {
+        method: method.as_str(),
+        path: path.to_owned(),
+        attempts,
+        last: Box::new(last),
+    }
+}
+
+fn api_error(method: Method, path: &str, status: u16, body: &[u8]) -> Error {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    Error::Api {
+        method: method.as_str(),
+        path: path.to_owned(),
+        status,
+        code: parsed.code.or(parsed.error),
+        message: parsed
+            .message
+            .or(parsed.error_description)
+            .unwrap_or_else(|| summarize(body)),
+    }
+}
+
+/// A short, printable summary of a body that is not the JSON we expected.
+fn summarize(body: &[u8]) -> String {
+    if body.is_empty() {
+        return "(empty body)".into();
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(160)]);
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if body.len() > 160 {
+        format!("{clean}… ({} bytes)", body.len())
+    } else {
+        clean
+    }
+}

@@ -1,0 +1,39 @@
+//! Genesys Cloud OAuth (client credentials) and an API client that survives rate limits,
+//! expiring tokens and transient failures.
+//!
+//! A short tour:
+//! - [`Endpoints`]: the API and login hosts of an [`Environment`] from [`ENVIRONMENTS`]
+//!   (`mypurecloud.com`, `mypurecloud.ie`, ...) or explicit base URLs (proxies, the emulator).
+//! - [`AuthConfig`]: credentials and the retry, pacing and refresh settings, with defaults.
+//! - [`GenesysClient`]: gets and caches the token (refreshed ahead of expiry, and once on a
+//!   401), paces requests under the per-token rate limit, honours `Retry-After` on 429 (capped,
+//!   with a warning) and retries 502/503/504 and network errors with exponential backoff and
+//!   full jitter. HTTP is blocking (`ureq`) and runs on tokio's blocking threads.
+//! - [`Secret`] and [`AccessToken`]: the client secret and tokens print as `<redacted>`, in
+//!   `Debug`, `Display`, logs and errors alike.
+//! - [`ClientStats`]: counters for metrics (token refreshes, 429s, retries, ...).
+//!
+//! ```no_run
+//! use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+//!
+//! # async fn demo() -> Result<(), genesys_auth::Error> {
+//! let endpoints = Endpoints::for_environment("mypurecloud.ie")?;
+//! let secret = Secret::new(std::env::var("GENESYS_CLIENT_SECRET").unwrap_or_default());
+//! let client = GenesysClient::new(AuthConfig::new(endpoints, "my-client-id", secret))?;
+//! let definitions: serde_json::Value = client.get_json("/api/v2/presence/definitions").await?;
+//! println!("{definitions}");
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod client;
+mod error;
+mod limiter;
+mod region;
+mod secret;
+
+pub use client::{AccessToken, ApiResponse, AuthConfig, ClientStats, GenesysClient, Method};
+pub use error::{Error, Result};
+pub use region::{ENVIRONMENTS, Endpoints, Environment};
+pub use secret::Secret;

@@ -1,0 +1,270 @@
+//! genesys-auth against the emulator over real loopback HTTP: the token flow and its cache,
+//! refresh ahead of expiry, 401 then refresh once, 429 with Retry-After, 5xx with backoff,
+//! pacing, and secrets kept out of every printed form.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use genesys_auth::{AuthConfig, Endpoints, Error, GenesysClient, Method, Secret};
+use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use tokio::time::Instant;
+
+async fn emulator(config: EmulatorConfig) -> EmulatorHandle {
+    Emulator::start(
+        config.change_rate(0.0),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("emulator starts")
+}
+
+fn config_for(emulator: &EmulatorHandle) -> AuthConfig {
+    let base = emulator.base_url();
+    let endpoints = Endpoints::new(&base, &base).expect("endpoints");
+    AuthConfig::new(
+        endpoints,
+        emulator.client_id(),
+        Secret::new(emulator.client_secret()),
+    )
+    .backoff(Duration::from_millis(10), Duration::from_millis(100))
+}
+
+fn client(emulator: &EmulatorHandle) -> GenesysClient {
+    GenesysClient::new(config_for(emulator)).expect("client")
+}
+
+#[tokio::test]
+async fn token_is_fetched_once_and_cached() {
+    let emulator = emulator(EmulatorConfig::default().users(10)).await;
+    let client = client(&emulator);
+    let first = client.token().await.expect("token");
+    let second = client.token().await.expect("token");
+    assert_eq!(first, second);
+    assert_eq!(client.stats().token_refreshes.load(Ordering::Relaxed), 1);
+    let users: serde_json::Value = client
+        .get_json("/api/v2/users?pageSize=5")
+        .await
+        .expect("users");
+    assert_eq!(users["entities"].as_array().map(Vec::len), Some(5));
+    assert!(client.has_valid_token().await);
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_a_clear_error_without_the_secret() {
+    let emulator = emulator(EmulatorConfig::default().users(1)).await;
+    let base = emulator.base_url();
+    let endpoints = Endpoints::new(&base, &base).expect("endpoints");
+    let config = AuthConfig::new(
+        endpoints,
+        emulator.client_id(),
+        Secret::new("not-the-secret-xyz"),
+    );
+    let client = GenesysClient::new(config.clone()).expect("client");
+    let err = client.token().await.expect_err("refused");
+    assert_eq!(err.status(), Some(401));
+    assert!(!err.is_transient());
+    let text = format!("{err} {err:?} {client:?} {config:?}");
+    assert!(text.contains("401"), "{text}");
+    assert!(
+        matches!(&err, Error::Token { error, .. } if !error.is_empty()),
+        "{err:?}"
+    );
+    assert!(
+        !text.contains("not-the-secret-xyz"),
+        "secret leaked: {text}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_never_print() {
+    let emulator = emulator(EmulatorConfig::default().users(1)).await;
+    let client = client(&emulator);
+    let token = client.token().await.expect("token");
+    let bearer = token.bearer();
+    let raw = bearer.trim_start_matches("Bearer ");
+    assert!(!raw.is_empty());
+    assert!(!format!("{token:?}").contains(raw));
+}
+
+#[tokio::test]
+async fn an_api_call_without_a_valid_token_is_401_then_refreshed_once() {
+    let emulator = emulator(EmulatorConfig::default().users(3)).await;
+    let client = client(&emulator);
+    client.token().await.expect("token");
+    assert!(emulator.expire_tokens().expect("fault") >= 1);
+    let users: serde_json::Value = client
+        .get_json("/api/v2/users")
+        .await
+        .expect("retried with a new token");
+    assert_eq!(users["entities"].as_array().map(Vec::len), Some(3));
+    assert_eq!(client.stats().unauthorized.load(Ordering::Relaxed), 1);
+    assert_eq!(client.stats().token_refreshes.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_is_refreshed_ahead_of_expiry() {
+    let emulator = emulator(
+        EmulatorConfig::default()
+            .users(1)
+            .token_lifetime(Duration::from_secs(300)),
+    )
+    .await;
+    let client = GenesysClient::new(config_for(&emulator).refresh_margin(Duration::from_secs(60)))
+        .expect("client");
+    let first = client.token().await.expect("token");
+    tokio::time::advance(Duration::from_secs(230)).await;
+    assert_eq!(
+        client.token().await.expect("token"),
+        first,
+        "still well within its life"
+    );
+    tokio::time::advance(Duration::from_secs(15)).await; // 245 s: inside the 60 s margin
+    let second = client.token().await.expect("token");
+    assert_ne!(second, first);
+    assert!(second.expires_at() > first.expires_at());
+    // The old one was still valid when replaced: no call ever saw a 401.
+    let _: serde_json::Value = client.get_json("/api/v2/users").await.expect("users");
+    assert_eq!(client.stats().unauthorized.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limited_calls_wait_for_retry_after() {
+    let emulator = emulator(EmulatorConfig::default().users(2)).await;
+    let client = client(&emulator);
+    client.token().await.expect("token");
+    emulator.rate_limit_burst(2, 7).expect("fault");
+    let started = Instant::now();
+    let _: serde_json::Value = client
+        .get_json("/api/v2/users")
+        .await
+        .expect("succeeds after the burst");
+    assert!(
+        started.elapsed() >= Duration::from_secs(14),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.stats().rate_limited.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_over_the_cap_is_capped() {
+    let emulator = emulator(EmulatorConfig::default().users(2)).await;
+    let client = GenesysClient::new(config_for(&emulator).retry_after_cap(Duration::from_secs(5)))
+        .expect("client");
+    client.token().await.expect("token");
+    emulator.rate_limit_burst(1, 600).expect("fault");
+    let started = Instant::now();
+    let _: serde_json::Value = client.get_json("/api/v2/users").await.expect("succeeds");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(60),
+        "waited {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff() {
+    let emulator = emulator(EmulatorConfig::default().users(2)).await;
+    let client = client(&emulator);
+    client.token().await.expect("token");
+    emulator.server_error_burst(3, 503).expect("fault");
+    let _: serde_json::Value = client
+        .get_json("/api/v2/users")
+        .await
+        .expect("succeeds after the burst");
+    assert_eq!(client.stats().server_errors.load(Ordering::Relaxed), 3);
+    assert_eq!(client.stats().retries.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn endless_failures_give_up_with_the_status() {
+    let emulator = emulator(EmulatorConfig::default().users(2)).await;
+    let client = GenesysClient::new(config_for(&emulator).max_attempts(3)).expect("client");
+    client.token().await.expect("token");
+    emulator.server_error_burst(10, 502).expect("fault");
+    let err = client
+        .request(Method::Get, "/api/v2/users", None)
+        .await
+        .expect_err("gives up");
+    assert!(
+        matches!(err, Error::RetriesExhausted { attempts: 3, .. }),
+        "{err}"
+    );
+    assert_eq!(err.status(), Some(502));
+    assert!(err.is_transient());
+}
+
+#[tokio::test]
+async fn api_errors_carry_status_and_genesys_text() {
+    let emulator = emulator(EmulatorConfig::default().users(2)).await;
+    let client = client(&emulator);
+    let ids: Vec<String> = (0..51)
+        .map(|i| format!("00000000-0000-0000-0000-{i:012}"))
+        .collect();
+    let path = format!(
+        "/api/v2/users/presences/purecloud/bulk?id={}",
+        ids.join(",")
+    );
+    let err = client
+        .request(Method::Get, &path, None)
+        .await
+        .expect_err("51 ids");
+    assert_eq!(err.status(), Some(400));
+    let text = err.to_string();
+    assert!(
+        text.contains("400") && text.contains("/api/v2/users/presences/purecloud/bulk"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("00000000-0000-0000-0000-000000000050"),
+        "query kept out of errors: {text}"
+    );
+}
+
+#[tokio::test]
+async fn nothing_listens_is_a_transport_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let base = format!("http://{addr}");
+    let config = AuthConfig::new(
+        Endpoints::new(&base, &base).expect("endpoints"),
+        "id",
+        Secret::new("s"),
+    )
+    .max_attempts(2)
+    .backoff(Duration::from_millis(1), Duration::from_millis(5));
+    let err = GenesysClient::new(config)
+        .expect("client")
+        .token()
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, Error::RetriesExhausted { last, .. } if matches!(**last, Error::Transport { .. })),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn pacing_keeps_us_under_the_rate_limit() {
+    let emulator = emulator(EmulatorConfig::default().users(5).rate_limit_per_minute(60)).await;
+    let client = GenesysClient::new(config_for(&emulator).requests_per_minute(60)).expect("client");
+    for _ in 0..80 {
+        let _: serde_json::Value = client
+            .get_json("/api/v2/users?pageSize=1")
+            .await
+            .expect("paced, never 429");
+    }
+    assert_eq!(client.stats().rate_limited.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn config_is_validated() {
+    let endpoints = Endpoints::new("http://a", "http://b").expect("endpoints");
+    let err = GenesysClient::new(AuthConfig::new(endpoints.clone(), "", Secret::new("s")))
+        .expect_err("no id");
+    assert!(err.to_string().contains("client-id"));
+    let err = GenesysClient::new(AuthConfig::new(endpoints, "id", Secret::new("")))
+        .expect_err("no secret");
+    assert!(err.to_string().contains("client-secret"));
+}

@@ -1,0 +1,288 @@
+//! The emulator's own endpoints (no token needed): ground truth, statistics, quiesce and
+//! resume, fault injection, chaos and rate control.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use presence_frame::{EventTime, Guid, Location, Status};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::faults::{ChaosConfig, Fault};
+use crate::server::Shared;
+use crate::wire;
+
+/// One user's current state, as `GET /emulator/truth` returns it (an array of these).
+///
+/// JSON: `{"userId":"<guid>","relayId":7,"systemPresence":"ON_QUEUE",
+/// "presenceDefinitionId":"<guid>","message":"","modifiedDate":"2026-11-28T09:03:17.067Z",
+/// "groups":["<group guid>"],"groupMask":5,"location":"Desk"}`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TruthEntry {
+    /// The user's GUID.
+    pub user_id: String,
+    /// The user's relay id (its index).
+    pub relay_id: u32,
+    /// The system presence, spelled as in notifications (`ON_QUEUE`).
+    pub system_presence: String,
+    /// The presence definition's GUID (a System or User definition).
+    pub presence_definition_id: String,
+    /// The presence message (empty for none).
+    pub message: String,
+    /// When the presence last changed (RFC 3339, milliseconds).
+    pub modified_date: String,
+    /// The GUIDs of the user's groups, in group order.
+    pub groups: Vec<String>,
+    /// The groups as a mask: bit `i` for group `i` (frames carry bits 0 to 7).
+    pub group_mask: u64,
+    /// `Desk` or `Remote`.
+    pub location: String,
+}
+
+impl TruthEntry {
+    /// The user's GUID, parsed.
+    pub fn user(&self) -> Option<Guid> {
+        Guid::parse(&self.user_id)
+    }
+
+    /// The status, parsed from `system_presence`.
+    pub fn status(&self) -> Status {
+        Status::from_system_presence(&self.system_presence)
+    }
+
+    /// The time of the last change, parsed.
+    pub fn modified(&self) -> Option<EventTime> {
+        EventTime::parse_rfc3339(&self.modified_date).ok()
+    }
+
+    /// The location, parsed.
+    pub fn location(&self) -> Location {
+        match self.location.as_str() {
+            "Desk" => Location::DESK,
+            "Remote" => Location::REMOTE,
+            _ => Location::UNKNOWN,
+        }
+    }
+}
+
+/// One channel in [`Stats`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStats {
+    /// The channel id.
+    pub id: String,
+    /// Whether a socket is connected.
+    pub connected: bool,
+    /// Number of topics.
+    pub topics: usize,
+    /// Events written to its sockets.
+    pub delivered: u64,
+    /// Events lost: no socket connected, socket stalled or too slow, or queued when the
+    /// socket ended.
+    pub lost: u64,
+    /// When it expires (RFC 3339).
+    pub expires: String,
+}
+
+/// The relay part of [`Stats`].
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RelayStats {
+    /// Relay sockets connected now.
+    pub connections: usize,
+    /// Binary messages written (snapshot included), summed over sockets.
+    pub messages_sent: u64,
+    /// Frames written, summed over sockets.
+    pub frames_sent: u64,
+    /// Messages a relay socket missed (it fell behind, or was stalled).
+    pub messages_lost: u64,
+}
+
+/// Counters of an emulator, as `GET /emulator/stats` returns them.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    /// Presence changes generated.
+    pub events_generated: u64,
+    /// Presence notifications written to channel sockets.
+    pub events_delivered: u64,
+    /// Presence notifications lost (summed over channels, including removed ones).
+    pub events_lost: u64,
+    /// Heartbeats sent.
+    pub heartbeats_sent: u64,
+    /// `/api/v2` calls received.
+    pub api_requests: u64,
+    /// Calls refused by the rate limit (not counting injected 429s).
+    pub api_rate_limited: u64,
+    /// Tokens issued.
+    pub tokens_issued: u64,
+    /// Faults injected, by kind (`drop_socket`, ...).
+    pub faults_injected: BTreeMap<String, u64>,
+    /// Every live channel.
+    pub channels: Vec<ChannelStats>,
+    /// The relay.
+    pub relay: RelayStats,
+    /// Whether the generator is quiesced.
+    pub quiesced: bool,
+    /// The current change rate (changes per second).
+    pub change_rate: f64,
+}
+
+impl Shared {
+    /// Every user's current state.
+    pub(crate) fn truth(&self) -> Vec<TruthEntry> {
+        let presence = self.presence.read().clone();
+        presence
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let info = &self.world.users[i];
+                TruthEntry {
+                    user_id: info.guid.to_string(),
+                    relay_id: i as u32,
+                    system_presence: p.status.system_presence().unwrap_or("OFFLINE").to_owned(),
+                    presence_definition_id: self
+                        .world
+                        .definitions
+                        .get(usize::from(p.definition))
+                        .map_or_else(String::new, |d| d.guid.to_string()),
+                    message: wire::message_text(p.message).to_owned(),
+                    modified_date: EventTime(p.modified_ms).to_rfc3339(),
+                    groups: self
+                        .world
+                        .groups
+                        .iter()
+                        .enumerate()
+                        .filter(|(g, _)| info.groups & (1 << g) != 0)
+                        .map(|(_, g)| g.guid.to_string())
+                        .collect(),
+                    group_mask: info.groups,
+                    location: info.location.to_string(),
+                }
+            })
+            .collect()
+    }
+
+    /// The counters now.
+    pub(crate) fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let now = Instant::now();
+        let mut channels: Vec<ChannelStats> = {
+            let table = self.channels.lock();
+            table
+                .channels
+                .values()
+                .filter(|ch| ch.expires_at > now)
+                .map(|ch| ChannelStats {
+                    id: ch.id.to_string(),
+                    connected: ch.connection.is_some(),
+                    topics: ch.topics.len(),
+                    delivered: ch.counters.delivered.load(Ordering::Relaxed),
+                    lost: ch.counters.lost.load(Ordering::Relaxed),
+                    expires: ch.expires_wall.to_rfc3339(),
+                })
+                .collect()
+        };
+        channels.sort_by(|a, b| a.id.cmp(&b.id));
+        Stats {
+            events_generated: c.events_generated.load(Ordering::Relaxed),
+            events_delivered: c.events_delivered.load(Ordering::Relaxed),
+            events_lost: c.events_lost.load(Ordering::Relaxed),
+            heartbeats_sent: c.heartbeats_sent.load(Ordering::Relaxed),
+            api_requests: c.api_requests.load(Ordering::Relaxed),
+            api_rate_limited: c.api_rate_limited.load(Ordering::Relaxed),
+            tokens_issued: c.tokens_issued.load(Ordering::Relaxed),
+            faults_injected: c
+                .faults_injected
+                .lock()
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            channels,
+            relay: RelayStats {
+                connections: self.relay_conns.lock().len(),
+                messages_sent: c.relay_messages_sent.load(Ordering::Relaxed),
+                frames_sent: c.relay_frames_sent.load(Ordering::Relaxed),
+                messages_lost: c.relay_messages_lost.load(Ordering::Relaxed),
+            },
+            quiesced: self.is_quiesced(),
+            change_rate: self.change_rate(),
+        }
+    }
+}
+
+/// `GET /emulator/truth`.
+pub(crate) async fn truth(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.truth()).into_response()
+}
+
+/// `GET /emulator/stats`.
+pub(crate) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.stats()).into_response()
+}
+
+/// `POST /emulator/quiesce`: answers once no change is being made.
+pub(crate) async fn quiesce(State(shared): State<Arc<Shared>>) -> Response {
+    shared.quiesce().await;
+    axum::Json(json!({"quiesced": true})).into_response()
+}
+
+/// `POST /emulator/resume`.
+pub(crate) async fn resume(State(shared): State<Arc<Shared>>) -> Response {
+    shared.resume();
+    axum::Json(json!({"quiesced": false})).into_response()
+}
+
+/// `POST /emulator/faults` with a [`Fault`] as JSON: `{"applied": n}`; 400 for a bad fault,
+/// 404 for an unknown channel.
+pub(crate) async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let fault: Fault = match serde_json::from_slice(&body) {
+        Ok(fault) => fault,
+        Err(error) => return wire::bad_request(format!("Not a fault: {error}")),
+    };
+    match shared.inject(&fault) {
+        Ok(applied) => axum::Json(json!({"applied": applied})).into_response(),
+        Err(error @ Error::UnknownChannel { .. }) => wire::not_found(error.to_string()),
+        Err(error) => wire::bad_request(error.to_string()),
+    }
+}
+
+/// `POST /emulator/chaos` with a [`ChaosConfig`] as JSON.
+pub(crate) async fn chaos(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let chaos: ChaosConfig = match serde_json::from_slice(&body) {
+        Ok(chaos) => chaos,
+        Err(error) => return wire::bad_request(format!("Not a chaos config: {error}")),
+    };
+    match shared.set_chaos(chaos) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => wire::bad_request(error.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RateRequest {
+    changes_per_second: f64,
+}
+
+/// `POST /emulator/rate` with `{"changesPerSecond": 100.0}`.
+pub(crate) async fn rate(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let request: RateRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(error) => {
+            return wire::bad_request(format!("Expected {{\"changesPerSecond\": n}}: {error}"));
+        }
+    };
+    match shared.set_change_rate(request.changes_per_second) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => wire::bad_request(error.to_string()),
+    }
+}

@@ -1,0 +1,326 @@
+//! OAuth client credentials (`POST /oauth/token`), bearer-token checks, and the per-token
+//! rate limit, applied to every `/api/v2` call by [`api_guard`].
+//!
+//! The rate limit is a fixed one-minute window per token: the window opens at the token's
+//! first call after the previous window closed, and allows
+//! [`rate_limit_per_minute`](crate::EmulatorConfig::rate_limit_per_minute) calls.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::server::Shared;
+use crate::wire::{self, ApiError};
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// Who is calling: put into each API request's extensions by [`api_guard`].
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    pub(crate) client_id: Arc<str>,
+    pub(crate) token: Arc<str>,
+}
+
+#[derive(Debug)]
+struct TokenEntry {
+    client_id: Arc<str>,
+    expires_at: Instant,
+    window_start: Instant,
+    window_count: u32,
+}
+
+/// Every token issued and not yet swept.
+#[derive(Debug, Default)]
+pub(crate) struct Tokens {
+    map: HashMap<Arc<str>, TokenEntry>,
+}
+
+impl Tokens {
+    /// Removes tokens expired by `now` and returns them.
+    pub(crate) fn sweep(&mut self, now: Instant) -> HashSet<Arc<str>> {
+        let dead: HashSet<Arc<str>> = self
+            .map
+            .iter()
+            .filter(|(_, t)| t.expires_at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for token in &dead {
+            self.map.remove(token);
+        }
+        dead
+    }
+
+    /// The caller of a valid token, or the 401 to answer.
+    pub(crate) fn check(&self, token: &str, now: Instant) -> Result<Caller, ApiError> {
+        match self.map.get_key_value(token) {
+            Some((key, entry)) if entry.expires_at > now => Ok(Caller {
+                client_id: entry.client_id.clone(),
+                token: key.clone(),
+            }),
+            Some(_) => Err(unauthorized(
+                "bad.credentials",
+                "The access token has expired",
+            )),
+            None => Err(unauthorized("bad.credentials", "Invalid login credentials")),
+        }
+    }
+}
+
+fn unauthorized(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// The 401 for a request without `Authorization: Bearer`.
+pub(crate) fn missing_token() -> Response {
+    unauthorized(
+        "authentication.required",
+        "No authentication bearer token specified in authorization header.",
+    )
+    .into_response()
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Decodes standard base64 (padding optional); `None` on any invalid character.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    fn value(c: u8) -> Option<u32> {
+        Some(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        }))
+    }
+    let bytes = text.trim().trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let produced = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&acc.to_be_bytes()[1..1 + produced]);
+    }
+    Some(out)
+}
+
+/// The `(id, secret)` of an `Authorization: Basic` header.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(decode_base64(encoded)?).ok()?;
+    let (id, secret) = decoded.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
+}
+
+fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({
+            "error": error,
+            "description": description,
+            "error_description": description,
+        })),
+    )
+        .into_response()
+}
+
+/// `POST /oauth/token`: the client-credentials grant. Credentials come from Basic auth, or
+/// from `client_id`/`client_secret` form fields.
+pub(crate) async fn oauth_token(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(response) = shared.login_faults.lock().take() {
+        return response;
+    }
+    let mut grant_type = None;
+    let mut form_id = None;
+    let mut form_secret = None;
+    for (key, value) in form_urlencoded::parse(&body) {
+        match key.as_ref() {
+            "grant_type" => grant_type = Some(value.into_owned()),
+            "client_id" => form_id = Some(value.into_owned()),
+            "client_secret" => form_secret = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    if grant_type.as_deref() != Some("client_credentials") {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "grant_type must be client_credentials",
+        );
+    }
+    let credentials = basic_credentials(&headers).or(match (form_id, form_secret) {
+        (Some(id), Some(secret)) => Some((id, secret)),
+        _ => None,
+    });
+    let config = &shared.config;
+    let valid = credentials
+        .is_some_and(|(id, secret)| id == config.client_id && secret == config.client_secret.0);
+    if !valid {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "authentication failed",
+        );
+    }
+    let token: Arc<str> = Arc::from(format!("emu-{}", shared.misc_rng.lock().hex(60)));
+    let now = Instant::now();
+    shared.tokens.lock().map.insert(
+        token.clone(),
+        TokenEntry {
+            client_id: Arc::from(config.client_id.as_str()),
+            expires_at: now + config.token_lifetime,
+            window_start: now,
+            window_count: 0,
+        },
+    );
+    shared
+        .counters
+        .tokens_issued
+        .fetch_add(1, Ordering::Relaxed);
+    axum::Json(json!({
+        "access_token": &*token,
+        "token_type": "bearer",
+        "expires_in": config.token_lifetime.as_secs(),
+    }))
+    .into_response()
+}
+
+impl Shared {
+    /// Expires every token now; returns how many.
+    pub(crate) fn expire_all_tokens(&self) -> usize {
+        let now = Instant::now();
+        let dead = {
+            let mut tokens = self.tokens.lock();
+            for entry in tokens.map.values_mut() {
+                entry.expires_at = entry.expires_at.min(now);
+            }
+            tokens.sweep(now)
+        };
+        if self.config.channels_close_with_token {
+            let gone = self.channels.lock().sweep(now, &dead);
+            self.close_expired(gone);
+        }
+        dead.len()
+    }
+}
+
+/// Middleware of every `/api/v2` route: injected API faults, then the bearer token (401),
+/// then the rate limit (429, or the `inin-ratelimit-*` headers on the response).
+pub(crate) async fn api_guard(
+    State(shared): State<Arc<Shared>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    shared.counters.api_requests.fetch_add(1, Ordering::Relaxed);
+    if let Some(response) = shared.api_faults.lock().take() {
+        return response;
+    }
+    let Some(token) = bearer(request.headers()) else {
+        return missing_token();
+    };
+    let now = Instant::now();
+    let limit = shared.config.rate_limit_per_minute;
+    let (caller, window) = {
+        let mut tokens = shared.tokens.lock();
+        let caller = match tokens.check(token, now) {
+            Ok(caller) => caller,
+            Err(error) => return error.into_response(),
+        };
+        let Some(entry) = tokens.map.get_mut(token) else {
+            return missing_token();
+        };
+        if now >= entry.window_start + WINDOW {
+            entry.window_start = now;
+            entry.window_count = 0;
+        }
+        let left = (entry.window_start + WINDOW).saturating_duration_since(now);
+        let reset_secs = left.as_secs_f64().ceil().max(1.0) as u64;
+        if limit > 0 && entry.window_count >= limit {
+            drop(tokens);
+            shared
+                .counters
+                .api_rate_limited
+                .fetch_add(1, Ordering::Relaxed);
+            return wire::too_many_requests(reset_secs);
+        }
+        entry.window_count += 1;
+        (caller, (entry.window_count, reset_secs))
+    };
+    request.extensions_mut().insert(caller);
+    let mut response = next.run(request).await;
+    if limit > 0 {
+        let headers = response.headers_mut();
+        headers.insert("inin-ratelimit-count", HeaderValue::from(window.0));
+        headers.insert("inin-ratelimit-allowed", HeaderValue::from(limit));
+        headers.insert("inin-ratelimit-reset", HeaderValue::from(window.1));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes() {
+        assert_eq!(
+            decode_base64("aWQ6c2VjcmV0").as_deref(),
+            Some(&b"id:secret"[..])
+        );
+        assert_eq!(decode_base64("YQ==").as_deref(), Some(&b"a"[..]));
+        assert_eq!(decode_base64("YWI").as_deref(), Some(&b"ab"[..]));
+        assert_eq!(decode_base64("").as_deref(), Some(&b""[..]));
+        assert!(decode_base64("a").is_none());
+        assert!(decode_base64("!!!!").is_none());
+    }
+
+    #[test]
+    fn headers_parse() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&headers), Some("abc"));
+        assert!(basic_credentials(&headers).is_none());
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic aWQ6c2VjcmV0"),
+        );
+        assert_eq!(bearer(&headers), None);
+        assert_eq!(
+            basic_credentials(&headers),
+            Some(("id".to_owned(), "secret".to_owned()))
+        );
+    }
+}

@@ -1,0 +1,614 @@
+//! [`EmulatorConfig`]: every knob of the emulator, with documented defaults.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::faults::{ChaosConfig, Fault};
+
+/// How a `systemPresence` value is spelled in one place of the API.
+///
+/// Genesys spells it differently by place (`AVAILABLE`/`ON_QUEUE` in notifications, `OnQueue`
+/// in presence definitions, `On Queue` in REST samples); clients compare case- and
+/// separator-insensitively, and the emulator lets each place be set.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Spelling {
+    /// `ON_QUEUE`, `AVAILABLE`.
+    Upper,
+    /// `On Queue`, `Available`.
+    Title,
+    /// `OnQueue`, `Available`.
+    Camel,
+    /// One of the three, varying from user to user and change to change, so a client that
+    /// compares spellings exactly is caught.
+    Varied,
+}
+
+/// What creating a channel does when the client already has the maximum number of channels
+/// and every one of them has a connected WebSocket.
+///
+/// (With at least one unconnected channel, the oldest unconnected one is replaced silently,
+/// as Genesys documents.) The real service's behaviour in this case is unconfirmed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[non_exhaustive]
+pub enum ChannelLimitPolicy {
+    /// Replace the oldest channel: its socket gets a `no_longer_subscribed` system message
+    /// (reason `another_channel_subscribed`) and is closed.
+    #[default]
+    ReplaceOldest,
+    /// Refuse the new channel with 400.
+    Reject,
+}
+
+/// Longest accepted duration setting (one year): far beyond any real need, and far from
+/// overflowing clock arithmetic.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Most users accepted (about 1 GB of emulator state).
+pub const MAX_USERS: u32 = 10_000_000;
+
+/// Highest change rate accepted (changes per second).
+pub const MAX_CHANGE_RATE: f64 = 10_000_000.0;
+
+/// Largest oversized message (also the cap of [`Fault::Oversized`]'s `bytes`): 64 MiB.
+pub const MAX_OVERSIZED_BYTES: usize = 64 * 1024 * 1024;
+
+/// A secret that never shows in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Everything the emulator can be told at start.
+///
+/// Build it from [`EmulatorConfig::default`] with the chainable setters; each setter's
+/// documentation ends with its default. [`Emulator::start`](crate::Emulator::start) calls
+/// [`validate`](EmulatorConfig::validate).
+///
+/// ```
+/// use std::time::Duration;
+/// use genesys_emulator::EmulatorConfig;
+///
+/// let config = EmulatorConfig::default()
+///     .users(5_000)
+///     .change_rate(200.0)
+///     .seed(7)
+///     .heartbeat_interval(Duration::from_secs(5));
+/// config.validate()?;
+/// # Ok::<(), genesys_emulator::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    pub(crate) seed: u64,
+    pub(crate) users: u32,
+    pub(crate) groups: u32,
+    pub(crate) max_groups_per_user: u32,
+    pub(crate) change_rate: f64,
+    pub(crate) tick: Duration,
+    pub(crate) skew: f64,
+    pub(crate) shift_change_every: Duration,
+    pub(crate) shift_change_fraction: f64,
+    pub(crate) message_change_fraction: f64,
+    pub(crate) custom_definitions: bool,
+
+    pub(crate) client_id: String,
+    pub(crate) client_secret: Secret,
+    pub(crate) token_lifetime: Duration,
+    pub(crate) rate_limit_per_minute: u32,
+
+    pub(crate) default_page_size: u32,
+    pub(crate) max_page_size: u32,
+    pub(crate) max_bulk_ids: usize,
+    pub(crate) presence_missing_fraction: f64,
+    pub(crate) rest_spelling: Spelling,
+    pub(crate) definition_spelling: Spelling,
+    pub(crate) notification_spelling: Spelling,
+
+    pub(crate) channel_lifetime: Duration,
+    pub(crate) max_channels_per_client: usize,
+    pub(crate) channel_limit_policy: ChannelLimitPolicy,
+    pub(crate) max_topics_per_channel: usize,
+    pub(crate) strict_topics: bool,
+    pub(crate) channels_close_with_token: bool,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) socket_closing_grace: Duration,
+    pub(crate) notification_modified_date: bool,
+    pub(crate) socket_queue: usize,
+    pub(crate) oversized_message_bytes: usize,
+
+    pub(crate) relay_frames_per_message: usize,
+    pub(crate) relay_queue: usize,
+    pub(crate) relay_snapshot: bool,
+
+    pub(crate) chaos: ChaosConfig,
+    pub(crate) startup_faults: Vec<Fault>,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            seed: 1,
+            users: 1_000,
+            groups: 8,
+            max_groups_per_user: 2,
+            change_rate: 10.0,
+            tick: Duration::from_millis(10),
+            skew: 1.0,
+            shift_change_every: Duration::from_secs(600),
+            shift_change_fraction: 0.1,
+            message_change_fraction: 0.05,
+            custom_definitions: true,
+
+            client_id: "emulator-client-id".to_owned(),
+            client_secret: Secret("emulator-client-secret".to_owned()),
+            token_lifetime: Duration::from_secs(86_400),
+            rate_limit_per_minute: 300,
+
+            default_page_size: 25,
+            max_page_size: 500,
+            max_bulk_ids: 50,
+            presence_missing_fraction: 0.0,
+            rest_spelling: Spelling::Title,
+            definition_spelling: Spelling::Camel,
+            notification_spelling: Spelling::Upper,
+
+            channel_lifetime: Duration::from_secs(24 * 3600),
+            max_channels_per_client: 20,
+            channel_limit_policy: ChannelLimitPolicy::ReplaceOldest,
+            max_topics_per_channel: 1_000,
+            strict_topics: true,
+            channels_close_with_token: true,
+            heartbeat_interval: Duration::from_secs(30),
+            socket_closing_grace: Duration::from_secs(60),
+            notification_modified_date: true,
+            socket_queue: 65_536,
+            oversized_message_bytes: 2 * 1024 * 1024,
+
+            relay_frames_per_message: 256,
+            relay_queue: 1_024,
+            relay_snapshot: true,
+
+            chaos: ChaosConfig::default(),
+            startup_faults: Vec::new(),
+        }
+    }
+}
+
+impl EmulatorConfig {
+    /// Seed of the whole workload: user, group and definition GUIDs, group memberships,
+    /// locations, initial states and the sequence of changes. By default, 1.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Number of users (relay ids `0..users`), at most [`MAX_USERS`]. By default, 1,000.
+    pub fn users(mut self, users: u32) -> Self {
+        self.users = users;
+        self
+    }
+
+    /// Number of groups (at most 64; group `i` is bit `i` of the group mask, and only groups
+    /// 0 to 7 fit in a relay frame). By default, 8.
+    pub fn groups(mut self, groups: u32) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    /// Each user is in between 0 and this many groups (at most [`groups`](Self::groups)).
+    /// By default, 2.
+    pub fn max_groups_per_user(mut self, n: u32) -> Self {
+        self.max_groups_per_user = n;
+        self
+    }
+
+    /// Presence changes per second across all users; 0 means no changes at all (no shift
+    /// bursts either); at most [`MAX_CHANGE_RATE`]. Can be changed while running.
+    /// By default, 10.
+    pub fn change_rate(mut self, per_second: f64) -> Self {
+        self.change_rate = per_second;
+        self
+    }
+
+    /// How often the generator wakes to make the changes that are due (in one batch); at
+    /// most 1 second. By default, 10 ms.
+    pub fn tick(mut self, tick: Duration) -> Self {
+        self.tick = tick;
+        self
+    }
+
+    /// Zipf exponent of the choice of which user changes: 0 is uniform, 1 makes a few users
+    /// change often and most rarely. By default, 1.0.
+    pub fn skew(mut self, exponent: f64) -> Self {
+        self.skew = exponent;
+        self
+    }
+
+    /// Interval between shift changes, when a fraction of all users change at once
+    /// (alternately starting and ending a shift); zero turns them off. By default, 10 minutes.
+    pub fn shift_change_every(mut self, every: Duration) -> Self {
+        self.shift_change_every = every;
+        self
+    }
+
+    /// Fraction of users that change in a shift change. By default, 0.1.
+    pub fn shift_change_fraction(mut self, fraction: f64) -> Self {
+        self.shift_change_fraction = fraction;
+        self
+    }
+
+    /// Fraction of changes that change only the presence message, not the status.
+    /// By default, 0.05.
+    pub fn message_change_fraction(mut self, fraction: f64) -> Self {
+        self.message_change_fraction = fraction;
+        self
+    }
+
+    /// Whether the organisation also has user-defined presences (type `User`, such as
+    /// "Lunch" mapping onto Meal) that users sometimes take instead of the system definition.
+    /// By default, true.
+    pub fn custom_definitions(mut self, on: bool) -> Self {
+        self.custom_definitions = on;
+        self
+    }
+
+    /// The OAuth client id that `/oauth/token` accepts. By default, `emulator-client-id`.
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+
+    /// The OAuth client secret that `/oauth/token` accepts. By default,
+    /// `emulator-client-secret`.
+    pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
+        self.client_secret = Secret(secret.into());
+        self
+    }
+
+    /// Lifetime of an access token (`expires_in`). Genesys allows 300 s to 172,800 s per
+    /// client; any positive value is accepted here. By default, 86,400 s.
+    pub fn token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.token_lifetime = lifetime;
+        self
+    }
+
+    /// API requests allowed per token per fixed one-minute window (the window starts at the
+    /// token's first request after the previous window ended); 0 means unlimited.
+    /// By default, 300.
+    pub fn rate_limit_per_minute(mut self, n: u32) -> Self {
+        self.rate_limit_per_minute = n;
+        self
+    }
+
+    /// Page size when a request gives none. By default, 25.
+    pub fn default_page_size(mut self, n: u32) -> Self {
+        self.default_page_size = n;
+        self
+    }
+
+    /// Largest page size accepted; larger requests get 400 (the real maximum is unconfirmed).
+    /// By default, 500.
+    pub fn max_page_size(mut self, n: u32) -> Self {
+        self.max_page_size = n;
+        self
+    }
+
+    /// Most ids in one bulk presence request; more get 400. By default, 50.
+    pub fn max_bulk_ids(mut self, n: usize) -> Self {
+        self.max_bulk_ids = n;
+        self
+    }
+
+    /// Probability that a user in a listing with `expand=presence` comes back without
+    /// `presence` (expands are best effort in Genesys). By default, 0.0.
+    pub fn presence_missing_fraction(mut self, fraction: f64) -> Self {
+        self.presence_missing_fraction = fraction;
+        self
+    }
+
+    /// Spelling of `systemPresence` in REST user presences and bulk presences.
+    /// By default, [`Spelling::Title`] (`On Queue`).
+    pub fn rest_spelling(mut self, spelling: Spelling) -> Self {
+        self.rest_spelling = spelling;
+        self
+    }
+
+    /// Spelling of `systemPresence` in `/api/v2/presence/definitions`.
+    /// By default, [`Spelling::Camel`] (`OnQueue`).
+    pub fn definition_spelling(mut self, spelling: Spelling) -> Self {
+        self.definition_spelling = spelling;
+        self
+    }
+
+    /// Spelling of `systemPresence` in notifications. By default, [`Spelling::Upper`]
+    /// (`ON_QUEUE`).
+    pub fn notification_spelling(mut self, spelling: Spelling) -> Self {
+        self.notification_spelling = spelling;
+        self
+    }
+
+    /// Lifetime of a notification channel; subscribing (POST or PUT) restarts it.
+    /// By default, 24 hours.
+    pub fn channel_lifetime(mut self, lifetime: Duration) -> Self {
+        self.channel_lifetime = lifetime;
+        self
+    }
+
+    /// Most notification channels per OAuth client. By default, 20.
+    pub fn max_channels_per_client(mut self, n: usize) -> Self {
+        self.max_channels_per_client = n;
+        self
+    }
+
+    /// What happens when a channel is created beyond the limit while all existing channels
+    /// are connected. By default, [`ChannelLimitPolicy::ReplaceOldest`].
+    pub fn channel_limit_policy(mut self, policy: ChannelLimitPolicy) -> Self {
+        self.channel_limit_policy = policy;
+        self
+    }
+
+    /// Most topics per channel; a subscription request that would pass it gets 400 and
+    /// changes nothing. By default, 1,000.
+    pub fn max_topics_per_channel(mut self, n: usize) -> Self {
+        self.max_topics_per_channel = n;
+        self
+    }
+
+    /// When true, a subscription request with a topic that cannot be granted (unknown user,
+    /// malformed or unsupported topic) gets 400 and changes nothing unless it has
+    /// `ignoreErrors=true`, in which case those topics come back `Rejected`. When false, they
+    /// always come back `Rejected`. By default, true.
+    pub fn strict_topics(mut self, strict: bool) -> Self {
+        self.strict_topics = strict;
+        self
+    }
+
+    /// Whether a channel closes when the token that created it expires (as genesys-api.md
+    /// reads the official wording). By default, true.
+    pub fn channels_close_with_token(mut self, on: bool) -> Self {
+        self.channels_close_with_token = on;
+        self
+    }
+
+    /// Interval of the `WebSocket Heartbeat` message on each socket; zero sends none.
+    /// By default, 30 seconds.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Time between `v2.system.socket_closing` and the server closing that socket, when a
+    /// fault gives none. By default, 60 seconds.
+    pub fn socket_closing_grace(mut self, grace: Duration) -> Self {
+        self.socket_closing_grace = grace;
+        self
+    }
+
+    /// Whether presence notifications carry `modifiedDate` (the schema has it, the official
+    /// sample does not). By default, true.
+    pub fn notification_modified_date(mut self, on: bool) -> Self {
+        self.notification_modified_date = on;
+        self
+    }
+
+    /// Messages queued per socket for a slow reader; beyond that, events are counted lost.
+    /// By default, 65,536.
+    pub fn socket_queue(mut self, n: usize) -> Self {
+        self.socket_queue = n;
+        self
+    }
+
+    /// Size in bytes of the message sent by the oversized-message fault when it gives none.
+    /// By default, 2 MiB.
+    pub fn oversized_message_bytes(mut self, n: usize) -> Self {
+        self.oversized_message_bytes = n;
+        self
+    }
+
+    /// Most 16-byte frames in one binary relay message. By default, 256.
+    pub fn relay_frames_per_message(mut self, n: usize) -> Self {
+        self.relay_frames_per_message = n;
+        self
+    }
+
+    /// Relay messages buffered per relay socket; a reader that falls further behind loses
+    /// the oldest (counted). By default, 1,024.
+    pub fn relay_queue(mut self, n: usize) -> Self {
+        self.relay_queue = n;
+        self
+    }
+
+    /// Whether a new relay socket first gets every user's current state as frames, then the
+    /// live stream. By default, true.
+    pub fn relay_snapshot(mut self, on: bool) -> Self {
+        self.relay_snapshot = on;
+        self
+    }
+
+    /// Random fault injection. By default, off.
+    pub fn chaos(mut self, chaos: ChaosConfig) -> Self {
+        self.chaos = chaos;
+        self
+    }
+
+    /// A fault switched on at start. API faults (bursts, token expiry) apply at once; socket
+    /// faults wait for the first socket their target matches to connect, and apply to it
+    /// once. By default, none.
+    pub fn fault_at_start(mut self, fault: Fault) -> Self {
+        self.startup_faults.push(fault);
+        self
+    }
+
+    /// Checks every value; the error names the setter.
+    pub fn validate(&self) -> Result<()> {
+        fn bad(field: &'static str, reason: impl Into<String>) -> Result<()> {
+            Err(Error::InvalidConfig {
+                field,
+                reason: reason.into(),
+            })
+        }
+        fn fraction(field: &'static str, v: f64) -> Result<()> {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                bad(field, format!("must be between 0 and 1, got {v}"))
+            }
+        }
+        fn duration(field: &'static str, d: Duration) -> Result<()> {
+            if d <= MAX_DURATION {
+                Ok(())
+            } else {
+                bad(field, format!("must be at most one year, got {d:?}"))
+            }
+        }
+        if self.users == 0 || self.users > MAX_USERS {
+            return bad("users", format!("must be between 1 and {MAX_USERS}"));
+        }
+        if self.groups > 64 {
+            return bad("groups", format!("must be at most 64, got {}", self.groups));
+        }
+        if self.max_groups_per_user > self.groups {
+            return bad(
+                "max_groups_per_user",
+                format!("must be at most groups ({})", self.groups),
+            );
+        }
+        if !(0.0..=MAX_CHANGE_RATE).contains(&self.change_rate) {
+            return bad(
+                "change_rate",
+                format!("must be between 0 and {MAX_CHANGE_RATE} changes per second"),
+            );
+        }
+        if self.tick.is_zero() || self.tick > Duration::from_secs(1) {
+            return bad("tick", "must be between 1 ns and 1 second");
+        }
+        duration("shift_change_every", self.shift_change_every)?;
+        duration("token_lifetime", self.token_lifetime)?;
+        duration("channel_lifetime", self.channel_lifetime)?;
+        duration("heartbeat_interval", self.heartbeat_interval)?;
+        duration("socket_closing_grace", self.socket_closing_grace)?;
+        if !self.skew.is_finite() || self.skew < 0.0 {
+            return bad("skew", "must be a finite number >= 0");
+        }
+        fraction("shift_change_fraction", self.shift_change_fraction)?;
+        fraction("message_change_fraction", self.message_change_fraction)?;
+        fraction("presence_missing_fraction", self.presence_missing_fraction)?;
+        if self.client_id.is_empty() || self.client_id.contains(':') {
+            return bad("client_id", "must be non-empty and contain no ':'");
+        }
+        if self.client_secret.0.is_empty() {
+            return bad("client_secret", "must be non-empty");
+        }
+        if self.token_lifetime < Duration::from_secs(1) {
+            return bad("token_lifetime", "must be at least 1 second");
+        }
+        if self.default_page_size == 0 || self.default_page_size > self.max_page_size {
+            return bad(
+                "default_page_size",
+                format!(
+                    "must be between 1 and max_page_size ({})",
+                    self.max_page_size
+                ),
+            );
+        }
+        if self.max_bulk_ids == 0 {
+            return bad("max_bulk_ids", "must be at least 1");
+        }
+        if self.channel_lifetime.is_zero() {
+            return bad("channel_lifetime", "must be positive");
+        }
+        if self.max_channels_per_client == 0 {
+            return bad("max_channels_per_client", "must be at least 1");
+        }
+        if self.max_topics_per_channel == 0 {
+            return bad("max_topics_per_channel", "must be at least 1");
+        }
+        if self.socket_queue == 0 {
+            return bad("socket_queue", "must be at least 1");
+        }
+        if self.oversized_message_bytes == 0 || self.oversized_message_bytes > MAX_OVERSIZED_BYTES {
+            return bad(
+                "oversized_message_bytes",
+                format!("must be between 1 and {MAX_OVERSIZED_BYTES}"),
+            );
+        }
+        if !(1..=65_536).contains(&self.relay_frames_per_message) {
+            return bad("relay_frames_per_message", "must be between 1 and 65,536");
+        }
+        if !(1..=1_000_000).contains(&self.relay_queue) {
+            return bad("relay_queue", "must be between 1 and 1,000,000");
+        }
+        self.chaos.validate()?;
+        for fault in &self.startup_faults {
+            fault.validate()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(EmulatorConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn validate_names_the_field() {
+        let cases = [
+            (EmulatorConfig::default().users(0), "users"),
+            (EmulatorConfig::default().groups(65), "groups"),
+            (
+                EmulatorConfig::default().groups(2).max_groups_per_user(3),
+                "max_groups_per_user",
+            ),
+            (
+                EmulatorConfig::default().change_rate(f64::NAN),
+                "change_rate",
+            ),
+            (EmulatorConfig::default().tick(Duration::ZERO), "tick"),
+            (EmulatorConfig::default().users(MAX_USERS + 1), "users"),
+            (EmulatorConfig::default().change_rate(1e12), "change_rate"),
+            (
+                EmulatorConfig::default().token_lifetime(Duration::MAX),
+                "token_lifetime",
+            ),
+            (
+                EmulatorConfig::default().relay_queue(usize::MAX),
+                "relay_queue",
+            ),
+            (
+                EmulatorConfig::default().presence_missing_fraction(1.5),
+                "presence_missing_fraction",
+            ),
+            (EmulatorConfig::default().client_id("a:b"), "client_id"),
+            (
+                EmulatorConfig::default().default_page_size(600),
+                "default_page_size",
+            ),
+            (
+                EmulatorConfig::default().channel_lifetime(Duration::ZERO),
+                "channel_lifetime",
+            ),
+        ];
+        for (config, field) in cases {
+            match config.validate() {
+                Err(Error::InvalidConfig { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_secret() {
+        let text = format!("{:?}", EmulatorConfig::default().client_secret("hunter2"));
+        assert!(!text.contains("hunter2"));
+    }
+}

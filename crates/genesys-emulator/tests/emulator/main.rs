@@ -1,0 +1,14 @@
+//! Integration tests of the emulator over real loopback HTTP and WebSocket connections,
+//! one module per topic.
+
+mod common;
+
+mod admin;
+mod auth;
+mod channels;
+mod events;
+mod faults;
+mod rate_limit;
+mod relay;
+mod rest;
+mod sockets;

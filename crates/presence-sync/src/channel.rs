@@ -1,0 +1,461 @@
+//! One notification channel's life: create and subscribe, connect, resync after every gap,
+//! stream, watch the heartbeat, roll over before expiry or on `socket_closing`, reconnect
+//! with backoff.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use genesys_auth::GenesysClient;
+use presence_frame::{Guid, PresenceEvent};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{Duration, Instant, sleep, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Channel, channel_exists, create_channel};
+use crate::backoff::full_jitter;
+use crate::config::SyncConfig;
+use crate::decode::{Control, Decoder};
+use crate::resync::ResyncRequest;
+use crate::sink::PresenceSink;
+use crate::stats::{ChannelState, ReconnectCause, SyncStatus, bump};
+
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const PING: &str = r#"{"message":"ping"}"#;
+
+/// What every channel worker shares.
+pub(crate) struct ChannelContext {
+    pub(crate) client: GenesysClient,
+    pub(crate) config: SyncConfig,
+    pub(crate) decoder: Arc<Decoder>,
+    pub(crate) sink: Arc<dyn PresenceSink>,
+    pub(crate) status: SyncStatus,
+    pub(crate) resync: mpsc::Sender<ResyncRequest>,
+    /// One permit per channel the plan leaves free: held by a rollover from creating its new
+    /// channel until the old socket is dropped, so that concurrent rollovers never push each
+    /// other's new, not yet connected channel out under the channel limit.
+    pub(crate) rollover_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A new channel with its socket connected, holding a rollover slot until adopted.
+pub(crate) struct Replacement {
+    channel: Channel,
+    ws: Ws,
+    slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+enum End {
+    Cancelled,
+    /// Reconnect; keep the channel if it may still be valid.
+    Reconnect(ReconnectCause, Option<Channel>),
+}
+
+/// Opens a WebSocket with the size limits and a connect timeout. The hard frame cap is far
+/// above the configured message cap, so an oversized message is read, counted and skipped
+/// rather than killing the socket; only something absurd (64x the cap) does.
+pub(crate) async fn connect(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    config: &SyncConfig,
+) -> Result<Ws, String> {
+    let hard_cap = config.max_message_bytes.saturating_mul(64);
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(hard_cap))
+        .max_frame_size(Some(hard_cap));
+    match timeout(
+        config.connect_timeout,
+        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true),
+    )
+    .await
+    {
+        Ok(Ok((ws, _response))) => Ok(ws),
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            Err(format!("HTTP {}", response.status().as_u16()))
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", config.connect_timeout)),
+    }
+}
+
+fn rollover_margin(config: &SyncConfig, channel: &Channel) -> Duration {
+    config.rollover_before_expiry.min(channel.lifetime / 4)
+}
+
+impl ChannelContext {
+    /// Runs channel `index` for `users` until cancelled.
+    pub(crate) async fn run(
+        self: Arc<Self>,
+        index: usize,
+        users: Arc<[Guid]>,
+        cancel: CancellationToken,
+    ) {
+        let mut attempt = 0u32;
+        let mut kept: Option<Channel> = None;
+        let mut connected_once = false;
+        loop {
+            if attempt > 0 {
+                let wait = full_jitter(self.config.backoff_base, self.config.backoff_cap, attempt);
+                self.status.set_state(index, ChannelState::Backoff);
+                log::debug!("channel {index}: next attempt in {wait:?}");
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = sleep(wait) => {}
+                }
+            }
+            if cancel.is_cancelled() {
+                break;
+            }
+            let (channel, ws) = match self.establish(index, &users, kept.take()).await {
+                Ok(pair) => pair,
+                Err((cause, keep, why)) => {
+                    log::warn!("channel {index}: {why}");
+                    self.status.stats.reconnect(cause);
+                    kept = keep;
+                    attempt = attempt.saturating_add(1);
+                    continue;
+                }
+            };
+            if connected_once {
+                log::info!(
+                    "channel {index}: reconnected to {} ({} users); resyncing",
+                    channel.id,
+                    users.len()
+                );
+            } else {
+                log::info!(
+                    "channel {index}: connected to {} ({} users)",
+                    channel.id,
+                    users.len()
+                );
+            }
+            connected_once = true;
+            let started = Instant::now();
+            let end = self.session(index, &users, channel, ws, &cancel).await;
+            if started.elapsed() >= self.config.healthy_after {
+                attempt = 0;
+            }
+            match end {
+                End::Cancelled => break,
+                End::Reconnect(cause, keep) => {
+                    self.status.stats.reconnect(cause);
+                    self.status.update(index, |s| s.reconnects += 1);
+                    log::warn!(
+                        "channel {index}: lost its socket ({}); reconnecting",
+                        cause.as_str()
+                    );
+                    kept = keep;
+                    attempt = attempt.saturating_add(1);
+                }
+            }
+        }
+        self.status.set_state(index, ChannelState::Stopped);
+        log::debug!("channel {index}: stopped");
+    }
+
+    /// Gets a usable channel (the kept one if it still exists and is not near expiry, else a
+    /// new one) and connects its socket.
+    async fn establish(
+        &self,
+        index: usize,
+        users: &[Guid],
+        kept: Option<Channel>,
+    ) -> Result<(Channel, Ws), (ReconnectCause, Option<Channel>, String)> {
+        let reusable = match kept {
+            Some(c) if Instant::now() + rollover_margin(&self.config, &c) < c.expires_at => {
+                match channel_exists(&self.client, &c.id).await {
+                    Ok(true) => Some(c),
+                    Ok(false) => {
+                        log::info!("channel {index}: {} is gone; creating a new one", c.id);
+                        None
+                    }
+                    Err(e) => {
+                        return Err((
+                            ReconnectCause::ConnectFailed,
+                            Some(c),
+                            format!("checking channel: {e}"),
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
+        let channel = match reusable {
+            Some(c) => c,
+            None => {
+                self.status.set_state(index, ChannelState::Setup);
+                create_channel(&self.client, users).await.map_err(|e| {
+                    (
+                        ReconnectCause::ConnectFailed,
+                        None,
+                        format!("creating channel: {e}"),
+                    )
+                })?
+            }
+        };
+        self.status.set_state(index, ChannelState::Connecting);
+        self.status
+            .update(index, |s| s.channel_id = Some(channel.id.clone()));
+        let request =
+            match tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                channel.connect_uri.as_str(),
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err((
+                        ReconnectCause::ConnectFailed,
+                        None,
+                        format!("bad connectUri: {e}"),
+                    ));
+                }
+            };
+        match connect(request, &self.config).await {
+            Ok(ws) => Ok((channel, ws)),
+            Err(why) if why == "HTTP 404" => Err((
+                ReconnectCause::ChannelGone,
+                None,
+                format!("connecting {}: {why}", channel.id),
+            )),
+            Err(why) => Err((
+                ReconnectCause::ConnectFailed,
+                Some(channel.clone()),
+                format!("connecting {}: {why}", channel.id),
+            )),
+        }
+    }
+
+    /// Asks the resync task for `users`; the answer arrives on the returned receiver.
+    fn request_resync(&self, users: &Arc<[Guid]>) -> oneshot::Receiver<Result<(), String>> {
+        let (done, answer) = oneshot::channel();
+        let request = ResyncRequest {
+            users: Arc::clone(users),
+            done,
+        };
+        if self.resync.try_send(request).is_err() {
+            // The queue is full or closed; the dropped sender makes `answer` fail, which is
+            // treated as a failed resync and retried.
+            log::debug!("resync queue full; will retry");
+        }
+        answer
+    }
+
+    /// Creates a replacement channel for the same users and connects it, in the background,
+    /// once a free channel slot is available. The slot is released when the task's result is
+    /// dropped: after the old socket is closed, or when the replacement failed.
+    fn start_replacement(&self, users: &Arc<[Guid]>) -> JoinHandle<Result<Replacement, String>> {
+        let client = self.client.clone();
+        let config = self.config.clone();
+        let users = Arc::clone(users);
+        let slots = Arc::clone(&self.rollover_slots);
+        tokio::spawn(async move {
+            let slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
+            let channel = create_channel(&client, &users)
+                .await
+                .map_err(|e| e.to_string())?;
+            let request =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    channel.connect_uri.as_str(),
+                )
+                .map_err(|e| e.to_string())?;
+            let ws = connect(request, &config).await?;
+            Ok(Replacement { channel, ws, slot })
+        })
+    }
+
+    /// Streams one connected channel until it must be reconnected or the sync stops.
+    /// Rollovers (planned replacements) happen inside without a gap.
+    async fn session(
+        &self,
+        index: usize,
+        users: &Arc<[Guid]>,
+        mut channel: Channel,
+        mut ws: Ws,
+        cancel: &CancellationToken,
+    ) -> End {
+        let config = &self.config;
+        let mut context = format!("channel {index} ({})", channel.id);
+        self.status.set_state(index, ChannelState::Resyncing);
+        let mut resync = Some(self.request_resync(users));
+        let mut resync_retry_at: Option<Instant> = None;
+        let mut resync_attempt = 0u32;
+        let mut last_message = Instant::now();
+        let mut ping_sent: Option<Instant> = None;
+        let mut replacement: Option<(JoinHandle<Result<Replacement, String>>, ReconnectCause)> =
+            None;
+        let mut replacement_retry_at: Option<Instant> = None;
+        let mut batch: Vec<PresenceEvent> = Vec::with_capacity(config.batch_size);
+        self.status
+            .update(index, |s| s.last_message = Some(last_message));
+
+        loop {
+            let rollover_at = channel.expires_at - rollover_margin(config, &channel);
+            let rollover_at = replacement_retry_at.map_or(rollover_at, |r| r.min(rollover_at));
+            let watchdog_at = match ping_sent {
+                Some(at) => at + config.pong_timeout,
+                None => last_message + config.idle_before_ping,
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    let _ = ws.close(None).await;
+                    if let Some((task, _)) = replacement.take() {
+                        task.abort();
+                    }
+                    return End::Cancelled;
+                }
+                message = ws.next() => {
+                    let control = match message {
+                        Some(Ok(Message::Text(text))) => self.decoder.text(text.as_str(), &context, &mut batch),
+                        Some(Ok(Message::Binary(bytes))) => self.decoder.binary(&bytes, false, &context, &mut batch),
+                        ended @ (Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
+                            if let Some(Err(e)) = &ended {
+                                log::info!("{context}: socket error: {e}");
+                            }
+                            // A replacement on its way (after socket_closing) is waited for a
+                            // little; the switch then has a gap, so resync.
+                            let pending = replacement.take();
+                            if let Some((task, cause)) = pending
+                                && let Ok(Ok(Ok(new))) = timeout(config.connect_timeout, task).await
+                            {
+                                self.adopt(index, &mut channel, &mut ws, new, cause, &mut context);
+                                last_message = Instant::now();
+                                ping_sent = None;
+                                self.status.set_state(index, ChannelState::Resyncing);
+                                resync = Some(self.request_resync(users));
+                                continue;
+                            }
+                            return End::Reconnect(ReconnectCause::Closed, Some(channel));
+                        }
+                        Some(Ok(_)) => Control::None, // ping/pong frames: tungstenite answers pings
+                    };
+                    last_message = Instant::now();
+                    ping_sent = None;
+                    self.status.update(index, |s| s.last_message = Some(last_message));
+                    if !batch.is_empty() {
+                        self.sink.publish(&mut batch);
+                        batch.clear();
+                    }
+                    match control {
+                        Control::None => {}
+                        Control::SocketClosing => {
+                            if replacement.is_none() {
+                                log::info!("{context}: socket_closing received; connecting a replacement channel");
+                                replacement = Some((self.start_replacement(users), ReconnectCause::SocketClosing));
+                            }
+                        }
+                        Control::ChannelGone => {
+                            log::warn!("{context}: no_longer_subscribed; the channel is gone");
+                            if let Some((task, _)) = replacement.take() {
+                                task.abort();
+                            }
+                            return End::Reconnect(ReconnectCause::ChannelGone, None);
+                        }
+                    }
+                }
+                _ = sleep_until(watchdog_at) => {
+                    if ping_sent.is_none() {
+                        log::debug!("{context}: quiet for {:?}; sending ping", config.idle_before_ping);
+                        bump(&self.status.stats.pings);
+                        ping_sent = Some(Instant::now());
+                        if timeout(config.pong_timeout, ws.send(Message::text(PING))).await.is_err() {
+                            log::debug!("{context}: ping could not be sent in time");
+                        }
+                    } else {
+                        log::warn!("{context}: no heartbeat, traffic or pong; the socket is dead");
+                        if let Some((task, _)) = replacement.take() {
+                            task.abort();
+                        }
+                        return End::Reconnect(ReconnectCause::HeartbeatTimeout, Some(channel));
+                    }
+                }
+                _ = sleep_until(rollover_at), if replacement.is_none() => {
+                    replacement_retry_at = None;
+                    log::info!("{context}: channel or its token expires soon; rolling to a new channel");
+                    replacement = Some((self.start_replacement(users), ReconnectCause::Expiring));
+                }
+                outcome = async { match replacement.as_mut() { Some((task, _)) => task.await, None => std::future::pending().await } } => {
+                    let cause = replacement.take().map_or(ReconnectCause::Expiring, |(_, c)| c);
+                    match outcome {
+                        Ok(Ok(new)) => {
+                            self.adopt(index, &mut channel, &mut ws, new, cause, &mut context);
+                            last_message = Instant::now();
+                            ping_sent = None;
+                        }
+                        Ok(Err(why)) => {
+                            log::warn!("{context}: replacement channel failed: {why}; retrying");
+                            replacement_retry_at = Some(Instant::now() + full_jitter(config.backoff_base, config.backoff_cap, 2));
+                        }
+                        Err(join) => {
+                            log::warn!("{context}: replacement task failed: {join}");
+                            replacement_retry_at = Some(Instant::now() + config.backoff_base);
+                        }
+                    }
+                }
+                answer = async { match resync.as_mut() { Some(rx) => rx.await, None => std::future::pending().await } } => {
+                    resync = None;
+                    match answer {
+                        Ok(Ok(())) => {
+                            resync_attempt = 0;
+                            self.status.set_state(index, ChannelState::Streaming);
+                        }
+                        Ok(Err(_)) | Err(_) => {
+                            resync_attempt += 1;
+                            resync_retry_at = Some(Instant::now() + full_jitter(config.backoff_base, config.backoff_cap, resync_attempt));
+                        }
+                    }
+                }
+                _ = async { match resync_retry_at { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {
+                    resync_retry_at = None;
+                    resync = Some(self.request_resync(users));
+                }
+            }
+        }
+    }
+
+    /// Switches the session to a replacement channel and socket; the old socket is closed
+    /// in the background.
+    fn adopt(
+        &self,
+        index: usize,
+        channel: &mut Channel,
+        ws: &mut Ws,
+        new: Replacement,
+        cause: ReconnectCause,
+        context: &mut String,
+    ) {
+        let Replacement {
+            channel: new_channel,
+            ws: new_ws,
+            slot,
+        } = new;
+        let mut old = std::mem::replace(ws, new_ws);
+        tokio::spawn(async move {
+            // Close, and wait for the server to finish the close (or a few seconds): only
+            // then is the old channel unconnected as far as the server knows, and only then
+            // may the next rollover create a channel that is allowed to replace it.
+            let _ = old.close(None).await;
+            let _ = timeout(Duration::from_secs(5), async {
+                while old.next().await.is_some() {}
+            })
+            .await;
+            drop(slot);
+        });
+        log::info!(
+            "channel {index}: rolled from {} to {} ({})",
+            channel.id,
+            new_channel.id,
+            cause.as_str()
+        );
+        *channel = new_channel;
+        *context = format!("channel {index} ({})", channel.id);
+        self.status.stats.reconnect(cause);
+        self.status.update(index, |s| {
+            s.reconnects += 1;
+            s.channel_id = Some(channel.id.clone());
+        });
+    }
+}

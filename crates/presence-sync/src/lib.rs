@@ -1,0 +1,67 @@
+//! The Genesys Cloud side of presence-bridge at runtime: discover users, subscribe to their
+//! presence on notification channels, stream the WebSockets, and keep the picture right
+//! through every fault. Also the binary relay source.
+//!
+//! A short tour:
+//! - [`PresenceSync`]: discovers the users ([`UserSelection`]), plans channels of at most
+//!   1,000 topics ([`ChannelPlan`], within the 20-channel limit), creates and subscribes them,
+//!   connects one WebSocket each and hands decoded, group-filtered events to a
+//!   [`PresenceSink`]. It
+//!   - pings a quiet socket and replaces one that stays silent (no heartbeat, no pong);
+//!   - on `v2.system.socket_closing`, and before a channel or the token that created it
+//!     expires, connects a replacement channel before dropping the old socket (no gap);
+//!   - recovers from `no_longer_subscribed` and vanished channels (404) with a new channel;
+//!   - after every gap resyncs that channel's users over REST (bulk presence, or the paged
+//!     user listing when many channels ask at once), with Genesys's own `modifiedDate`;
+//!   - reconnects with exponential backoff and full jitter, capped, and logs one line per
+//!     state change.
+//! - [`RelaySource`]: the same for a binary relay of 16-byte frames, token in a header.
+//! - [`SyncStatus`]: counters ([`SyncStats`]) and per-channel states for metrics, readiness
+//!   and dashboards.
+//!
+//! Transient trouble never surfaces as an error; [`PresenceSync::run`] returns an [`Error`]
+//! only for what retrying cannot fix (credentials refused, more users than the channel
+//! limits allow).
+//!
+//! ```no_run
+//! use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+//! use presence_sync::{ChannelSink, PresenceSync, SyncConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let endpoints = Endpoints::for_environment("mypurecloud.com")?;
+//! let client = GenesysClient::new(AuthConfig::new(endpoints, "client-id", Secret::new("secret")))?;
+//! let (sink, mut events) = ChannelSink::new(10_000);
+//! let sync = PresenceSync::new(client, SyncConfig::default(), sink)?;
+//! let shutdown = CancellationToken::new();
+//! tokio::spawn(sync.run(shutdown.clone()));
+//! while let Some(event) = events.recv().await {
+//!     println!("{} is {}", event.user, event.state.status);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod api;
+mod backoff;
+mod channel;
+mod config;
+mod decode;
+mod error;
+mod plan;
+mod relay;
+mod resync;
+mod sink;
+mod stats;
+mod sync;
+
+pub use config::{SyncConfig, UserSelection};
+pub use error::{Error, Result};
+pub use plan::ChannelPlan;
+pub use relay::RelaySource;
+pub use sink::{ChannelSink, PresenceSink};
+pub use stats::{
+    ChannelState, ChannelStatus, DecodeErrorKind, ReconnectCause, SyncStats, SyncStatus,
+};
+pub use sync::PresenceSync;

@@ -1,0 +1,324 @@
+//! What a sync has seen and where each channel stands: counters for metrics and state for
+//! readiness and dashboards. Libraries count; the binary exports.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+/// Kinds of bad input, for the decode-error counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeErrorKind {
+    /// Not JSON, or JSON of the wrong shape.
+    Json,
+    /// A binary message whose length is not a positive multiple of 16.
+    BadLength,
+    /// A user id that is not a GUID.
+    InvalidUserId,
+    /// A timestamp that is not RFC 3339.
+    InvalidTimestamp,
+    /// A notification without a field its topic needs.
+    MissingField,
+    /// A message over the size cap.
+    Oversized,
+    /// A message of a kind the source does not send (binary on a notification socket).
+    Unexpected,
+}
+
+impl DecodeErrorKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [DecodeErrorKind; 7] = [
+        DecodeErrorKind::Json,
+        DecodeErrorKind::BadLength,
+        DecodeErrorKind::InvalidUserId,
+        DecodeErrorKind::InvalidTimestamp,
+        DecodeErrorKind::MissingField,
+        DecodeErrorKind::Oversized,
+        DecodeErrorKind::Unexpected,
+    ];
+
+    /// A stable label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecodeErrorKind::Json => "json",
+            DecodeErrorKind::BadLength => "bad_length",
+            DecodeErrorKind::InvalidUserId => "invalid_user_id",
+            DecodeErrorKind::InvalidTimestamp => "invalid_timestamp",
+            DecodeErrorKind::MissingField => "missing_field",
+            DecodeErrorKind::Oversized => "oversized",
+            DecodeErrorKind::Unexpected => "unexpected",
+        }
+    }
+
+    pub(crate) fn of(error: &presence_frame::Error) -> DecodeErrorKind {
+        match error {
+            presence_frame::Error::BadLength { .. } => DecodeErrorKind::BadLength,
+            presence_frame::Error::InvalidUserId { .. } => DecodeErrorKind::InvalidUserId,
+            presence_frame::Error::InvalidTimestamp { .. } => DecodeErrorKind::InvalidTimestamp,
+            presence_frame::Error::MissingField { .. } => DecodeErrorKind::MissingField,
+            _ => DecodeErrorKind::Json,
+        }
+    }
+}
+
+/// Why a socket was replaced or reconnected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReconnectCause {
+    /// The server closed the socket, or it broke.
+    Closed,
+    /// No heartbeat, traffic or pong in time.
+    HeartbeatTimeout,
+    /// `v2.system.socket_closing` (a planned rollover).
+    SocketClosing,
+    /// The channel (or its token) was about to expire (a planned rollover).
+    Expiring,
+    /// `no_longer_subscribed`, or the channel vanished (404).
+    ChannelGone,
+    /// Connecting or setting the channel up failed.
+    ConnectFailed,
+}
+
+impl ReconnectCause {
+    /// Every cause, in a fixed order.
+    pub const ALL: [ReconnectCause; 6] = [
+        ReconnectCause::Closed,
+        ReconnectCause::HeartbeatTimeout,
+        ReconnectCause::SocketClosing,
+        ReconnectCause::Expiring,
+        ReconnectCause::ChannelGone,
+        ReconnectCause::ConnectFailed,
+    ];
+
+    /// A stable label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconnectCause::Closed => "closed",
+            ReconnectCause::HeartbeatTimeout => "heartbeat_timeout",
+            ReconnectCause::SocketClosing => "socket_closing",
+            ReconnectCause::Expiring => "expiring",
+            ReconnectCause::ChannelGone => "channel_gone",
+            ReconnectCause::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
+/// Counters of a sync (all sources and channels together).
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Presence events from notification sockets.
+    pub stream_events: AtomicU64,
+    /// Presence events from REST resyncs.
+    pub resync_events: AtomicU64,
+    /// Presence events from relay frames.
+    pub relay_events: AtomicU64,
+    /// Events dropped by the group filter.
+    pub filtered_out: AtomicU64,
+    /// Heartbeats received.
+    pub heartbeats: AtomicU64,
+    /// Pings sent.
+    pub pings: AtomicU64,
+    /// Pongs received.
+    pub pongs: AtomicU64,
+    /// Routing-status events (decoded, not forwarded).
+    pub routing_status: AtomicU64,
+    /// `v2.system.*` messages.
+    pub system_messages: AtomicU64,
+    /// Notifications on topics we do not know.
+    pub unknown_topics: AtomicU64,
+    /// Full or per-channel resyncs completed.
+    pub resyncs: AtomicU64,
+    /// Resyncs that failed (and will be retried).
+    pub resync_failures: AtomicU64,
+    /// Duration of the last completed resync, in milliseconds.
+    pub last_resync_ms: AtomicU64,
+    /// Sum of the durations of completed resyncs, in milliseconds.
+    pub resync_ms_total: AtomicU64,
+    decode_errors: [AtomicU64; DecodeErrorKind::ALL.len()],
+    reconnects: [AtomicU64; ReconnectCause::ALL.len()],
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl SyncStats {
+    pub(crate) fn decode_error(&self, kind: DecodeErrorKind) {
+        if let Some(i) = DecodeErrorKind::ALL.iter().position(|k| *k == kind) {
+            bump(&self.decode_errors[i]);
+        }
+    }
+
+    pub(crate) fn reconnect(&self, cause: ReconnectCause) {
+        if let Some(i) = ReconnectCause::ALL.iter().position(|c| *c == cause) {
+            bump(&self.reconnects[i]);
+        }
+    }
+
+    pub(crate) fn resync_done(&self, took: Duration) {
+        let ms = took.as_millis() as u64;
+        bump(&self.resyncs);
+        self.last_resync_ms.store(ms, Ordering::Relaxed);
+        add(&self.resync_ms_total, ms);
+    }
+
+    /// Decode errors by kind.
+    pub fn decode_errors(&self) -> Vec<(DecodeErrorKind, u64)> {
+        DecodeErrorKind::ALL
+            .iter()
+            .zip(&self.decode_errors)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Total decode errors.
+    pub fn decode_errors_total(&self) -> u64 {
+        self.decode_errors
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Reconnects and replacements by cause.
+    pub fn reconnects(&self) -> Vec<(ReconnectCause, u64)> {
+        ReconnectCause::ALL
+            .iter()
+            .zip(&self.reconnects)
+            .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Reconnects of one cause.
+    pub fn reconnects_of(&self, cause: ReconnectCause) -> u64 {
+        self.reconnects()
+            .into_iter()
+            .find(|(c, _)| *c == cause)
+            .map_or(0, |(_, n)| n)
+    }
+}
+
+/// Where one channel (or the relay connection) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Creating the channel and subscribing.
+    Setup,
+    /// Connecting its WebSocket.
+    Connecting,
+    /// Connected; the resync after the gap is still running.
+    Resyncing,
+    /// Connected and resynced.
+    Streaming,
+    /// Waiting before the next attempt.
+    Backoff,
+    /// Stopped (shutdown).
+    Stopped,
+}
+
+impl ChannelState {
+    /// A stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelState::Setup => "setup",
+            ChannelState::Connecting => "connecting",
+            ChannelState::Resyncing => "resyncing",
+            ChannelState::Streaming => "streaming",
+            ChannelState::Backoff => "backoff",
+            ChannelState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A snapshot of one channel.
+#[derive(Clone, Debug)]
+pub struct ChannelStatus {
+    /// Position in the plan (0-based).
+    pub index: usize,
+    /// The Genesys channel id in use, if any.
+    pub channel_id: Option<String>,
+    /// The state.
+    pub state: ChannelState,
+    /// Users (topics) on the channel.
+    pub users: usize,
+    /// Reconnects and rollovers of this channel.
+    pub reconnects: u64,
+    /// Time since the last message on the socket, if connected.
+    pub last_message_age: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ChannelSlot {
+    pub(crate) channel_id: Option<String>,
+    pub(crate) state: ChannelState,
+    pub(crate) users: usize,
+    pub(crate) reconnects: u64,
+    pub(crate) last_message: Option<Instant>,
+}
+
+/// Shared view of a running sync: counters and channel states. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct SyncStatus {
+    pub(crate) stats: Arc<SyncStats>,
+    pub(crate) channels: Arc<Mutex<Vec<ChannelSlot>>>,
+    pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SyncStatus {
+    /// The counters.
+    pub fn stats(&self) -> &SyncStats {
+        &self.stats
+    }
+
+    /// Every channel's state.
+    pub fn channels(&self) -> Vec<ChannelStatus> {
+        let now = Instant::now();
+        self.channels
+            .lock()
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| ChannelStatus {
+                index,
+                channel_id: slot.channel_id.clone(),
+                state: slot.state,
+                users: slot.users,
+                reconnects: slot.reconnects,
+                last_message_age: slot.last_message.map(|t| now.saturating_duration_since(t)),
+            })
+            .collect()
+    }
+
+    /// Whether discovery finished and every channel is connected and resynced.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+            && self
+                .channels
+                .lock()
+                .iter()
+                .all(|c| c.state == ChannelState::Streaming)
+    }
+
+    pub(crate) fn set_state(&self, index: usize, state: ChannelState) {
+        if let Some(slot) = self.channels.lock().get_mut(index) {
+            if slot.state != state {
+                log::debug!(
+                    "channel {index}: {} -> {}",
+                    slot.state.as_str(),
+                    state.as_str()
+                );
+            }
+            slot.state = state;
+        }
+    }
+
+    pub(crate) fn update(&self, index: usize, f: impl FnOnce(&mut ChannelSlot)) {
+        if let Some(slot) = self.channels.lock().get_mut(index) {
+            f(slot);
+        }
+    }
+}

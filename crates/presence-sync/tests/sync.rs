@@ -1,0 +1,657 @@
+//! presence-sync against the emulator over real loopback HTTP and WebSockets: every fault the
+//! issue names, and a convergence run with all of them at random.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+use genesys_emulator::{
+    ChaosConfig, Emulator, EmulatorConfig, EmulatorHandle, FaultKind, FaultTarget, TruthEntry,
+};
+use presence_frame::{EventTime, GroupMask, Guid, Location, PresenceEvent, UserId};
+use presence_registry::{ManualClock, Registry, RegistryConfig};
+use presence_sync::{
+    ChannelState, DecodeErrorKind, PresenceSync, ReconnectCause, RelaySource, SyncConfig,
+    SyncStatus,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// An emulator, a sync feeding a registry, and the means to judge convergence.
+struct Harness {
+    emulator: EmulatorHandle,
+    client: GenesysClient,
+    registry: Arc<Registry<ManualClock>>,
+    status: SyncStatus,
+    shutdown: CancellationToken,
+    task: JoinHandle<presence_sync::Result<()>>,
+}
+
+fn fast_sync() -> SyncConfig {
+    SyncConfig::default()
+        .idle_before_ping(Duration::from_secs(2))
+        .pong_timeout(Duration::from_secs(1))
+        .backoff(Duration::from_millis(20), Duration::from_millis(500))
+        .connect_timeout(Duration::from_secs(5))
+}
+
+async fn start_emulator(config: EmulatorConfig) -> EmulatorHandle {
+    Emulator::start(config, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("emulator starts")
+}
+
+fn client_for(emulator: &EmulatorHandle, rpm: u32) -> GenesysClient {
+    let base = emulator.base_url();
+    let config = AuthConfig::new(
+        Endpoints::new(&base, &base).expect("endpoints"),
+        emulator.client_id(),
+        Secret::new(emulator.client_secret()),
+    )
+    .backoff(Duration::from_millis(20), Duration::from_millis(500))
+    .requests_per_minute(rpm)
+    .max_attempts(8);
+    GenesysClient::new(config).expect("client")
+}
+
+fn registry() -> Arc<Registry<ManualClock>> {
+    Arc::new(
+        Registry::with_clock(
+            RegistryConfig::new(Duration::from_secs(3600)),
+            ManualClock::new(),
+        )
+        .expect("registry"),
+    )
+}
+
+impl Harness {
+    async fn start(emulator: EmulatorConfig, sync: SyncConfig) -> Harness {
+        let emulator = start_emulator(emulator).await;
+        let client = client_for(&emulator, 300);
+        let bits: Vec<(Guid, u32)> = emulator.group_ids().into_iter().zip(0u32..).collect();
+        let registry = registry();
+        let sink_registry = Arc::clone(&registry);
+        let sync = PresenceSync::new(
+            client.clone(),
+            sync.group_bits(bits),
+            move |events: &mut Vec<PresenceEvent>| {
+                for event in events.drain(..) {
+                    let _ = sink_registry.apply(event);
+                }
+            },
+        )
+        .expect("sync");
+        let status = sync.status();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(sync.run(shutdown.clone()));
+        Harness {
+            emulator,
+            client,
+            registry,
+            status,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut(&Harness) -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !done(self) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; channels {:?}; stats {:?}",
+                self.status.channels(),
+                self.status.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn ready(&self) {
+        self.wait_for("every channel streaming", Duration::from_secs(60), |h| {
+            h.status.is_ready()
+        })
+        .await;
+    }
+
+    /// Quiesces the emulator and waits until the registry equals its truth.
+    async fn converge(&self, limit: Duration) {
+        self.emulator.quiesce().await;
+        let truth = self.emulator.truth();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let wrong = mismatches(&self.registry, &truth);
+            if wrong.is_empty() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {} users differ from the truth, e.g. {:?}; stats {:?}",
+                wrong.len(),
+                truth.len(),
+                &wrong[..wrong.len().min(3)],
+                self.status.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "sync ends cleanly: {result:?}"
+        );
+        self.emulator.shutdown().await;
+    }
+}
+
+/// Users whose registry entry differs from the emulator's truth (status, definition, message,
+/// event time and group mask).
+fn mismatches(registry: &Registry<ManualClock>, truth: &[TruthEntry]) -> Vec<String> {
+    truth
+        .iter()
+        .filter_map(|t| {
+            let guid = t.user()?;
+            let Some(held) = registry.get(UserId::Genesys(guid)) else {
+                return Some(format!("{guid}: missing"));
+            };
+            let time = EventTime::parse_rfc3339(&t.modified_date).ok()?;
+            let message = (!t.message.is_empty()).then_some(t.message.as_str());
+            let ok = held.state.status == t.status()
+                && held.time == time
+                && held.state.message.as_deref() == message
+                && held.state.definition_id.as_deref() == Some(t.presence_definition_id.as_str())
+                && held.state.groups == GroupMask(t.group_mask);
+            (!ok).then(|| {
+                format!(
+                    "{guid}: held {:?} at {:?}, truth {} at {}",
+                    held.state, held.time, t.system_presence, t.modified_date
+                )
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_changes_into_the_registry() {
+    let h = Harness::start(
+        EmulatorConfig::default()
+            .users(300)
+            .change_rate(300.0)
+            .seed(1),
+        fast_sync(),
+    )
+    .await;
+    h.ready().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    h.converge(Duration::from_secs(20)).await;
+    let stats = h.status.stats();
+    assert!(
+        stats
+            .stream_events
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 100
+    );
+    assert_eq!(stats.decode_errors_total(), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spreads_2500_users_over_3_channels() {
+    let h = Harness::start(
+        EmulatorConfig::default()
+            .users(2_500)
+            .change_rate(0.0)
+            .seed(2),
+        fast_sync(),
+    )
+    .await;
+    h.ready().await;
+    let channels = h.status.channels();
+    assert_eq!(channels.len(), 3);
+    assert!(
+        channels
+            .iter()
+            .all(|c| c.users <= 1_000 && c.state == ChannelState::Streaming),
+        "{channels:?}"
+    );
+    assert_eq!(channels.iter().map(|c| c.users).sum::<usize>(), 2_500);
+    let emulated = h.emulator.stats().channels;
+    assert_eq!(
+        emulated.iter().filter(|c| c.connected).count(),
+        3,
+        "{emulated:?}"
+    );
+    assert!(emulated.iter().all(|c| c.topics <= 1_000));
+    h.converge(Duration::from_secs(20)).await;
+    assert_eq!(h.registry.len(), 2_500);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_loss_leads_to_ping_then_replacement() {
+    let emulator = EmulatorConfig::default()
+        .users(200)
+        .change_rate(100.0)
+        .heartbeat_interval(Duration::from_millis(500));
+    let h = Harness::start(emulator, fast_sync()).await;
+    h.ready().await;
+    assert!(h.emulator.stall_sockets(FaultTarget::All).expect("stall") >= 1);
+    h.wait_for("a heartbeat timeout", Duration::from_secs(15), |h| {
+        h.status
+            .stats()
+            .reconnects_of(ReconnectCause::HeartbeatTimeout)
+            >= 1
+    })
+    .await;
+    assert!(
+        h.status
+            .stats()
+            .pings
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "pinged before giving up"
+    );
+    h.ready().await;
+    h.converge(Duration::from_secs(20)).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_closing_rolls_over_with_no_lost_event() {
+    let h = Harness::start(
+        EmulatorConfig::default()
+            .users(500)
+            .change_rate(400.0)
+            .seed(3),
+        fast_sync(),
+    )
+    .await;
+    h.ready().await;
+    let resyncs_before = h
+        .status
+        .stats()
+        .resyncs
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let old = h.status.channels()[0].channel_id.clone();
+    h.emulator
+        .socket_closing(FaultTarget::All, Duration::from_secs(3))
+        .expect("closing");
+    h.wait_for("a rollover", Duration::from_secs(15), |h| {
+        h.status
+            .stats()
+            .reconnects_of(ReconnectCause::SocketClosing)
+            >= 1
+    })
+    .await;
+    assert_ne!(h.status.channels()[0].channel_id, old, "a new channel");
+    tokio::time::sleep(Duration::from_secs(4)).await; // past the grace: the old socket is closed
+    h.converge(Duration::from_secs(10)).await;
+    // No gap, so no resync was needed to get there.
+    assert_eq!(
+        h.status
+            .stats()
+            .resyncs
+            .load(std::sync::atomic::Ordering::Relaxed),
+        resyncs_before
+    );
+    assert_eq!(h.status.stats().reconnects_of(ReconnectCause::Closed), 0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_expiring_mid_stream_is_rolled_over() {
+    let emulator = EmulatorConfig::default()
+        .users(300)
+        .change_rate(300.0)
+        .channel_lifetime(Duration::from_secs(6));
+    let h = Harness::start(emulator, fast_sync()).await;
+    h.ready().await;
+    h.wait_for("an expiry rollover", Duration::from_secs(20), |h| {
+        h.status.stats().reconnects_of(ReconnectCause::Expiring) >= 1
+    })
+    .await;
+    h.converge(Duration::from_secs(10)).await;
+    assert_eq!(
+        h.status.stats().reconnects_of(ReconnectCause::Closed),
+        0,
+        "rolled before it expired"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiry_gets_a_401_a_new_token_and_a_new_channel() {
+    let h = Harness::start(
+        EmulatorConfig::default().users(300).change_rate(200.0),
+        fast_sync(),
+    )
+    .await;
+    h.ready().await;
+    h.emulator.expire_tokens().expect("expire");
+    // Channels die with their token; the sync must notice, refresh, and resubscribe.
+    h.wait_for("a new token", Duration::from_secs(15), |h| {
+        h.client
+            .stats()
+            .token_refreshes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    })
+    .await;
+    h.ready().await;
+    h.converge(Duration::from_secs(20)).await;
+    assert!(
+        h.client
+            .stats()
+            .unauthorized
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollovers_within_the_channel_limit_never_cost_a_live_channel() {
+    // 3 channels allowed, 2 in use: each rollover creates a 3rd or 4th channel, which must
+    // replace an old unconnected one, never a live one (the 21st-channel rule, scaled down).
+    let emulator = EmulatorConfig::default()
+        .users(2_000)
+        .change_rate(300.0)
+        .max_channels_per_client(3);
+    let h = Harness::start(emulator, fast_sync().max_channels(3)).await;
+    h.ready().await;
+    for round in 1..=3 {
+        h.emulator
+            .socket_closing(FaultTarget::All, Duration::from_secs(2))
+            .expect("closing");
+        h.wait_for("rollovers", Duration::from_secs(15), |h| {
+            h.status
+                .channels()
+                .iter()
+                .map(|c| c.reconnects)
+                .sum::<u64>()
+                >= 2 * round
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert!(h.emulator.stats().channels.len() <= 3);
+    assert_eq!(
+        h.status.stats().reconnects_of(ReconnectCause::ChannelGone),
+        0,
+        "no live channel was replaced"
+    );
+    h.converge(Duration::from_secs(15)).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_users_than_the_channel_limit_is_a_clear_error() {
+    let emulator = start_emulator(EmulatorConfig::default().users(2_001).change_rate(0.0)).await;
+    let sync = PresenceSync::new(
+        client_for(&emulator, 300),
+        fast_sync().max_channels(3),
+        |_: &mut Vec<PresenceEvent>| {},
+    )
+    .expect("sync");
+    let err = sync
+        .run(CancellationToken::new())
+        .await
+        .expect_err("too many users");
+    assert!(
+        err.to_string()
+            .contains("2001 users need 3 notification channels"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_storm_during_resync_is_waited_out() {
+    let h = Harness::start(
+        EmulatorConfig::default().users(1_500).change_rate(200.0),
+        fast_sync(),
+    )
+    .await;
+    h.ready().await;
+    h.emulator.rate_limit_burst(6, 1).expect("429s");
+    h.emulator.drop_sockets(FaultTarget::All).expect("drop");
+    h.wait_for("a reconnect", Duration::from_secs(10), |h| {
+        h.status.stats().reconnects_of(ReconnectCause::Closed) >= 1
+    })
+    .await;
+    h.ready().await;
+    h.converge(Duration::from_secs(30)).await;
+    assert!(
+        h.client
+            .stats()
+            .rate_limited
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_missed_while_disconnected_are_recovered_by_resync() {
+    let h = Harness::start(
+        EmulatorConfig::default().users(400).change_rate(500.0),
+        fast_sync(),
+    )
+    .await;
+    h.ready().await;
+    let resyncs = h
+        .status
+        .stats()
+        .resyncs
+        .load(std::sync::atomic::Ordering::Relaxed);
+    h.emulator.drop_sockets(FaultTarget::All).expect("drop");
+    h.wait_for("a resync after the gap", Duration::from_secs(15), |h| {
+        h.status
+            .stats()
+            .resyncs
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > resyncs
+    })
+    .await;
+    h.converge(Duration::from_secs(20)).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_oversized_messages_are_counted_and_skipped() {
+    let h = Harness::start(
+        EmulatorConfig::default().users(200).change_rate(200.0),
+        fast_sync(),
+    )
+    .await;
+    h.ready().await;
+    h.emulator.send_garbage(FaultTarget::All).expect("garbage");
+    h.emulator
+        .send_truncated_json(FaultTarget::All)
+        .expect("truncated");
+    h.emulator
+        .send_oversized(FaultTarget::All, 3 << 20)
+        .expect("oversized");
+    h.wait_for("three bad messages", Duration::from_secs(10), |h| {
+        h.status.stats().decode_errors_total() >= 3
+    })
+    .await;
+    let errors = h.status.stats().decode_errors();
+    let count = |kind| {
+        errors
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert!(count(DecodeErrorKind::Json) >= 2, "{errors:?}");
+    assert_eq!(count(DecodeErrorKind::Oversized), 1, "{errors:?}");
+    h.converge(Duration::from_secs(10)).await;
+    let reconnects: u64 = h.status.stats().reconnects().iter().map(|(_, n)| n).sum();
+    assert_eq!(reconnects, 0, "the session stayed up");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_under_random_faults() {
+    let emulator = EmulatorConfig::default()
+        .users(2_000)
+        .change_rate(3_000.0)
+        .seed(7)
+        .heartbeat_interval(Duration::from_secs(1));
+    let h = Harness::start(emulator, fast_sync()).await;
+    h.ready().await;
+    h.emulator
+        .set_chaos(ChaosConfig::new(240.0).kinds(FaultKind::ALL))
+        .expect("chaos");
+    // Every kind at least once, on top of the random ones.
+    let e = &h.emulator;
+    let pause = Duration::from_millis(400);
+    e.drop_sockets(FaultTarget::All).expect("fault");
+    tokio::time::sleep(pause).await;
+    e.send_garbage(FaultTarget::All).expect("fault");
+    e.send_truncated_json(FaultTarget::All).expect("fault");
+    e.send_oversized(FaultTarget::All, 3 << 20).expect("fault");
+    tokio::time::sleep(pause).await;
+    e.rate_limit_burst(5, 1).expect("fault");
+    e.stall_sockets(FaultTarget::All).expect("fault");
+    tokio::time::sleep(pause).await;
+    e.server_error_burst(3, 503).expect("fault");
+    e.socket_closing(FaultTarget::All, Duration::from_secs(2))
+        .expect("fault");
+    tokio::time::sleep(pause).await;
+    e.expire_tokens().expect("fault");
+    tokio::time::sleep(pause).await;
+    e.no_longer_subscribed(FaultTarget::All).expect("fault");
+    let started = tokio::time::Instant::now();
+    while e.stats().events_generated < 20_000 || started.elapsed() < Duration::from_secs(8) {
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "workload too slow: {}",
+            e.stats().events_generated
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    e.set_chaos(ChaosConfig::new(0.0)).expect("calm");
+    let stats = e.stats();
+    eprintln!(
+        "faults injected: {:?}; events generated {}",
+        stats.faults_injected, stats.events_generated
+    );
+    for kind in FaultKind::ALL {
+        assert!(
+            stats
+                .faults_injected
+                .get(kind.as_str())
+                .is_some_and(|n| *n > 0),
+            "{} injected: {:?}",
+            kind.as_str(),
+            stats.faults_injected
+        );
+    }
+    assert!(stats.events_generated >= 20_000);
+    h.converge(Duration::from_secs(40)).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_users_in_allowed_groups_are_delivered() {
+    let h = Harness::start(
+        EmulatorConfig::default().users(400).change_rate(300.0),
+        fast_sync().allowed(Some(GroupMask(0b11))),
+    )
+    .await;
+    h.ready().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.emulator.quiesce().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let truth = h.emulator.truth();
+    let (inside, outside): (Vec<_>, Vec<_>) = truth.iter().partition(|t| t.group_mask & 0b11 != 0);
+    assert!(!inside.is_empty() && !outside.is_empty());
+    for t in &outside {
+        let guid = t.user().expect("guid");
+        assert!(
+            h.registry.get(UserId::Genesys(guid)).is_none(),
+            "{guid} is outside the allowed groups"
+        );
+    }
+    assert_eq!(h.registry.len(), inside.len());
+    assert!(
+        h.status
+            .stats()
+            .filtered_out
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_source_converges_on_frames() {
+    let emulator = start_emulator(EmulatorConfig::default().users(500).change_rate(1_000.0)).await;
+    let client = client_for(&emulator, 300);
+    let registry = registry();
+    let sink_registry = Arc::clone(&registry);
+    let relay = RelaySource::new(
+        &emulator.relay_url(),
+        client,
+        fast_sync(),
+        move |events: &mut Vec<PresenceEvent>| {
+            sink_registry.apply_batch(events, |_| {});
+        },
+    )
+    .expect("relay");
+    let status = relay.status();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    emulator.drop_sockets(FaultTarget::Relay).expect("drop");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    emulator.quiesce().await;
+    let truth = emulator.truth();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let wrong = truth
+            .iter()
+            .filter(|t| {
+                let held = registry.get(UserId::Relay(t.relay_id));
+                let location = if t.location == "Desk" {
+                    Location::DESK
+                } else {
+                    Location::REMOTE
+                };
+                !held.is_some_and(|e| {
+                    e.state.status == t.status()
+                        && e.state.location == location
+                        && e.state.groups == GroupMask(t.group_mask & 0xff)
+                        && Some(e.time) == EventTime::parse_rfc3339(&t.modified_date).ok()
+                })
+            })
+            .count();
+        if wrong == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{wrong} relay users differ; {:?}",
+            status.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status.stats().reconnects_of(ReconnectCause::Closed) >= 1);
+    shutdown.cancel();
+    assert!(matches!(task.await, Ok(Ok(()))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_requires_a_valid_token_in_the_header() {
+    let emulator = start_emulator(EmulatorConfig::default().users(5)).await;
+    let err = RelaySource::new(
+        &format!("{}?access_token=x", emulator.relay_url()),
+        client_for(&emulator, 300),
+        fast_sync(),
+        |_: &mut Vec<PresenceEvent>| {},
+    );
+    assert!(err.is_err(), "a token in the URL is refused");
+}
