@@ -274,6 +274,11 @@ impl<C: Clock> Registry<C> {
             let len = run.iter().take_while(|k| *k >> 32 == shard_at).count();
             let (this, rest) = run.split_at(len);
             let mut shard = self.shards[shard_at as usize].0.lock();
+            shard.warm(this.iter().filter_map(|key| {
+                pending[(*key & 0xffff_ffff) as usize]
+                    .as_ref()
+                    .map(|e| &e.user)
+            }));
             let now = self.clock.now_ms();
             let tick = now / self.tick_ms;
             for key in this {

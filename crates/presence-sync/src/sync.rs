@@ -99,7 +99,7 @@ impl PresenceSync {
             self.config.max_channels - 1,
         )?;
         log::info!(
-            "planned {} notification channels for {} users",
+            "planned {} notification channel(s) for {} users",
             plan.channels().len(),
             plan.users()
         );

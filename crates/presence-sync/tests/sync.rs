@@ -230,29 +230,34 @@ async fn spreads_2500_users_over_3_channels() {
     h.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On tokio's paused clock, with Genesys's real intervals: heartbeats every 30 s, a ping
+/// after 45 s of silence, 10 s for the pong.
+#[tokio::test(start_paused = true)]
 async fn heartbeat_loss_leads_to_ping_then_replacement() {
-    let emulator = EmulatorConfig::default()
-        .users(200)
-        .change_rate(100.0)
-        .heartbeat_interval(Duration::from_millis(500));
-    let h = Harness::start(emulator, fast_sync()).await;
+    let emulator = EmulatorConfig::default().users(200).change_rate(2.0);
+    let sync = SyncConfig::default().backoff(Duration::from_millis(20), Duration::from_millis(500));
+    let h = Harness::start(emulator, sync).await;
     h.ready().await;
     assert!(h.emulator.stall_sockets(FaultTarget::All).expect("stall") >= 1);
-    h.wait_for("a heartbeat timeout", Duration::from_secs(15), |h| {
+    let stalled = tokio::time::Instant::now();
+    h.wait_for("a heartbeat timeout", Duration::from_secs(120), |h| {
         h.status
             .stats()
             .reconnects_of(ReconnectCause::HeartbeatTimeout)
             >= 1
     })
     .await;
+    let waited = stalled.elapsed();
+    let pings = h
+        .status
+        .stats()
+        .pings
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(pings >= 1, "pinged before giving up");
+    // Silence is noticed after the idle window plus the pong timeout, and not much later.
     assert!(
-        h.status
-            .stats()
-            .pings
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1,
-        "pinged before giving up"
+        waited >= Duration::from_secs(10) && waited <= Duration::from_secs(60),
+        "{waited:?}"
     );
     h.ready().await;
     h.converge(Duration::from_secs(20)).await;

@@ -1,0 +1,205 @@
+//! The wiring of `run`: the Genesys client, the sync (or relay) feeding the registry, every
+//! real change and every expiry handed to the Kafka publisher, the admin server, and the
+//! shutdown sequence (stop taking events, flush Kafka within the grace, close, exit).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow};
+use genesys_auth::{AuthConfig, GenesysClient};
+use parking_lot::Mutex;
+use presence_frame::PresenceEvent;
+use presence_registry::{MonotonicClock, Outcome, Registry, RegistryConfig};
+use presence_sync::{PresenceSink, PresenceSync, RelaySource, SyncConfig, UserSelection};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BridgeConfig, SourceConfig};
+use crate::output::Output;
+use crate::state::{AppState, RecentChanges};
+
+/// Where the sync's events go: the registry decides what changed; changes go to Kafka and to
+/// the dashboard's recent list.
+struct BridgeSink {
+    registry: Arc<Registry<MonotonicClock>>,
+    output: Arc<Output>,
+    recent: Arc<Mutex<RecentChanges>>,
+    changes: Arc<AtomicU64>,
+}
+
+impl PresenceSink for BridgeSink {
+    fn publish(&self, events: &mut Vec<PresenceEvent>) {
+        let received = Instant::now();
+        let mut changed = Vec::new();
+        self.registry.apply_batch(events, |outcome| {
+            if let Outcome::Changed(change) = outcome {
+                changed.push(change.current.user);
+                self.output.publish(change.current, received);
+            }
+        });
+        if !changed.is_empty() {
+            self.changes
+                .fetch_add(changed.len() as u64, Ordering::Relaxed);
+            let mut recent = self.recent.lock();
+            for user in changed {
+                recent.push(user, false);
+            }
+        }
+    }
+}
+
+/// How often expired entries are swept (and tombstoned): a fraction of the TTL, between
+/// 100 ms and 1 s.
+fn sweep_interval(ttl: Duration) -> Duration {
+    (ttl / 64).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// Runs the bridge until `shutdown` is cancelled (then `Ok`) or something fatal happens.
+pub async fn serve(
+    config: BridgeConfig,
+    admin: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let started = Instant::now();
+    let client = GenesysClient::new(AuthConfig::new(
+        config.endpoints.clone(),
+        config.client_id.clone(),
+        config.client_secret.clone(),
+    ))
+    .map_err(|e| anyhow!("{e}"))?;
+    let registry =
+        Arc::new(Registry::new(RegistryConfig::new(config.ttl)).map_err(|e| anyhow!("{e}"))?);
+    let output = Arc::new(Output::start(&config.kafka).await?);
+    let recent = Arc::new(Mutex::new(RecentChanges::new(8_192)));
+    let changes = Arc::new(AtomicU64::new(0));
+    let expired = Arc::new(AtomicU64::new(0));
+    let sink = BridgeSink {
+        registry: Arc::clone(&registry),
+        output: Arc::clone(&output),
+        recent: Arc::clone(&recent),
+        changes: Arc::clone(&changes),
+    };
+
+    let sync_config = SyncConfig::default()
+        .group_bits(config.group_bits.clone())
+        .allowed(config.allowed)
+        .resync_interval(config.resync_interval);
+    let source_shutdown = shutdown.child_token();
+    let (status, source) = match &config.source {
+        SourceConfig::Genesys { groups } => {
+            let selection = if groups.is_empty() {
+                UserSelection::AllActive
+            } else {
+                UserSelection::Groups(groups.clone())
+            };
+            let sync = PresenceSync::new(client.clone(), sync_config.users(selection), sink)
+                .map_err(|e| anyhow!("{e}"))?;
+            (
+                sync.status(),
+                tokio::spawn(sync.run(source_shutdown.clone())),
+            )
+        }
+        SourceConfig::Relay { url } => {
+            let relay = RelaySource::new(url, client.clone(), sync_config, sink)
+                .map_err(|e| anyhow!("{e}"))?;
+            (
+                relay.status(),
+                tokio::spawn(relay.run(source_shutdown.clone())),
+            )
+        }
+    };
+
+    let state = Arc::new(AppState {
+        registry: Arc::clone(&registry),
+        sync: status,
+        client,
+        kafka: Arc::clone(&output) as Arc<dyn crate::state::KafkaStatus>,
+        started,
+        recent: Arc::clone(&recent),
+        expired: Arc::clone(&expired),
+        changes,
+    });
+
+    // Expiry: swept entries become tombstones.
+    let sweeper = {
+        let registry = Arc::clone(&registry);
+        let output = Arc::clone(&output);
+        let stop = source_shutdown.clone();
+        let every = sweep_interval(config.ttl);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut swept = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                swept.clear();
+                if registry.sweep_into(&mut swept) == 0 {
+                    continue;
+                }
+                expired.fetch_add(swept.len() as u64, Ordering::Relaxed);
+                let mut recent = recent.lock();
+                for gone in &swept {
+                    output.tombstone(gone.last.user);
+                    recent.push(gone.last.user, true);
+                }
+                log::debug!("expired {} users", swept.len());
+            }
+        })
+    };
+
+    let server_stop = CancellationToken::new();
+    let server = {
+        let stop = server_stop.clone();
+        let router = crate::admin::router(Arc::clone(&state));
+        tokio::spawn(async move {
+            axum::serve(admin, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    };
+
+    // Wait for a stop request, or for the source to end on its own (a fatal error).
+    let mut source = source;
+    let fatal = tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => None,
+        ended = &mut source => match ended {
+            // The source's token is a child of `shutdown`: a clean end during shutdown is fine.
+            Ok(Ok(())) if shutdown.is_cancelled() => None,
+            Ok(Ok(())) => Some(anyhow!("the presence source stopped unexpectedly")),
+            Ok(Err(e)) => Some(anyhow!("{e}")),
+            Err(e) => Some(anyhow!("the presence source failed: {e}")),
+        },
+    };
+
+    // Stop taking events, then flush what is pending within the grace, then close.
+    source_shutdown.cancel();
+    if fatal.is_none() && !source.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut source).await;
+    }
+    let _ = sweeper.await;
+    match output.flush(config.shutdown_grace).await {
+        Ok(()) => log::info!("Kafka flushed"),
+        Err(left) => log::warn!(
+            "shutdown grace of {:?} ran out: {left}",
+            config.shutdown_grace
+        ),
+    }
+    server_stop.cancel();
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => log::warn!("admin server: {e}"),
+        Err(_) => log::warn!("admin server did not stop in time"),
+        _ => {}
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => {
+            log::info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}

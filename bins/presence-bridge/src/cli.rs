@@ -1,0 +1,243 @@
+//! Command-line flags. Options that may also come from the environment or the TOML file are
+//! `Option`s here, so that "not given" can fall through to the file and then to the default;
+//! [`crate::config`] does the merging and validation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Genesys Cloud presence into Apache Kafka.
+#[derive(Debug, Parser)]
+#[command(
+    name = "presence-bridge",
+    version,
+    about = "Genesys Cloud presence into Apache Kafka",
+    long_about = "Keeps a live picture of every Genesys Cloud user's presence and publishes each \
+                  real change to a Kafka topic (key: user id; value: JSON; tombstone on expiry).\n\n\
+                  Start with `presence-bridge demo` (the emulator and the bridge in one process) \
+                  after starting a local Kafka with scripts/kafka.sh start."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bridge: Genesys Cloud (or a binary relay) to Kafka, with the admin HTTP server.
+    Run(Box<RunArgs>),
+    /// Start the Genesys Cloud emulator alone and print its URL and credentials.
+    Emulate(EmulateArgs),
+    /// Run the emulator and the bridge in one process against KAFKA_BROKERS, with the
+    /// dashboard URL printed at start.
+    Demo(DemoArgs),
+}
+
+/// Options of `run` (and of the bridge half of `demo`). Each has a TOML file key of the same
+/// name (`region = "mypurecloud.ie"`); flags and environment win over the file.
+#[derive(Debug, Default, Args)]
+pub struct RunArgs {
+    /// TOML file with any of these options, keyed by their long names
+    /// (e.g. `kafka-brokers = "k1:9092"`). Flags and environment win over it.
+    #[arg(long, env = "PRESENCE_BRIDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Genesys Cloud environment, e.g. mypurecloud.ie or usw2.pure.cloud.
+    /// [default: mypurecloud.com]
+    #[arg(long, env = "GENESYS_REGION", value_name = "ENV")]
+    pub region: Option<String>,
+
+    /// API base URL, overriding the region's (proxies, the emulator).
+    #[arg(long, env = "GENESYS_API_URL", value_name = "URL")]
+    pub api_url: Option<String>,
+
+    /// Login (OAuth) base URL, overriding the region's.
+    #[arg(long, env = "GENESYS_LOGIN_URL", value_name = "URL")]
+    pub login_url: Option<String>,
+
+    /// OAuth client id (client-credentials grant).
+    #[arg(long, env = "GENESYS_CLIENT_ID", value_name = "ID")]
+    pub client_id: Option<String>,
+
+    /// File holding the OAuth client secret. The secret itself is read from
+    /// GENESYS_CLIENT_SECRET or this file, never from a flag (flags show in `ps`).
+    #[arg(long, value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Watch only the members of these Genesys groups (comma-separated group ids).
+    /// [default: every active user]
+    #[arg(
+        long,
+        env = "GENESYS_GROUPS",
+        value_name = "IDS",
+        value_delimiter = ','
+    )]
+    pub groups: Option<Vec<String>>,
+
+    /// Map Genesys groups to bits of the group mask: `GROUP_ID=BIT,...` (bits 0 to 63).
+    /// A user's mask is the OR of its mapped groups' bits. [default: none]
+    #[arg(long, env = "GROUP_BITS", value_name = "ID=BIT", value_delimiter = ',')]
+    pub group_bits: Option<Vec<String>>,
+
+    /// Group filter: publish only users whose mask shares a bit with this mask (decimal or
+    /// 0x-hex). A user in no mapped group has mask 0 and never passes. [default: no filter]
+    #[arg(long, env = "ALLOWED_GROUPS", value_name = "MASK")]
+    pub allowed_groups: Option<String>,
+
+    /// Read a binary relay of 16-byte frames at this ws:// or wss:// URL instead of Genesys
+    /// notifications (the bearer token still comes from the OAuth client).
+    #[arg(long, env = "RELAY_URL", value_name = "URL")]
+    pub relay_url: Option<String>,
+
+    /// Kafka bootstrap servers, comma-separated. [default: localhost:9092]
+    #[arg(long, env = "KAFKA_BROKERS", value_name = "HOST:PORT,...")]
+    pub kafka_brokers: Option<String>,
+
+    /// Kafka topic (meant to be log-compacted; created compacted if missing).
+    /// [default: genesys.presence.updates]
+    #[arg(long, env = "KAFKA_TOPIC", value_name = "TOPIC")]
+    pub topic: Option<String>,
+
+    /// Kafka security protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    /// [default: plaintext]
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_name = "PROTOCOL")]
+    pub kafka_security_protocol: Option<String>,
+
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. [default: SCRAM-SHA-512 when a
+    /// sasl_* protocol is chosen]
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_name = "MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+
+    /// SASL username.
+    #[arg(long, env = "KAFKA_SASL_USERNAME", value_name = "USER")]
+    pub kafka_sasl_username: Option<String>,
+
+    /// File holding the SASL password (or set KAFKA_SASL_PASSWORD; never a flag).
+    #[arg(long, value_name = "FILE")]
+    pub kafka_sasl_password_file: Option<PathBuf>,
+
+    /// CA certificate file (PEM) for TLS to Kafka. [default: the system's roots]
+    #[arg(long, env = "KAFKA_CA_FILE", value_name = "FILE")]
+    pub kafka_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS to Kafka.
+    #[arg(long, env = "KAFKA_CERT_FILE", value_name = "FILE")]
+    pub kafka_cert_file: Option<PathBuf>,
+
+    /// Client key (PEM) for mutual TLS to Kafka.
+    #[arg(long, env = "KAFKA_KEY_FILE", value_name = "FILE")]
+    pub kafka_key_file: Option<PathBuf>,
+
+    /// Time-to-live: a user not confirmed (by an event or a resync) for this long is expired
+    /// and a tombstone published. [default: 1h]
+    #[arg(long, env = "PRESENCE_TTL", value_name = "DURATION")]
+    pub ttl: Option<String>,
+
+    /// Resynchronise every user over REST this often, confirming live users; must be shorter
+    /// than --ttl. "off" disables it. [default: 15m]
+    #[arg(long, env = "RESYNC_INTERVAL", value_name = "DURATION")]
+    pub resync_interval: Option<String>,
+
+    /// Address of the admin HTTP server (health, readiness, metrics, query API, dashboard).
+    /// [default: 127.0.0.1:9464]
+    #[arg(long, env = "ADMIN_ADDR", value_name = "HOST:PORT")]
+    pub admin_addr: Option<String>,
+
+    /// How long shutdown may spend flushing Kafka. [default: 10s]
+    #[arg(long, env = "SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
+}
+
+/// Options of `emulate`.
+#[derive(Debug, Clone, Args)]
+pub struct EmulateArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8089", value_name = "HOST:PORT")]
+    pub addr: SocketAddr,
+
+    /// Number of emulated users.
+    #[arg(long, default_value_t = 1_000)]
+    pub users: u32,
+
+    /// Presence changes per second (0 for none).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+
+    /// Seed of the workload (users, groups, changes).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Random faults per minute (drops, stalls, socket_closing, bad messages, 429 and 5xx
+    /// bursts, token expiry, no_longer_subscribed); 0 for none.
+    #[arg(long, default_value_t = 0.0, value_name = "PER_MINUTE")]
+    pub chaos: f64,
+
+    /// Server heartbeat interval.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub heartbeat: humantime::Duration,
+
+    /// Channel lifetime (Genesys: 24 h).
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub channel_lifetime: humantime::Duration,
+
+    /// Token lifetime (Genesys default: 24 h).
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub token_lifetime: humantime::Duration,
+
+    /// API requests per minute per token before 429 (Genesys default: 300).
+    #[arg(long, default_value_t = 300)]
+    pub rate_limit: u32,
+}
+
+/// Options of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The emulator's settings (its address defaults to a free port here).
+    #[command(flatten)]
+    pub emulator: DemoEmulatorArgs,
+
+    /// Kafka bootstrap servers.
+    #[arg(
+        long,
+        env = "KAFKA_BROKERS",
+        default_value = "localhost:9092",
+        value_name = "HOST:PORT,..."
+    )]
+    pub kafka_brokers: String,
+
+    /// Kafka topic.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "genesys.presence.updates")]
+    pub topic: String,
+
+    /// Address of the admin HTTP server and dashboard.
+    #[arg(
+        long,
+        env = "ADMIN_ADDR",
+        default_value = "127.0.0.1:9464",
+        value_name = "HOST:PORT"
+    )]
+    pub admin_addr: String,
+}
+
+/// The emulator settings of `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoEmulatorArgs {
+    /// Number of emulated users.
+    #[arg(long, default_value_t = 2_000)]
+    pub users: u32,
+
+    /// Presence changes per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+
+    /// Seed of the workload.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// Random faults per minute, to watch the bridge recover; 0 for none.
+    #[arg(long, default_value_t = 0.0, value_name = "PER_MINUTE")]
+    pub chaos: f64,
+}

@@ -1,0 +1,161 @@
+//! The commands: `run`, `emulate`, `demo`, and the signal handling they share.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use genesys_emulator::{ChaosConfig, Emulator, EmulatorConfig, EmulatorHandle, FaultKind};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge;
+use crate::cli::{DemoArgs, EmulateArgs, RunArgs};
+use crate::config::BridgeConfig;
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
+pub fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        if wait_for_signal().await.is_err() {
+            log::warn!("cannot listen for signals; stop with SIGKILL");
+            return;
+        }
+        log::info!("shutting down (a second signal exits at once)");
+        shutdown.cancel();
+        if wait_for_signal().await.is_ok() {
+            eprintln!("presence-bridge: second signal, exiting now");
+            std::process::exit(130);
+        }
+    });
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> std::io::Result<()> {
+    tokio::signal::ctrl_c().await
+}
+
+async fn bind(option: &str, addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on --{option} {addr}"))
+}
+
+/// `presence-bridge run`.
+pub async fn run(args: &RunArgs) -> Result<()> {
+    let config = BridgeConfig::from_args(args)?;
+    let admin = bind("admin-addr", config.admin_addr).await?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    log::info!("admin HTTP on http://{}", admin.local_addr()?);
+    bridge::serve(config, admin, shutdown).await
+}
+
+fn emulator_config(users: u32, rate: f64, seed: u64, chaos: f64) -> Result<EmulatorConfig> {
+    let mut config = EmulatorConfig::default()
+        .users(users)
+        .change_rate(rate)
+        .seed(seed);
+    if chaos > 0.0 {
+        config = config.chaos(ChaosConfig::new(chaos).kinds(FaultKind::ALL));
+    }
+    config.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok(config)
+}
+
+fn print_emulator(emulator: &EmulatorHandle) {
+    println!("Genesys Cloud emulator");
+    println!("  base URL (login and API): {}", emulator.base_url());
+    println!("  client id:                {}", emulator.client_id());
+    println!("  client secret:            {}", emulator.client_secret());
+    println!("  relay (bearer token):     {}", emulator.relay_url());
+    println!(
+        "  ground truth:             {}/emulator/truth",
+        emulator.base_url()
+    );
+}
+
+/// `presence-bridge emulate`.
+pub async fn emulate(args: &EmulateArgs) -> Result<()> {
+    let config = emulator_config(args.users, args.rate, args.seed, args.chaos)?
+        .heartbeat_interval(args.heartbeat.into())
+        .channel_lifetime(args.channel_lifetime.into())
+        .token_lifetime(args.token_lifetime.into())
+        .rate_limit_per_minute(args.rate_limit);
+    let emulator = Emulator::start(config, args.addr)
+        .await
+        .map_err(|e| anyhow!("cannot start the emulator on --addr {}: {e}", args.addr))?;
+    print_emulator(&emulator);
+    println!("Ctrl-C to stop.");
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    shutdown.cancelled().await;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+/// `presence-bridge demo`: the emulator on a free port and the bridge against it.
+pub async fn demo(args: &DemoArgs) -> Result<()> {
+    let e = &args.emulator;
+    let config = emulator_config(e.users, e.rate, e.seed, e.chaos)?;
+    let emulator = Emulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .map_err(|e| anyhow!("cannot start the emulator: {e}"))?;
+    let base = emulator.base_url();
+    let run_args = RunArgs {
+        api_url: Some(base.clone()),
+        login_url: Some(base),
+        client_id: Some(emulator.client_id().to_owned()),
+        kafka_brokers: Some(args.kafka_brokers.clone()),
+        topic: Some(args.topic.clone()),
+        admin_addr: Some(args.admin_addr.clone()),
+        resync_interval: Some("5m".into()),
+        ttl: Some("1h".into()),
+        ..RunArgs::default()
+    };
+    // The secret goes the way it would in production (a file, never a flag); it is the
+    // emulator's well-known demo secret, and the file is removed once read.
+    let secret_file = std::env::temp_dir().join(format!(
+        "presence-bridge-demo-{}.secret",
+        std::process::id()
+    ));
+    std::fs::write(&secret_file, emulator.client_secret())
+        .context("cannot write the demo's secret file")?;
+    let run_args = RunArgs {
+        client_secret_file: Some(secret_file.clone()),
+        ..run_args
+    };
+    let config = BridgeConfig::from_args(&run_args);
+    let _ = std::fs::remove_file(&secret_file);
+    let config = config?;
+    let admin = bind("admin-addr", config.admin_addr).await?;
+    let dashboard = admin.local_addr()?;
+    println!("presence-bridge demo");
+    println!("  dashboard:  http://{dashboard}/");
+    println!("  metrics:    http://{dashboard}/metrics");
+    println!(
+        "  emulator:   {} ({} users, {} changes/s)",
+        emulator.base_url(),
+        e.users,
+        e.rate
+    );
+    println!("  kafka:      {} topic {}", args.kafka_brokers, args.topic);
+    println!("Ctrl-C to stop.");
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let result = bridge::serve(config, admin, shutdown).await;
+    tokio::time::timeout(Duration::from_secs(5), emulator.shutdown())
+        .await
+        .ok();
+    result
+}

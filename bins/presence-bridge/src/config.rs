@@ -1,0 +1,347 @@
+//! The validated configuration of `run`: flags and environment (through clap) over the TOML
+//! file over the defaults. Every error names the option and says what was wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use genesys_auth::{Endpoints, Secret};
+use presence_frame::{GroupMask, Guid};
+use serde::Deserialize;
+
+use crate::cli::RunArgs;
+
+/// Default Kafka topic.
+pub const DEFAULT_TOPIC: &str = "genesys.presence.updates";
+/// Default admin address.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+
+/// The TOML file: the same options as the flags, by their long names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    region: Option<String>,
+    api_url: Option<String>,
+    login_url: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    groups: Option<Vec<String>>,
+    group_bits: Option<Vec<String>>,
+    allowed_groups: Option<String>,
+    relay_url: Option<String>,
+    kafka_brokers: Option<String>,
+    topic: Option<String>,
+    kafka_security_protocol: Option<String>,
+    kafka_sasl_mechanism: Option<String>,
+    kafka_sasl_username: Option<String>,
+    kafka_sasl_password_file: Option<PathBuf>,
+    kafka_ca_file: Option<PathBuf>,
+    kafka_cert_file: Option<PathBuf>,
+    kafka_key_file: Option<PathBuf>,
+    ttl: Option<String>,
+    resync_interval: Option<String>,
+    admin_addr: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+/// Where presence comes from.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// Genesys notification channels.
+    Genesys {
+        /// Everyone active, or members of these groups.
+        groups: Vec<Guid>,
+    },
+    /// A binary relay.
+    Relay {
+        /// Its ws:// or wss:// URL.
+        url: String,
+    },
+}
+
+/// Kafka connection settings.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic.
+    pub topic: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// SASL mechanism, when a `sasl_*` protocol is used.
+    pub sasl_mechanism: Option<String>,
+    /// SASL username.
+    pub sasl_username: Option<String>,
+    /// SASL password.
+    pub sasl_password: Option<Secret>,
+    /// CA file for TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    /// Client key for mutual TLS.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Everything `run` needs, checked.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// Genesys API and login endpoints.
+    pub endpoints: Endpoints,
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret.
+    pub client_secret: Secret,
+    /// Where presence comes from.
+    pub source: SourceConfig,
+    /// Group id to mask bit.
+    pub group_bits: Vec<(Guid, u32)>,
+    /// The group filter, if any.
+    pub allowed: Option<GroupMask>,
+    /// Kafka.
+    pub kafka: KafkaSettings,
+    /// Registry time-to-live.
+    pub ttl: Duration,
+    /// Periodic full resync, if any.
+    pub resync_interval: Option<Duration>,
+    /// Admin HTTP address.
+    pub admin_addr: SocketAddr,
+    /// Deadline of the Kafka flush at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
+    flag.or(file)
+}
+
+fn duration(option: &str, text: &str) -> Result<Duration> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| anyhow!("invalid --{option} {text:?}: {e} (examples: 30s, 15m, 1h)"))
+}
+
+fn read_secret_file(option: &str, path: &Path) -> Result<Secret> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("invalid --{option}: cannot read {}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        bail!("invalid --{option}: {} is empty", path.display());
+    }
+    Ok(Secret::new(secret))
+}
+
+fn env_secret(name: &str) -> Option<Secret> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+}
+
+fn guid(option: &str, text: &str) -> Result<Guid> {
+    Guid::parse(text.trim())
+        .ok_or_else(|| anyhow!("invalid --{option}: {text:?} is not a Genesys id (a GUID)"))
+}
+
+/// Parses a mask given in decimal or `0x` hex.
+pub fn parse_mask(option: &str, text: &str) -> Result<GroupMask> {
+    let text = text.trim();
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed
+        .map(GroupMask)
+        .map_err(|_| anyhow!("invalid --{option} {text:?}: expected a number like 5 or 0x0f"))
+}
+
+impl BridgeConfig {
+    /// Merges flags and environment (already in `args`) over the TOML file and validates.
+    pub fn from_args(args: &RunArgs) -> Result<BridgeConfig> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("invalid --config: cannot read {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| anyhow!("invalid --config {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+
+        let region =
+            pick(args.region.clone(), file.region).unwrap_or_else(|| "mypurecloud.com".into());
+        let mut endpoints = Endpoints::for_environment(&region).map_err(|e| anyhow!("{e}"))?;
+        if let Some(api) = pick(args.api_url.clone(), file.api_url) {
+            endpoints = endpoints.with_api_base(&api).map_err(|e| anyhow!("{e}"))?;
+        }
+        if let Some(login) = pick(args.login_url.clone(), file.login_url) {
+            endpoints = endpoints
+                .with_login_base(&login)
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+
+        let client_id = pick(args.client_id.clone(), file.client_id)
+            .filter(|id| !id.trim().is_empty())
+            .ok_or_else(|| {
+                anyhow!("missing --client-id: set GENESYS_CLIENT_ID (or --client-id)")
+            })?;
+        let client_secret = match (
+            env_secret("GENESYS_CLIENT_SECRET"),
+            pick(args.client_secret_file.clone(), file.client_secret_file),
+        ) {
+            (_, Some(path)) => read_secret_file("client-secret-file", &path)?,
+            (Some(secret), None) => secret,
+            (None, None) => {
+                bail!("missing client secret: set GENESYS_CLIENT_SECRET or --client-secret-file")
+            }
+        };
+
+        let groups = pick(args.groups.clone(), file.groups)
+            .unwrap_or_default()
+            .iter()
+            .filter(|g| !g.trim().is_empty())
+            .map(|g| guid("groups", g))
+            .collect::<Result<Vec<_>>>()?;
+        let group_bits = pick(args.group_bits.clone(), file.group_bits)
+            .unwrap_or_default()
+            .iter()
+            .filter(|g| !g.trim().is_empty())
+            .map(|pair| {
+                let (id, bit) = pair.split_once('=').ok_or_else(|| {
+                    anyhow!("invalid --group-bits {pair:?}: expected GROUP_ID=BIT")
+                })?;
+                let bit: u32 = bit.trim().parse().ok().filter(|b| *b < 64).ok_or_else(|| {
+                    anyhow!("invalid --group-bits {pair:?}: the bit must be 0 to 63")
+                })?;
+                Ok((guid("group-bits", id)?, bit))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let allowed = pick(args.allowed_groups.clone(), file.allowed_groups)
+            .map(|m| parse_mask("allowed-groups", &m))
+            .transpose()?;
+        if allowed == Some(GroupMask::NONE) {
+            bail!(
+                "invalid --allowed-groups 0: no user could ever pass; leave it unset to publish everyone"
+            );
+        }
+
+        let source = match pick(args.relay_url.clone(), file.relay_url) {
+            Some(url) => {
+                if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                    bail!("invalid --relay-url {url:?}: must start with ws:// or wss://");
+                }
+                if !groups.is_empty() {
+                    bail!(
+                        "invalid --groups: group selection needs Genesys notifications, not --relay-url"
+                    );
+                }
+                SourceConfig::Relay { url }
+            }
+            None => SourceConfig::Genesys { groups },
+        };
+
+        let security_protocol = pick(
+            args.kafka_security_protocol.clone(),
+            file.kafka_security_protocol,
+        )
+        .unwrap_or_else(|| "plaintext".into())
+        .to_ascii_lowercase();
+        if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&security_protocol.as_str())
+        {
+            bail!(
+                "invalid --kafka-security-protocol {security_protocol:?}: expected plaintext, ssl, sasl_plaintext or sasl_ssl"
+            );
+        }
+        let sasl = security_protocol.starts_with("sasl");
+        let sasl_mechanism = pick(args.kafka_sasl_mechanism.clone(), file.kafka_sasl_mechanism)
+            .map(|m| m.to_ascii_uppercase())
+            .or_else(|| sasl.then(|| "SCRAM-SHA-512".into()));
+        if let Some(m) = &sasl_mechanism
+            && !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str())
+        {
+            bail!(
+                "invalid --kafka-sasl-mechanism {m:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+            );
+        }
+        let sasl_username = pick(args.kafka_sasl_username.clone(), file.kafka_sasl_username);
+        let sasl_password = match pick(
+            args.kafka_sasl_password_file.clone(),
+            file.kafka_sasl_password_file,
+        ) {
+            Some(path) => Some(read_secret_file("kafka-sasl-password-file", &path)?),
+            None => env_secret("KAFKA_SASL_PASSWORD"),
+        };
+        if sasl && (sasl_username.is_none() || sasl_password.is_none()) {
+            bail!(
+                "invalid --kafka-security-protocol {security_protocol}: SASL needs --kafka-sasl-username and a password (KAFKA_SASL_PASSWORD or --kafka-sasl-password-file)"
+            );
+        }
+        let kafka = KafkaSettings {
+            brokers: pick(args.kafka_brokers.clone(), file.kafka_brokers)
+                .unwrap_or_else(|| "localhost:9092".into()),
+            topic: pick(args.topic.clone(), file.topic).unwrap_or_else(|| DEFAULT_TOPIC.into()),
+            security_protocol,
+            sasl_mechanism: sasl_mechanism.filter(|_| sasl),
+            sasl_username,
+            sasl_password,
+            ca_file: pick(args.kafka_ca_file.clone(), file.kafka_ca_file),
+            cert_file: pick(args.kafka_cert_file.clone(), file.kafka_cert_file),
+            key_file: pick(args.kafka_key_file.clone(), file.kafka_key_file),
+        };
+        if kafka.brokers.trim().is_empty() {
+            bail!("invalid --kafka-brokers: empty");
+        }
+        if kafka.topic.trim().is_empty() || kafka.topic.len() > 249 {
+            bail!("invalid --topic {:?}: 1 to 249 characters", kafka.topic);
+        }
+
+        let ttl = duration(
+            "ttl",
+            &pick(args.ttl.clone(), file.ttl).unwrap_or_else(|| "1h".into()),
+        )?;
+        if ttl < Duration::from_secs(1) {
+            bail!("invalid --ttl: at least 1s");
+        }
+        let resync_text = pick(args.resync_interval.clone(), file.resync_interval)
+            .unwrap_or_else(|| "15m".into());
+        let resync_interval = match resync_text.trim() {
+            "off" | "never" | "0" => None,
+            text => Some(duration("resync-interval", text)?),
+        };
+        if let Some(interval) = resync_interval {
+            if interval >= ttl {
+                bail!(
+                    "invalid --resync-interval {}: must be shorter than --ttl {} or live users expire between resyncs",
+                    humantime::format_duration(interval),
+                    humantime::format_duration(ttl)
+                );
+            }
+            if interval < Duration::from_secs(1) {
+                bail!("invalid --resync-interval: at least 1s");
+            }
+        }
+        let admin_text = pick(args.admin_addr.clone(), file.admin_addr)
+            .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.into());
+        let admin_addr: SocketAddr = admin_text.trim().parse().map_err(|_| {
+            anyhow!(
+                "invalid --admin-addr {admin_text:?}: expected HOST:PORT such as 127.0.0.1:9464"
+            )
+        })?;
+        let shutdown_grace = duration(
+            "shutdown-grace",
+            &pick(args.shutdown_grace.clone(), file.shutdown_grace).unwrap_or_else(|| "10s".into()),
+        )?;
+
+        Ok(BridgeConfig {
+            endpoints,
+            client_id,
+            client_secret,
+            source,
+            group_bits,
+            allowed,
+            kafka,
+            ttl,
+            resync_interval,
+            admin_addr,
+            shutdown_grace,
+        })
+    }
+}

@@ -1,0 +1,345 @@
+//! `/metrics` in the Prometheus/OpenMetrics text format. The libraries count in atomics; this
+//! module reads them at scrape time and encodes them with `prometheus-client`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::state::{AppState, LatencySnapshot};
+
+/// One metric family at scrape time: (labels, value) pairs.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Vec<(&'static str, String)>, f64)>,
+}
+
+/// Everything read from the running bridge for one scrape.
+#[derive(Debug, Default)]
+struct Scrape {
+    families: Vec<Family>,
+    latency: LatencySnapshot,
+}
+
+impl Scrape {
+    fn add(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: MetricType,
+        samples: Vec<(Vec<(&'static str, String)>, f64)>,
+    ) {
+        self.families.push(Family {
+            name,
+            help,
+            kind,
+            samples,
+        });
+    }
+
+    fn counter(&mut self, name: &'static str, help: &'static str, value: u64) {
+        self.add(
+            name,
+            help,
+            MetricType::Counter,
+            vec![(vec![], value as f64)],
+        );
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &'static str, value: f64) {
+        self.add(name, help, MetricType::Gauge, vec![(vec![], value)]);
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in &self.families {
+            let mut metric =
+                encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+            for (labels, value) in &family.samples {
+                let mut sample = metric.encode_family(labels)?;
+                match family.kind {
+                    MetricType::Counter => sample
+                        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(
+                            &(*value as u64),
+                            None,
+                        )?,
+                    _ => sample.encode_gauge(value)?,
+                }
+            }
+        }
+        let l = &self.latency;
+        let buckets: Vec<(f64, u64)> = l
+            .bounds_ms
+            .iter()
+            .zip(&l.cumulative)
+            .map(|(b, c)| (b / 1000.0, *c))
+            .chain(std::iter::once((f64::INFINITY, l.count)))
+            .collect();
+        let metric = encoder.encode_descriptor(
+            "kafka_delivery_latency_seconds",
+            "Time from receiving a change to Kafka acknowledging it",
+            None,
+            MetricType::Histogram,
+        )?;
+        LatencyHistogram {
+            sum: l.sum_ms / 1000.0,
+            count: l.count,
+            buckets,
+        }
+        .encode(metric)
+    }
+}
+
+/// A histogram known only by its bucket counts (the publisher's own).
+#[derive(Debug)]
+struct LatencyHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+fn labelled<T: Into<f64>>(
+    label: &'static str,
+    values: impl IntoIterator<Item = (String, T)>,
+) -> Vec<(Vec<(&'static str, String)>, f64)> {
+    values
+        .into_iter()
+        .map(|(v, n)| (vec![(label, v)], n.into()))
+        .collect()
+}
+
+/// Renders every metric of the bridge.
+pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
+    let sync = state.sync.stats();
+    let client = state.client.stats();
+    let kafka = state.kafka.snapshot();
+    let counts = state.registry.counts_by_status();
+    let channels = state.sync.channels();
+    let mut s = Scrape::default();
+
+    s.add(
+        "events_received",
+        "Presence events received, by source",
+        MetricType::Counter,
+        labelled(
+            "source",
+            [
+                ("stream".to_string(), load(&sync.stream_events) as f64),
+                ("resync".to_string(), load(&sync.resync_events) as f64),
+                ("relay".to_string(), load(&sync.relay_events) as f64),
+            ],
+        ),
+    );
+    s.add(
+        "notifications",
+        "Other messages received on the sockets, by kind",
+        MetricType::Counter,
+        labelled(
+            "kind",
+            [
+                ("heartbeat".to_string(), load(&sync.heartbeats) as f64),
+                ("pong".to_string(), load(&sync.pongs) as f64),
+                (
+                    "routing_status".to_string(),
+                    load(&sync.routing_status) as f64,
+                ),
+                ("system".to_string(), load(&sync.system_messages) as f64),
+                (
+                    "unknown_topic".to_string(),
+                    load(&sync.unknown_topics) as f64,
+                ),
+            ],
+        ),
+    );
+    s.add(
+        "decode_errors",
+        "Messages skipped as bad input, by kind",
+        MetricType::Counter,
+        labelled(
+            "kind",
+            sync.decode_errors()
+                .into_iter()
+                .map(|(k, n)| (k.as_str().to_string(), n as f64)),
+        ),
+    );
+    s.counter(
+        "filtered_out",
+        "Events dropped by the group filter",
+        load(&sync.filtered_out),
+    );
+    s.gauge(
+        "registry_users",
+        "Users held in the registry",
+        counts.total() as f64,
+    );
+    s.add(
+        "users_by_status",
+        "Users held in the registry, by status",
+        MetricType::Gauge,
+        labelled(
+            "status",
+            counts.iter().map(|(st, n)| (st.to_string(), n as f64)),
+        ),
+    );
+    s.counter(
+        "changes",
+        "Real changes of state handed to the publisher",
+        load(&state.changes),
+    );
+    s.counter(
+        "expired",
+        "Users expired by the time-to-live (tombstones)",
+        load(&state.expired),
+    );
+    s.gauge(
+        "kafka_up",
+        "1 when the Kafka brokers answered recently",
+        f64::from(u8::from(kafka.healthy)),
+    );
+    s.counter(
+        "kafka_enqueued",
+        "Records accepted into the coalescing queue",
+        kafka.enqueued,
+    );
+    s.counter(
+        "kafka_coalesced",
+        "Pending records replaced by a newer state of the same user",
+        kafka.coalesced,
+    );
+    s.counter(
+        "kafka_delivered",
+        "Records acknowledged by Kafka (changes published)",
+        kafka.delivered,
+    );
+    s.counter(
+        "kafka_delivery_failures",
+        "Deliveries that failed after librdkafka's retries",
+        kafka.failed,
+    );
+    s.counter(
+        "kafka_retried",
+        "Failed deliveries sent again with the newest state",
+        kafka.retried,
+    );
+    s.counter(
+        "kafka_rejected",
+        "Records rejected because the queue was full",
+        kafka.rejected,
+    );
+    s.gauge(
+        "kafka_queue_depth",
+        "Records waiting in the coalescing queue",
+        kafka.queue_depth as f64,
+    );
+    s.gauge(
+        "kafka_in_flight",
+        "Records handed to librdkafka, not yet acknowledged",
+        kafka.in_flight as f64,
+    );
+    s.add(
+        "reconnects",
+        "Socket reconnects and replacements, by cause",
+        MetricType::Counter,
+        labelled(
+            "cause",
+            sync.reconnects()
+                .into_iter()
+                .map(|(c, n)| (c.as_str().to_string(), n as f64)),
+        ),
+    );
+    s.counter("pings", "Pings sent on quiet sockets", load(&sync.pings));
+    s.counter("resyncs", "REST resyncs completed", load(&sync.resyncs));
+    s.counter(
+        "resync_failures",
+        "REST resyncs that failed (retried)",
+        load(&sync.resync_failures),
+    );
+    s.gauge(
+        "resync_last_duration_seconds",
+        "Duration of the last resync",
+        load(&sync.last_resync_ms) as f64 / 1000.0,
+    );
+    s.gauge(
+        "channels",
+        "Notification channels (or relay connections) planned",
+        channels.len() as f64,
+    );
+    let mut by_state = std::collections::BTreeMap::<&'static str, f64>::new();
+    for c in &channels {
+        *by_state.entry(c.state.as_str()).or_default() += 1.0;
+    }
+    s.add(
+        "channels_by_state",
+        "Channels by connection state",
+        MetricType::Gauge,
+        labelled(
+            "state",
+            by_state.into_iter().map(|(k, v)| (k.to_string(), v)),
+        ),
+    );
+    s.counter(
+        "genesys_requests",
+        "Genesys API requests sent (each attempt)",
+        load(&client.requests),
+    );
+    s.counter(
+        "genesys_token_refreshes",
+        "OAuth tokens obtained",
+        load(&client.token_refreshes),
+    );
+    s.counter(
+        "genesys_rate_limited",
+        "429 answers from Genesys",
+        load(&client.rate_limited),
+    );
+    s.counter(
+        "genesys_server_errors",
+        "5xx answers from Genesys",
+        load(&client.server_errors),
+    );
+    s.counter(
+        "genesys_unauthorized",
+        "401 answers from Genesys (each followed by a token refresh)",
+        load(&client.unauthorized),
+    );
+    s.gauge(
+        "uptime_seconds",
+        "Seconds since the bridge started",
+        state.started.elapsed().as_secs_f64(),
+    );
+    s.latency = kafka.latency;
+
+    let mut registry = Registry::with_prefix("presence_bridge");
+    registry.register_collector(Box::new(s));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}

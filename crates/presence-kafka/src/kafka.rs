@@ -1,0 +1,652 @@
+//! The librdkafka publisher: the shared state behind the queue, the librdkafka callbacks
+//! (delivery reports, errors, statistics), the dispatcher task and flush.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use parking_lot::Mutex;
+use presence_frame::{EventTime, PresenceEvent, UserId};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{KafkaConfig, redact};
+use crate::error::{Error, Result};
+use crate::publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
+use crate::queue::{Backoff, Failure, Pending, Push, Queue, Update};
+use crate::ratelimit::RateLimit;
+use crate::record::{
+    HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION, record_timestamp,
+};
+use crate::stats::{Health, PublisherStats, StatsSnapshot};
+use crate::topic::{TopicCheck, ensure_topic};
+
+/// How often a repeated warning may be logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The producer type, with our callbacks.
+pub(crate) type Rdkafka = ThreadedProducer<PublisherContext>;
+
+/// Broker health as the callbacks see it.
+#[derive(Debug, Default)]
+struct HealthState {
+    reachable: bool,
+    brokers_up: Option<usize>,
+    last_error: Option<(String, Instant)>,
+    last_delivery: Option<Instant>,
+    /// The last authentication failure, for a clear error at start.
+    auth_error: Option<String>,
+    fatal: Option<String>,
+}
+
+/// What the publisher handle, the dispatcher and the librdkafka callbacks share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    topic: String,
+    brokers: String,
+    queue: Mutex<Queue>,
+    stats: PublisherStats,
+    health: Mutex<HealthState>,
+    secrets: Vec<String>,
+    /// Wakes the dispatcher: something became ready, or an acknowledgement freed a slot.
+    wake: Notify,
+    /// Wakes flushes: a delivery report arrived, or records moved into librdkafka.
+    progress: Notify,
+    warn_high: RateLimit,
+    warn_full: RateLimit,
+    warn_delivery: RateLimit,
+    warn_client: RateLimit,
+}
+
+impl Shared {
+    fn new(config: &KafkaConfig) -> Shared {
+        let backoff = Backoff {
+            base: config.retry_backoff,
+            max: config.retry_backoff_max,
+        };
+        Shared {
+            topic: config.topic.clone(),
+            brokers: config.brokers.clone(),
+            queue: Mutex::new(Queue::new(config.queue_capacity, backoff)),
+            stats: PublisherStats::default(),
+            health: Mutex::new(HealthState::default()),
+            secrets: config.secrets(),
+            wake: Notify::new(),
+            progress: Notify::new(),
+            warn_high: RateLimit::new(LOG_EVERY),
+            warn_full: RateLimit::new(LOG_EVERY),
+            warn_delivery: RateLimit::new(LOG_EVERY),
+            warn_client: RateLimit::new(LOG_EVERY),
+        }
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        redact(text, &self.secrets)
+    }
+
+    fn enqueue(&self, update: Update, received: Instant) -> Enqueue {
+        let user = update.user();
+        let (push, depth, capacity) = {
+            let mut queue = self.queue.lock();
+            let push = queue.push(update, received);
+            (push, queue.pending(), queue.capacity())
+        };
+        match push {
+            Push::New => {
+                PublisherStats::add(&self.stats.enqueued, 1);
+                self.wake.notify_one();
+                if depth.saturating_mul(5) >= capacity.saturating_mul(4)
+                    && let Some(held) = self.warn_high.check()
+                {
+                    warn!(
+                        "Kafka publish queue is over 80% full: {depth} of {capacity} users waiting (Kafka is slower than the stream; {held} similar warnings held back)"
+                    );
+                }
+                Enqueue::Queued
+            }
+            Push::Coalesced => {
+                PublisherStats::add(&self.stats.enqueued, 1);
+                PublisherStats::add(&self.stats.coalesced, 1);
+                Enqueue::Coalesced
+            }
+            Push::Full => {
+                PublisherStats::add(&self.stats.rejected, 1);
+                if let Some(held) = self.warn_full.check() {
+                    error!(
+                        "Kafka publish queue is FULL ({capacity} users waiting): dropped the state of user {user}, which may stay missing from topic {} until its next change or a resync; {held} more dropped since the last report (raise queue_capacity or fix the broker)",
+                        self.topic
+                    );
+                }
+                Enqueue::QueueFull
+            }
+            Push::Closed => Enqueue::Closed,
+        }
+    }
+
+    /// A delivery report from librdkafka (or a record it refused outright).
+    fn on_delivery(&self, error: Option<&KafkaError>, record: Pending) {
+        let now = Instant::now();
+        let user = record.update.user();
+        match error {
+            None => {
+                let latency = now.saturating_duration_since(record.received);
+                self.queue.lock().delivered(user, record.seq);
+                PublisherStats::add(&self.stats.delivered, 1);
+                self.stats.latency.record(latency);
+                let mut health = self.health.lock();
+                health.reachable = true;
+                health.last_delivery = Some(now);
+            }
+            Some(error) => {
+                PublisherStats::add(&self.stats.failed, 1);
+                let retriable = is_retriable(error);
+                let failure = self.queue.lock().failed(record, retriable, now);
+                let (counter, what) = match failure {
+                    Failure::Retried => (
+                        &self.stats.retried,
+                        "retrying it, the user's newest state, after a backoff",
+                    ),
+                    Failure::Superseded => (
+                        &self.stats.superseded,
+                        "a newer state of the user is queued instead",
+                    ),
+                    Failure::Dropped => (&self.stats.dropped, "giving up on it"),
+                };
+                PublisherStats::add(counter, 1);
+                let message = self.scrub(&error.to_string());
+                if let Some(held) = self.warn_delivery.check() {
+                    warn!(
+                        "Kafka delivery to {} failed for user {user}: {message}; {what} ({held} similar warnings held back)",
+                        self.topic
+                    );
+                }
+                self.health.lock().last_error = Some((format!("delivery failed: {message}"), now));
+            }
+        }
+        self.wake.notify_one();
+        self.progress.notify_waiters();
+    }
+
+    fn on_client_error(&self, error: &KafkaError, reason: &str) {
+        let reason = self.scrub(reason);
+        let code = error.rdkafka_error_code();
+        let now = Instant::now();
+        let mut health = self.health.lock();
+        health.last_error = Some((reason.clone(), now));
+        match code {
+            Some(RDKafkaErrorCode::AllBrokersDown) => health.reachable = false,
+            Some(
+                RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::SSL,
+            ) => {
+                health.reachable = false;
+                health.auth_error = Some(reason.clone());
+            }
+            Some(RDKafkaErrorCode::Fatal) => {
+                health.reachable = false;
+                health.fatal = Some(reason.clone());
+                drop(health);
+                error!(
+                    "Kafka producer hit a fatal error and cannot continue (restart the publisher): {reason}"
+                );
+                return;
+            }
+            _ => {}
+        }
+        drop(health);
+        if let Some(held) = self.warn_client.check() {
+            warn!("Kafka client error: {reason} ({held} similar warnings held back)");
+        }
+    }
+
+    fn on_statistics(&self, json: &[u8]) {
+        #[derive(Deserialize)]
+        struct Stats {
+            #[serde(default)]
+            brokers: std::collections::HashMap<String, BrokerStats>,
+        }
+        #[derive(Deserialize)]
+        struct BrokerStats {
+            state: String,
+        }
+        match serde_json::from_slice::<Stats>(json) {
+            Ok(stats) => {
+                let up = stats.brokers.values().filter(|b| b.state == "UP").count();
+                let mut health = self.health.lock();
+                health.brokers_up = Some(up);
+                health.reachable = up > 0;
+            }
+            Err(e) => debug!("unreadable librdkafka statistics: {e}"),
+        }
+    }
+
+    pub(crate) fn auth_error(&self) -> Option<String> {
+        self.health.lock().auth_error.clone()
+    }
+
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.health
+            .lock()
+            .last_error
+            .as_ref()
+            .map(|(e, _)| e.clone())
+    }
+
+    pub(crate) fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    fn health(&self) -> Health {
+        let health = self.health.lock();
+        Health {
+            reachable: health.reachable && health.fatal.is_none(),
+            brokers_up: health.brokers_up,
+            last_error: health.last_error.as_ref().map(|(e, _)| e.clone()),
+            since_last_error: health.last_error.as_ref().map(|(_, at)| at.elapsed()),
+            since_last_delivery: health.last_delivery.map(|at| at.elapsed()),
+            fatal: health.fatal.clone(),
+        }
+    }
+
+    pub(crate) fn mark_reachable(&self) {
+        self.health.lock().reachable = true;
+    }
+}
+
+/// Whether a failed record could succeed if sent again.
+fn is_retriable(error: &KafkaError) -> bool {
+    !matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+                // An event time outside the broker's accepted window
+                // (log.message.timestamp.after.max.ms: one hour ahead by default since Kafka
+                // 4.0): the record will never be accepted.
+                | RDKafkaErrorCode::InvalidTimestamp
+                | RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight
+        )
+    )
+}
+
+/// The librdkafka callbacks.
+pub(crate) struct PublisherContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for PublisherContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        let message = self.shared.scrub(message);
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => error!(target: "librdkafka", "{fac} {message}"),
+            RDKafkaLogLevel::Warning => warn!(target: "librdkafka", "{fac} {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(target: "librdkafka", "{fac} {message}")
+            }
+            RDKafkaLogLevel::Debug => debug!(target: "librdkafka", "{fac} {message}"),
+        }
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.shared.on_statistics(statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.shared.on_client_error(&error, reason);
+    }
+}
+
+impl ProducerContext for PublisherContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, record: Box<Pending>) {
+        let error = result.as_ref().err().map(|(error, _message)| error);
+        self.shared.on_delivery(error, *record);
+    }
+}
+
+/// Publishes to Kafka through librdkafka, behind a bounded coalescing queue.
+///
+/// [`start`](KafkaPublisher::start) checks (and if need be creates) the topic, then spawns a
+/// dispatcher task that moves queued states into librdkafka, at most
+/// [`max_in_flight`](KafkaConfig::max_in_flight) at a time and one per user, in order of first
+/// enqueue. Delivery reports update the counters and the latency histogram, and failed
+/// records are retried with the user's newest state.
+///
+/// Dropping the publisher stops the dispatcher and discards whatever is still queued or in
+/// flight (librdkafka gets half a second to purge): call [`flush`](Publisher::flush) first.
+pub struct KafkaPublisher {
+    shared: Arc<Shared>,
+    producer: Rdkafka,
+    topic_check: Option<TopicCheck>,
+    cancel: CancellationToken,
+    dispatcher: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("topic", &self.shared.topic)
+            .field("brokers", &self.shared.brokers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// Validates the configuration, creates the producer, checks the topic (unless
+    /// [`check_topic`](KafkaConfig::check_topic) is off: then nothing is contacted here), and
+    /// starts the dispatcher on the current Tokio runtime.
+    ///
+    /// Fails when the configuration is invalid, no broker answers within the startup
+    /// timeout, the credentials are refused, or the topic is missing and cannot be created.
+    pub async fn start(config: KafkaConfig) -> Result<KafkaPublisher> {
+        config.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
+        let shared = Arc::new(Shared::new(&config));
+        let context = PublisherContext {
+            shared: Arc::clone(&shared),
+        };
+        let producer: Rdkafka = config
+            .producer_config()
+            .create_with_context(context)
+            .map_err(|e| client_error("producer", &e, &shared.secrets))?;
+        let topic_check = if config.check_topic {
+            let check = ensure_topic(&config, &shared, &producer).await?;
+            shared.mark_reachable();
+            Some(check)
+        } else {
+            None
+        };
+        let cancel = CancellationToken::new();
+        let dispatcher = runtime.spawn(dispatch(
+            Arc::clone(&shared),
+            producer.clone(),
+            config.max_in_flight,
+            cancel.clone(),
+        ));
+        info!(
+            "publishing presence to Kafka topic {} at {} ({}, {} compression)",
+            config.topic,
+            config.brokers,
+            config.security_protocol(),
+            config.compression.as_str()
+        );
+        Ok(KafkaPublisher {
+            shared,
+            producer,
+            topic_check,
+            cancel,
+            dispatcher,
+        })
+    }
+
+    /// What the topic check at start found, unless it was turned off.
+    pub fn topic_check(&self) -> Option<&TopicCheck> {
+        self.topic_check.as_ref()
+    }
+
+    /// The topic records go to.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
+    /// The live counters and latency histogram.
+    pub fn stats(&self) -> &PublisherStats {
+        &self.shared.stats
+    }
+
+    /// The counters, queue gauges and latency histogram now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let (depth, capacity, in_flight) = {
+            let queue = self.shared.queue.lock();
+            (queue.pending(), queue.capacity(), queue.in_flight())
+        };
+        StatsSnapshot::new(&self.shared.stats, depth, capacity, in_flight)
+    }
+
+    async fn flush_until(&self, timeout: Duration) -> FlushReport {
+        let start = Instant::now();
+        let deadline = start + timeout;
+        let delivered_before = self.snapshot().delivered;
+        loop {
+            let progress = self.shared.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let (pending, in_flight) = {
+                let queue = self.shared.queue.lock();
+                (queue.pending(), queue.in_flight())
+            };
+            let now = Instant::now();
+            if (pending == 0 && in_flight == 0) || now >= deadline {
+                break;
+            }
+            self.shared.wake.notify_one();
+            if pending == 0 {
+                // Everything is in librdkafka: have it send now, without waiting for linger.
+                let producer = self.producer.clone();
+                let wait = (deadline - now).min(Duration::from_millis(200));
+                let _ =
+                    tokio::task::spawn_blocking(move || flush_librdkafka(&producer, wait)).await;
+            } else {
+                let _ = tokio::time::timeout_at(deadline.into(), progress).await;
+            }
+        }
+        let (pending, in_flight, undelivered_users) = {
+            let queue = self.shared.queue.lock();
+            (queue.pending(), queue.in_flight(), queue.sample_users(10))
+        };
+        let report = FlushReport {
+            delivered: self.snapshot().delivered - delivered_before,
+            pending,
+            in_flight,
+            elapsed: start.elapsed(),
+            undelivered_users,
+        };
+        if report.is_complete() {
+            info!(
+                "Kafka flush: everything delivered ({} records in {:?})",
+                report.delivered, report.elapsed
+            );
+        } else {
+            warn!(
+                "Kafka flush gave up after {:?}: {} users' states left undelivered ({} queued, {} in flight), for example {:?}",
+                report.elapsed,
+                report.undelivered(),
+                report.pending,
+                report.in_flight,
+                report.undelivered_users
+            );
+        }
+        report
+    }
+}
+
+impl Publisher for KafkaPublisher {
+    fn publish(&self, event: PresenceEvent, received: Instant) -> Enqueue {
+        self.shared.enqueue(Update::State(event), received)
+    }
+
+    fn tombstone(&self, user: UserId, time: EventTime, received: Instant) -> Enqueue {
+        self.shared
+            .enqueue(Update::Tombstone { user, time }, received)
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, FlushReport> {
+        Box::pin(self.flush_until(timeout))
+    }
+
+    fn health(&self) -> Health {
+        self.shared.health()
+    }
+}
+
+impl Drop for KafkaPublisher {
+    fn drop(&mut self) {
+        self.shared.queue.lock().close();
+        self.cancel.cancel();
+        self.dispatcher.abort();
+    }
+}
+
+/// Moves queued states into librdkafka until cancelled.
+async fn dispatch(
+    shared: Arc<Shared>,
+    producer: Rdkafka,
+    max_in_flight: usize,
+    cancel: CancellationToken,
+) {
+    let mut key = String::new();
+    loop {
+        let mut librdkafka_full = false;
+        let mut moved = false;
+        loop {
+            let next = {
+                let mut queue = shared.queue.lock();
+                if queue.in_flight() >= max_in_flight {
+                    None
+                } else {
+                    queue.pop(Instant::now())
+                }
+            };
+            let Some(record) = next else { break };
+            moved = true;
+            if !send(&shared, &producer, record, &mut key) {
+                librdkafka_full = true;
+                break;
+            }
+        }
+        if moved {
+            // A flush waiting for the queue to drain into librdkafka goes on to flush it.
+            shared.progress.notify_waiters();
+        }
+        let due = shared.queue.lock().next_due();
+        let pause = if librdkafka_full {
+            // librdkafka's own queue is full (its limit is set above ours, so rarely): let
+            // acknowledgements drain it.
+            Some(Instant::now() + Duration::from_millis(20))
+        } else {
+            due
+        };
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            () = shared.wake.notified() => {}
+            () = sleep_until(pause) => {}
+        }
+    }
+}
+
+/// Waits up to `wait` for librdkafka to send and acknowledge what it holds, sending at once
+/// rather than after `linger.ms`.
+///
+/// rdkafka's `Producer::flush` calls `rd_kafka_flush` with a zero timeout in a loop, so
+/// librdkafka's "flushing" mode (which ignores the linger) is on only for an instant and a
+/// long linger is waited out in full. Hence the direct call.
+fn flush_librdkafka(producer: &Rdkafka, wait: Duration) {
+    let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: the pointer is the live client of `producer`, which we hold for the duration of
+    // the call; rd_kafka_flush may be called from any thread, concurrently with the polling
+    // thread (it serves callbacks through the same thread-safe context).
+    let _ = unsafe { rdkafka::bindings::rd_kafka_flush(producer.client().native_ptr(), ms) };
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands one record to librdkafka. Returns false when librdkafka's queue is full (the record
+/// is back in ours).
+fn send(shared: &Shared, producer: &Rdkafka, record: Pending, key: &mut String) -> bool {
+    use std::fmt::Write;
+
+    let time = record.update.time();
+    key.clear();
+    let _ = write!(key, "{}", record.update.user());
+    let value = match &record.update {
+        Update::State(event) => {
+            let waited = record.received.elapsed();
+            let received_at = EventTime(EventTime::now().as_millis() - waited.as_millis() as i64);
+            Some(PresenceRecord::new(event, received_at).to_json())
+        }
+        Update::Tombstone { .. } => None,
+    };
+    let time_text = time.as_millis().to_string();
+    let version_text = SCHEMA_VERSION.to_string();
+    let headers = OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: HEADER_EVENT_TIME,
+            value: Some(time_text.as_str()),
+        })
+        .insert(Header {
+            key: HEADER_SCHEMA_VERSION,
+            value: Some(version_text.as_str()),
+        });
+    let mut base: BaseRecord<'_, str, [u8], Box<Pending>> =
+        BaseRecord::with_opaque_to(&shared.topic, Box::new(record))
+            .key(key.as_str())
+            .headers(headers);
+    if let Some(value) = &value {
+        base = base.payload(value.as_slice());
+    }
+    if let Some(timestamp) = record_timestamp(time) {
+        base = base.timestamp(timestamp);
+    }
+    match producer.send(base) {
+        Ok(()) => {
+            PublisherStats::add(&shared.stats.sent, 1);
+            true
+        }
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), base)) => {
+            shared.queue.lock().unsend(*base.delivery_opaque);
+            false
+        }
+        Err((error, base)) => {
+            // Refused outright (for example a record over message.max.bytes): the same path as
+            // a failed delivery.
+            shared.on_delivery(Some(&error), *base.delivery_opaque);
+            true
+        }
+    }
+}
+
+/// A client-creation error with secrets scrubbed. A configuration error names the property
+/// but never echoes its value.
+fn client_error(what: &'static str, error: &KafkaError, secrets: &[String]) -> Error {
+    let message = match error {
+        KafkaError::ClientConfig(_, description, key, _value) => {
+            format!("property {key}: {}", redact(description, secrets))
+        }
+        other => redact(&other.to_string(), secrets),
+    };
+    Error::Client { what, message }
+}
+
+pub(crate) fn admin_client(
+    config: &KafkaConfig,
+    shared: &Arc<Shared>,
+) -> Result<rdkafka::admin::AdminClient<PublisherContext>> {
+    let mut client_config = config.client_config();
+    // Nobody polls the admin client's own event queue: no statistics for it.
+    client_config.set("statistics.interval.ms", "0");
+    client_config
+        .create_with_context(PublisherContext {
+            shared: Arc::clone(shared),
+        })
+        .map_err(|e| client_error("admin", &e, &shared.secrets))
+}
