@@ -36,8 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (0, event(2, 1_000, Status::ON_QUEUE)),
         (5, event(1, 6_000, Status::BUSY)),
         (5, event(1, 4_000, Status::AWAY)), // older than what is held: stale
-        (10, event(2, 20_000, Status::ON_QUEUE)), // same state: refresh only
-        (20, event(2, 40_000, Status::ON_QUEUE)),
+        (10, event(2, 1_000, Status::ON_QUEUE)), // a repeat (say, a resync): refresh only
+        (20, event(2, 1_000, Status::ON_QUEUE)),
     ];
     for (wait, event) in script {
         clock.advance(Duration::from_secs(wait));

@@ -115,7 +115,7 @@ pub struct PresenceView {
     presence_definition_id: Option<String>,
     message: Option<String>,
     event_time: String,
-    event_time_ms: i64,
+    event_time_millis: i64,
     source: &'static str,
 }
 
@@ -131,7 +131,7 @@ impl PresenceView {
             presence_definition_id: event.state.definition_id.as_deref().map(str::to_owned),
             message: event.state.message.as_deref().map(str::to_owned),
             event_time: event.time.to_rfc3339(),
-            event_time_ms: event.time.as_millis(),
+            event_time_millis: event.time.as_millis(),
             source: event.source.as_str(),
         }
     }

@@ -175,6 +175,12 @@ pub struct EmulateArgs {
     #[arg(long, default_value_t = 0.0, value_name = "PER_MINUTE")]
     pub chaos: f64,
 
+    /// Which faults --chaos injects (comma-separated): drop_socket, stall_socket,
+    /// socket_closing, garbage, truncated_json, oversized, rate_limit_burst,
+    /// server_error_burst, expire_tokens, no_longer_subscribed. [default: all]
+    #[arg(long, value_name = "KINDS", value_delimiter = ',')]
+    pub faults: Vec<String>,
+
     /// Server heartbeat interval.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub heartbeat: humantime::Duration,
@@ -240,4 +246,8 @@ pub struct DemoEmulatorArgs {
     /// Random faults per minute, to watch the bridge recover; 0 for none.
     #[arg(long, default_value_t = 0.0, value_name = "PER_MINUTE")]
     pub chaos: f64,
+
+    /// Which faults --chaos injects (comma-separated kinds, as for `emulate`). [default: all]
+    #[arg(long, value_name = "KINDS", value_delimiter = ',')]
+    pub faults: Vec<String>,
 }

@@ -12,6 +12,15 @@ use crate::bridge;
 use crate::cli::{DemoArgs, EmulateArgs, RunArgs};
 use crate::config::BridgeConfig;
 
+/// Prints a line to stdout, ignoring a closed stdout (a pipe whose reader went away must not
+/// bring the service down).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
 pub fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
@@ -61,25 +70,54 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     bridge::serve(config, admin, shutdown).await
 }
 
-fn emulator_config(users: u32, rate: f64, seed: u64, chaos: f64) -> Result<EmulatorConfig> {
+/// The fault kinds named on the command line (all when none are).
+fn fault_kinds(names: &[String]) -> Result<Vec<FaultKind>> {
+    if names.is_empty() {
+        return Ok(FaultKind::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|name| {
+            FaultKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == name.trim())
+                .ok_or_else(|| {
+                    let known: Vec<&str> = FaultKind::ALL.iter().map(|k| k.as_str()).collect();
+                    anyhow!(
+                        "invalid --faults {name:?}: known kinds are {}",
+                        known.join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
+fn emulator_config(
+    users: u32,
+    rate: f64,
+    seed: u64,
+    chaos: f64,
+    faults: &[String],
+) -> Result<EmulatorConfig> {
     let mut config = EmulatorConfig::default()
         .users(users)
         .change_rate(rate)
         .seed(seed);
+    let kinds = fault_kinds(faults)?;
     if chaos > 0.0 {
-        config = config.chaos(ChaosConfig::new(chaos).kinds(FaultKind::ALL));
+        config = config.chaos(ChaosConfig::new(chaos).kinds(kinds));
     }
     config.validate().map_err(|e| anyhow!("{e}"))?;
     Ok(config)
 }
 
 fn print_emulator(emulator: &EmulatorHandle) {
-    println!("Genesys Cloud emulator");
-    println!("  base URL (login and API): {}", emulator.base_url());
-    println!("  client id:                {}", emulator.client_id());
-    println!("  client secret:            {}", emulator.client_secret());
-    println!("  relay (bearer token):     {}", emulator.relay_url());
-    println!(
+    say!("Genesys Cloud emulator");
+    say!("  base URL (login and API): {}", emulator.base_url());
+    say!("  client id:                {}", emulator.client_id());
+    say!("  client secret:            {}", emulator.client_secret());
+    say!("  relay (bearer token):     {}", emulator.relay_url());
+    say!(
         "  ground truth:             {}/emulator/truth",
         emulator.base_url()
     );
@@ -87,7 +125,7 @@ fn print_emulator(emulator: &EmulatorHandle) {
 
 /// `presence-bridge emulate`.
 pub async fn emulate(args: &EmulateArgs) -> Result<()> {
-    let config = emulator_config(args.users, args.rate, args.seed, args.chaos)?
+    let config = emulator_config(args.users, args.rate, args.seed, args.chaos, &args.faults)?
         .heartbeat_interval(args.heartbeat.into())
         .channel_lifetime(args.channel_lifetime.into())
         .token_lifetime(args.token_lifetime.into())
@@ -96,7 +134,7 @@ pub async fn emulate(args: &EmulateArgs) -> Result<()> {
         .await
         .map_err(|e| anyhow!("cannot start the emulator on --addr {}: {e}", args.addr))?;
     print_emulator(&emulator);
-    println!("Ctrl-C to stop.");
+    say!("Ctrl-C to stop.");
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     shutdown.cancelled().await;
@@ -107,7 +145,7 @@ pub async fn emulate(args: &EmulateArgs) -> Result<()> {
 /// `presence-bridge demo`: the emulator on a free port and the bridge against it.
 pub async fn demo(args: &DemoArgs) -> Result<()> {
     let e = &args.emulator;
-    let config = emulator_config(e.users, e.rate, e.seed, e.chaos)?;
+    let config = emulator_config(e.users, e.rate, e.seed, e.chaos, &e.faults)?;
     let emulator = Emulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .map_err(|e| anyhow!("cannot start the emulator: {e}"))?;
@@ -140,17 +178,17 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
     let config = config?;
     let admin = bind("admin-addr", config.admin_addr).await?;
     let dashboard = admin.local_addr()?;
-    println!("presence-bridge demo");
-    println!("  dashboard:  http://{dashboard}/");
-    println!("  metrics:    http://{dashboard}/metrics");
-    println!(
+    say!("presence-bridge demo");
+    say!("  dashboard:  http://{dashboard}/");
+    say!("  metrics:    http://{dashboard}/metrics");
+    say!(
         "  emulator:   {} ({} users, {} changes/s)",
         emulator.base_url(),
         e.users,
         e.rate
     );
-    println!("  kafka:      {} topic {}", args.kafka_brokers, args.topic);
-    println!("Ctrl-C to stop.");
+    say!("  kafka:      {} topic {}", args.kafka_brokers, args.topic);
+    say!("Ctrl-C to stop.");
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     let result = bridge::serve(config, admin, shutdown).await;

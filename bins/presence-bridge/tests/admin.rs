@@ -137,6 +137,22 @@ impl Running {
 }
 
 impl Probe {
+    /// Like `get`, but `None` when the server does not answer (yet).
+    async fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let url = format!("{}{path}", self.admin);
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let mut response = agent.get(&url).call().ok()?;
+            let status = response.status().as_u16();
+            Some((status, response.body_mut().read_to_string().ok()?))
+        })
+        .await
+        .expect("join")
+    }
+
     async fn get(&self, path: &str) -> (u16, String) {
         let url = format!("{}{path}", self.admin);
         tokio::task::spawn_blocking(move || {
@@ -523,6 +539,7 @@ async fn the_dashboard_shows_live_data_in_chromium() {
 async fn demo_prints_its_dashboard_and_sigterm_exits_0() {
     use std::io::BufRead;
     let Some(brokers) = brokers() else { return };
+    let log = std::env::temp_dir().join(format!("pb-demo-{}.log", fastrand_suffix()));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_presence-bridge"))
         .args([
             "demo",
@@ -535,29 +552,47 @@ async fn demo_prints_its_dashboard_and_sigterm_exits_0() {
         ])
         .args(["--topic", &format!("demo-test-{}", fastrand_suffix())])
         .env("KAFKA_BROKERS", &brokers)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let dashboard = tokio::task::spawn_blocking(move || {
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.trim()
-                    .strip_prefix("dashboard:")
-                    .map(|u| u.trim().trim_end_matches('/').to_string())
-            })
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let found = lines.by_ref().map_while(Result::ok).find_map(|l| {
+            l.trim()
+                .strip_prefix("dashboard:")
+                .map(|u| u.trim().trim_end_matches('/').to_string())
+        });
+        // Keep reading, as a terminal would, so the demo never writes into a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        found
     })
     .await
     .expect("join")
     .expect("the dashboard URL is printed");
     let probe = Running::probe(&dashboard);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while probe.get("/readyz").await.0 != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "demo never ready");
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!(
+                "demo exited early ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if probe
+            .try_get("/readyz")
+            .await
+            .is_some_and(|(status, _)| status == 200)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "demo never ready: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let stats = probe.json("/v1/stats").await;
@@ -578,5 +613,8 @@ async fn demo_prints_its_dashboard_and_sigterm_exits_0() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(status.code(), Some(0), "clean shutdown exits 0");
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(status.code(), Some(0), "clean shutdown exits 0: {output}");
+    assert!(output.contains("stopped cleanly"), "{output}");
 }

@@ -3,8 +3,11 @@
 //!
 //! A short tour:
 //! - [`Registry::apply`] takes a [`PresenceEvent`] and says what happened: an [`Outcome::Changed`]
-//!   (publish it), an [`Outcome::Refreshed`] (same state again: time-to-live renewed, nothing to
-//!   publish) or an [`Outcome::Stale`] (older than what is held: ignored).
+//!   (publish it), an [`Outcome::Refreshed`] (a repeat: same state, same event time;
+//!   time-to-live renewed, nothing to publish) or an [`Outcome::Stale`] (older than what is held:
+//!   ignored). The same state at a *later* event time is a change: the source only moves the
+//!   time on a change, so a change and its undo happened unseen, and downstream must learn the
+//!   new time.
 //! - Last-write-wins compares the event time the source gave (Genesys `modifiedDate`, the frame
 //!   time), never the time of arrival. Equal times are settled by a fixed total order on the
 //!   state ([`PresenceState`]'s `Ord`), so replicas fed the same events in any order end equal.
@@ -35,7 +38,7 @@
 //! };
 //!
 //! assert!(matches!(registry.apply(event(1_000, Status::AVAILABLE)), Outcome::Changed(_)));
-//! assert!(matches!(registry.apply(event(2_000, Status::AVAILABLE)), Outcome::Refreshed));
+//! assert!(matches!(registry.apply(event(1_000, Status::AVAILABLE)), Outcome::Refreshed));
 //! assert!(matches!(registry.apply(event(500, Status::BUSY)), Outcome::Stale));
 //!
 //! clock.advance(Duration::from_secs(61));
@@ -56,16 +59,17 @@ use parking_lot::Mutex;
 pub use presence_frame::{PresenceEvent, PresenceState, Status, UserId};
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
-use shard::Shard;
+use shard::{Applied, Shard};
 
 /// What [`Registry::apply`] did with an event.
 #[derive(Clone, PartialEq, Eq, Debug)]
 #[must_use = "a change must be published"]
 pub enum Outcome {
-    /// The user's state changed (or the user is new): publish it.
+    /// The user's state changed (or the user is new, or the same state arrived with a later
+    /// event time): publish it.
     Changed(Change),
-    /// The same state again, at the same or a later event time: the entry's time-to-live was
-    /// renewed and its event time advanced; nothing to publish.
+    /// A repeat of the state held, at the same event time: the entry's time-to-live was
+    /// renewed; nothing to publish.
     Refreshed,
     /// Older than the state held (or equal in time and lower in the tie order): ignored.
     Stale,
@@ -248,54 +252,73 @@ impl<C: Clock> Registry<C> {
         let mut shard = self.shard(event.user).lock();
         // Read the clock under the lock so that confirmation times only grow within a shard.
         let now = self.clock.now_ms();
-        shard.apply(event, now, now / self.tick_ms, self.ttl_ms)
+        match shard.apply(&event, now, now / self.tick_ms, self.ttl_ms) {
+            Applied::Changed(previous) => Outcome::Changed(Change {
+                previous,
+                current: event,
+            }),
+            Applied::Refreshed => Outcome::Refreshed,
+            Applied::Stale => Outcome::Stale,
+        }
     }
 
     /// Applies a batch of events (such as one relay message), taking each shard's lock once
-    /// for all of the batch's events in it rather than once per event. Events of one user are
-    /// applied in batch order; `on_outcome` gets each outcome, grouped by shard. `events` is
-    /// left empty, keeping its capacity for the next batch.
+    /// for all of the batch's events in it rather than once per event, and loading the
+    /// entries of a shard's events into cache together before applying them. Events of one
+    /// user are applied in batch order; `on_outcome` gets each outcome, grouped by shard.
+    /// `events` is left empty, keeping its capacity for the next batch.
     pub fn apply_batch(
         &self,
         events: &mut Vec<PresenceEvent>,
         mut on_outcome: impl FnMut(Outcome),
     ) {
-        // Sort positions by (shard, position): unique keys, so an unstable sort keeps order.
-        let mut order: Vec<u64> = events
+        // A counting sort of positions by shard: stable, so one user's events keep their order.
+        let shard_of: Vec<u32> = events
             .iter()
-            .enumerate()
-            .map(|(i, e)| (self.shard_index(e.user) << 32) | i as u64)
+            .map(|e| self.shard_index(e.user) as u32)
             .collect();
-        order.sort_unstable();
-        let mut pending: Vec<Option<PresenceEvent>> = events.drain(..).map(Some).collect();
-        let mut run = order.as_slice();
-        while let Some(&first) = run.first() {
-            let shard_at = first >> 32;
-            let len = run.iter().take_while(|k| *k >> 32 == shard_at).count();
-            let (this, rest) = run.split_at(len);
-            let mut shard = self.shards[shard_at as usize].0.lock();
-            shard.warm(this.iter().filter_map(|key| {
-                pending[(*key & 0xffff_ffff) as usize]
-                    .as_ref()
-                    .map(|e| &e.user)
-            }));
+        let mut starts = vec![0u32; self.shards.len() + 1];
+        for &shard in &shard_of {
+            starts[shard as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut order = vec![0u32; events.len()];
+        let mut next = starts.clone();
+        for (position, &shard) in shard_of.iter().enumerate() {
+            order[next[shard as usize] as usize] = position as u32;
+            next[shard as usize] += 1;
+        }
+        for (shard_at, bounds) in starts.windows(2).enumerate() {
+            let run = &order[bounds[0] as usize..bounds[1] as usize];
+            if run.is_empty() {
+                continue;
+            }
+            let mut shard = self.shards[shard_at].0.lock();
+            shard.warm(run.iter().map(|&i| &events[i as usize].user));
             let now = self.clock.now_ms();
             let tick = now / self.tick_ms;
-            for key in this {
-                if let Some(event) = pending[(*key & 0xffff_ffff) as usize].take() {
-                    on_outcome(shard.apply(event, now, tick, self.ttl_ms));
-                }
+            for &i in run {
+                let event = &events[i as usize];
+                on_outcome(match shard.apply(event, now, tick, self.ttl_ms) {
+                    Applied::Changed(previous) => Outcome::Changed(Change {
+                        previous,
+                        current: event.clone(),
+                    }),
+                    Applied::Refreshed => Outcome::Refreshed,
+                    Applied::Stale => Outcome::Stale,
+                });
             }
-            drop(shard);
-            run = rest;
         }
+        events.clear();
     }
 
     /// The current state of `user`, unless unknown or expired.
     pub fn get(&self, user: UserId) -> Option<PresenceEvent> {
         let shard = self.shard(user).lock();
         let now = self.clock.now_ms();
-        shard.get(user, now, self.ttl_ms).cloned()
+        shard.get(user, now, self.ttl_ms)
     }
 
     /// Calls `f` on every live entry, one shard at a time (each shard is locked while its

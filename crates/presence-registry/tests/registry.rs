@@ -65,25 +65,49 @@ fn older_event_is_stale_even_when_it_arrives_last() {
 }
 
 #[test]
-fn same_state_is_a_refresh_that_advances_time_but_publishes_nothing() {
+fn a_repeat_is_a_refresh_that_publishes_nothing() {
     let (registry, _) = registry();
-    let _ = registry.apply(event(1, 100, Status::AVAILABLE));
-    let mut resync = event(1, 150, Status::AVAILABLE);
+    let mut streamed = event(1, 100, Status::AVAILABLE);
+    streamed.source = Source::Stream;
+    let _ = registry.apply(streamed);
+    let mut resync = event(1, 100, Status::AVAILABLE);
     resync.source = Source::Resync;
     assert_eq!(registry.apply(resync), Outcome::Refreshed);
     let held = registry.get(UserId::Relay(1)).expect("held");
-    assert_eq!(held.time, EventTime(150));
-    assert_eq!(held.source, Source::Resync);
-    // And an older copy of it is stale.
+    assert_eq!(held.time, EventTime(100));
     assert_eq!(
-        registry.apply(event(1, 120, Status::AVAILABLE)),
-        Outcome::Stale
+        held.source,
+        Source::Resync,
+        "the larger source, so replicas agree"
     );
-    // The same event again is a refresh.
     assert_eq!(
-        registry.apply(event(1, 150, Status::AVAILABLE)),
+        registry.apply(event(1, 100, Status::AVAILABLE)),
         Outcome::Refreshed
     );
+    // And an older copy of it is stale.
+    assert_eq!(
+        registry.apply(event(1, 90, Status::AVAILABLE)),
+        Outcome::Stale
+    );
+}
+
+#[test]
+fn the_same_state_at_a_later_time_is_a_change() {
+    // A, then (unseen) B, then A again: only the last A arrives, with its own later time.
+    let (registry, _) = registry();
+    let first = event(1, 100, Status::AVAILABLE);
+    let _ = registry.apply(first.clone());
+    let mut later = event(1, 150, Status::AVAILABLE);
+    later.source = Source::Resync;
+    assert_eq!(
+        registry.apply(later.clone()),
+        Outcome::Changed(Change {
+            previous: Some(first),
+            current: later.clone()
+        })
+    );
+    assert_eq!(registry.get(UserId::Relay(1)), Some(later));
+    assert_eq!(registry.counts_by_status().get(Status::AVAILABLE), 1);
 }
 
 #[test]
@@ -288,6 +312,38 @@ proptest! {
             let _ = b.apply(e);
         }
         prop_assert_eq!(sorted_snapshot(&a), sorted_snapshot(&b));
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_batch_does_what_one_by_one_does(events in events(), chunk in 1usize..16) {
+        let (one, _) = registry();
+        let (batched, _) = registry();
+        let mut want: HashMap<UserId, Vec<Outcome>> = HashMap::new();
+        for e in events.clone() {
+            let user = e.user;
+            want.entry(user).or_default().push(one.apply(e));
+        }
+        let mut got: HashMap<UserId, Vec<Outcome>> = HashMap::new();
+        for part in events.chunks(chunk) {
+            let mut batch = part.to_vec();
+            batched.apply_batch(&mut batch, |outcome| {
+                let user = match &outcome {
+                    Outcome::Changed(c) => Some(c.current.user),
+                    _ => None,
+                };
+                got.entry(user.unwrap_or(UserId::Relay(u32::MAX))).or_default().push(outcome);
+            });
+            prop_assert!(batch.is_empty());
+        }
+        prop_assert_eq!(sorted_snapshot(&one), sorted_snapshot(&batched));
+        // Every change, per user and in order, is the same.
+        for (user, outcomes) in want {
+            let changes: Vec<&Outcome> = outcomes.iter().filter(|o| matches!(o, Outcome::Changed(_))).collect();
+            let got_changes: Vec<&Outcome> = got.get(&user).map(|v| v.iter().collect()).unwrap_or_default();
+            prop_assert_eq!(changes, got_changes, "user {:?}", user);
+        }
     }
 }
 

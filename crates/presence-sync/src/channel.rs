@@ -28,6 +28,9 @@ pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const PING: &str = r#"{"message":"ping"}"#;
 
+/// How long both sockets are read after a rollover's new socket is connected.
+const ROLLOVER_OVERLAP: Duration = Duration::from_secs(1);
+
 /// What every channel worker shares.
 pub(crate) struct ChannelContext {
     pub(crate) client: GenesysClient,
@@ -433,13 +436,41 @@ impl ChannelContext {
             slot,
         } = new;
         let mut old = std::mem::replace(ws, new_ws);
+        let decoder = Arc::clone(&self.decoder);
+        let sink = Arc::clone(&self.sink);
+        let old_context = context.clone();
         tokio::spawn(async move {
-            // Close, and wait for the server to finish the close (or a few seconds): only
-            // then is the old channel unconnected as far as the server knows, and only then
-            // may the next rollover create a channel that is allowed to replace it.
+            // Events sent to the old socket just before the new one connected may still be on
+            // their way: read both for a moment (duplicates are harmless, last write wins),
+            // then close, still reading what the server sends before its close frame.
+            let mut batch = Vec::new();
+            let mut forward = |message: Message| {
+                let _ = match message {
+                    Message::Text(text) => decoder.text(text.as_str(), &old_context, &mut batch),
+                    Message::Binary(bytes) => {
+                        decoder.binary(&bytes, false, &old_context, &mut batch)
+                    }
+                    _ => Control::None,
+                };
+                if !batch.is_empty() {
+                    sink.publish(&mut batch);
+                    batch.clear();
+                }
+            };
+            let _ = timeout(ROLLOVER_OVERLAP, async {
+                while let Some(Ok(message)) = old.next().await {
+                    forward(message);
+                }
+            })
+            .await;
             let _ = old.close(None).await;
+            // Only once the server has finished the close is the old channel unconnected as
+            // far as it knows, and only then may the next rollover create a channel that is
+            // allowed to replace it.
             let _ = timeout(Duration::from_secs(5), async {
-                while old.next().await.is_some() {}
+                while let Some(Ok(message)) = old.next().await {
+                    forward(message);
+                }
             })
             .await;
             drop(slot);
