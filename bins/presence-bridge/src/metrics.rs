@@ -74,12 +74,20 @@ impl Collector for Scrape {
             }
         }
         let l = &self.latency;
+        // prometheus-client wants each bucket's own count (it sums them into `le` buckets);
+        // the snapshot is cumulative, so take the differences.
+        let mut below = 0;
         let buckets: Vec<(f64, u64)> = l
             .bounds_ms
             .iter()
             .zip(&l.cumulative)
             .map(|(b, c)| (b / 1000.0, *c))
             .chain(std::iter::once((f64::INFINITY, l.count)))
+            .map(|(bound, cumulative)| {
+                let own = cumulative.saturating_sub(below);
+                below = below.max(cumulative);
+                (bound, own)
+            })
             .collect();
         let metric = encoder.encode_descriptor(
             "kafka_delivery_latency_seconds",

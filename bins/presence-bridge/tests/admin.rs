@@ -154,18 +154,9 @@ impl Probe {
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
-        let url = format!("{}{path}", self.admin);
-        tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut response = agent.get(&url).call().expect("admin answers");
-            let status = response.status().as_u16();
-            (status, response.body_mut().read_to_string().expect("body"))
-        })
-        .await
-        .expect("join")
+        let answer = self.try_get(path).await;
+        answer
+            .unwrap_or_else(|| panic!("the admin server at {} does not answer {path}", self.admin))
     }
 
     async fn json(&self, path: &str) -> Value {
@@ -273,6 +264,29 @@ async fn metrics_and_the_query_api() {
         assert!(readme.contains(name), "metric {name} is not in the README");
     }
     assert!(metrics.trim_end().ends_with("# EOF"));
+    // The latency histogram is a proper Prometheus histogram: cumulative buckets that end at
+    // the count.
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in /metrics"))
+    };
+    let count = sample("presence_bridge_kafka_delivery_latency_seconds_count");
+    let inf = sample("presence_bridge_kafka_delivery_latency_seconds_bucket{le=\"+Inf\"}");
+    assert!(count > 0.0);
+    assert_eq!(inf, count, "the +Inf bucket holds every observation once");
+    let buckets: Vec<f64> = metrics
+        .lines()
+        .filter(|l| l.starts_with("presence_bridge_kafka_delivery_latency_seconds_bucket"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        buckets.windows(2).all(|w| w[0] <= w[1]),
+        "cumulative: {buckets:?}"
+    );
 
     let stats = running.json("/v1/stats").await;
     assert_eq!(stats["users"], json!(300));
