@@ -11,5 +11,5 @@ if [[ -z "${KAFKA_BROKERS:-}" ]]; then
     scripts/kafka.sh start >/dev/null
     eval "$(scripts/kafka.sh env)"
 fi
-echo "demo.sh: Kafka at ${KAFKA_BROKERS}; building presence-bridge (first build takes a few minutes)" >&2
-exec cargo run --release -q -p presence-bridge -- demo "$@"
+echo "demo.sh: Kafka at ${KAFKA_BROKERS}; building presence-bridge (the first build takes a few minutes)" >&2
+exec cargo run -q -p presence-bridge -- demo "$@"
