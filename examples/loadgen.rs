@@ -201,36 +201,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The bridge process: what `bins/presence-bridge/src/main.rs` does, line for line.
+/// The bridge process: exactly what `bins/presence-bridge/src/main.rs` does.
 fn run_bridge(args: &[String]) -> ExitCode {
-    use presence_bridge::cli::{Cli, Command as BridgeCommand};
+    use presence_bridge::cli::Cli;
 
     let cli = Cli::parse_from(std::iter::once("presence-bridge".to_owned()).chain(args.to_vec()));
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("presence-bridge: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        match cli.command {
-            BridgeCommand::Run(args) => presence_bridge::commands::run(&args).await,
-            BridgeCommand::Emulate(args) => presence_bridge::commands::emulate(&args).await,
-            BridgeCommand::Demo(args) => presence_bridge::commands::demo(&args).await,
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("presence-bridge: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    presence_bridge::commands::main(cli)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge;
-use crate::cli::{DemoArgs, EmulateArgs, RunArgs};
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command, DemoArgs, EmulateArgs, RunArgs};
 use crate::config::BridgeConfig;
 
 /// Prints a line to stdout, ignoring a closed stdout (a pipe whose reader went away must not
@@ -19,6 +21,38 @@ macro_rules! say {
         use std::io::Write as _;
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
+}
+
+/// The whole program for parsed flags: installs the logger, runs the command on a
+/// multi-threaded runtime, and turns the result into an exit code (0 on a clean shutdown, 1
+/// with a one-line reason otherwise). `main` and the load tool's bridge process both call it.
+pub fn main(cli: Cli) -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("presence-bridge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(&args).await,
+            Command::Emulate(args) => emulate(&args).await,
+            Command::Demo(args) => demo(&args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, never a secret (no error type carries one).
+            eprintln!("presence-bridge: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
