@@ -56,36 +56,67 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
+///
+/// The signals are taken over before this returns, so a signal that arrives right after
+/// (say, once a banner told the user how to stop) is never the default, fatal one.
 pub fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        if wait_for_signal().await.is_err() {
-            log::warn!("cannot listen for signals; stop with SIGKILL");
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(e) => {
+            log::warn!("cannot listen for signals ({e}); stop with SIGKILL");
             return;
         }
+    };
+    tokio::spawn(async move {
+        signals.recv().await;
         log::info!("shutting down (a second signal exits at once)");
         shutdown.cancel();
-        if wait_for_signal().await.is_ok() {
-            eprintln!("presence-bridge: second signal, exiting now");
-            std::process::exit(130);
-        }
+        signals.recv().await;
+        eprintln!("presence-bridge: second signal, exiting now");
+        std::process::exit(130);
     });
 }
 
+/// SIGTERM and SIGINT, taken over from their default action.
 #[cfg(unix)]
-async fn wait_for_signal() -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
 }
 
+#[cfg(unix)]
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Ctrl-C.
 #[cfg(not(unix))]
-async fn wait_for_signal() -> std::io::Result<()> {
-    tokio::signal::ctrl_c().await
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+
+    async fn recv(&mut self) {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 async fn bind(option: &str, addr: SocketAddr) -> Result<TcpListener> {
@@ -167,10 +198,10 @@ pub async fn emulate(args: &EmulateArgs) -> Result<()> {
     let emulator = Emulator::start(config, args.addr)
         .await
         .map_err(|e| anyhow!("cannot start the emulator on --addr {}: {e}", args.addr))?;
-    print_emulator(&emulator);
-    say!("Ctrl-C to stop.");
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
+    print_emulator(&emulator);
+    say!("Ctrl-C to stop.");
     shutdown.cancelled().await;
     emulator.shutdown().await;
     Ok(())
@@ -212,6 +243,8 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
     let config = config?;
     let admin = bind("admin-addr", config.admin_addr).await?;
     let dashboard = admin.local_addr()?;
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
     say!("presence-bridge demo");
     say!("  dashboard:  http://{dashboard}/");
     say!("  metrics:    http://{dashboard}/metrics");
@@ -223,8 +256,6 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
     );
     say!("  kafka:      {} topic {}", args.kafka_brokers, args.topic);
     say!("Ctrl-C to stop.");
-    let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone());
     let result = bridge::serve(config, admin, shutdown).await;
     tokio::time::timeout(Duration::from_secs(5), emulator.shutdown())
         .await

@@ -80,7 +80,10 @@ pub enum Error {
         source: KafkaError,
     },
     /// [`KafkaPublisher::start`](crate::KafkaPublisher::start) was called outside a Tokio
-    /// runtime, which the dispatcher task needs.
+    /// runtime, which the topic check needs.
     #[error("presence-kafka needs a Tokio runtime: {0}")]
     NoRuntime(#[source] tokio::runtime::TryCurrentError),
+    /// The dispatcher thread (or its timer runtime) could not be started.
+    #[error("could not start the Kafka dispatcher thread: {0}")]
+    Thread(#[source] std::io::Error),
 }

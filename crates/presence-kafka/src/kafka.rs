@@ -1,7 +1,8 @@
 //! The librdkafka publisher: the shared state behind the queue, the librdkafka callbacks
-//! (delivery reports, errors, statistics), the dispatcher task and flush.
+//! (delivery reports, errors, statistics), the dispatcher thread and flush.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -14,7 +15,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use serde::Deserialize;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{KafkaConfig, redact};
@@ -23,7 +23,8 @@ use crate::publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
 use crate::queue::{Backoff, Failure, Pending, Push, Queue, Update};
 use crate::ratelimit::RateLimit;
 use crate::record::{
-    HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION, record_timestamp,
+    HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, SCHEMA_VERSION_TEXT, record_timestamp, write_json,
+    write_key,
 };
 use crate::stats::{Health, PublisherStats, StatsSnapshot};
 use crate::topic::{TopicCheck, ensure_topic};
@@ -59,6 +60,8 @@ pub(crate) struct Shared {
     wake: Notify,
     /// Wakes flushes: a delivery report arrived, or records moved into librdkafka.
     progress: Notify,
+    /// Flushes waiting on `progress`: nobody pays for waking it when nobody waits.
+    flushes: AtomicUsize,
     warn_high: RateLimit,
     warn_full: RateLimit,
     warn_delivery: RateLimit,
@@ -80,6 +83,7 @@ impl Shared {
             secrets: config.secrets(),
             wake: Notify::new(),
             progress: Notify::new(),
+            flushes: AtomicUsize::new(0),
             warn_high: RateLimit::new(LOG_EVERY),
             warn_full: RateLimit::new(LOG_EVERY),
             warn_delivery: RateLimit::new(LOG_EVERY),
@@ -171,7 +175,14 @@ impl Shared {
             }
         }
         self.wake.notify_one();
-        self.progress.notify_waiters();
+        self.notify_progress();
+    }
+
+    /// Wakes the flushes waiting for progress, if any.
+    fn notify_progress(&self) {
+        if self.flushes.load(Ordering::Acquire) > 0 {
+            self.progress.notify_waiters();
+        }
     }
 
     fn on_client_error(&self, error: &KafkaError, reason: &str) {
@@ -321,8 +332,8 @@ impl ProducerContext for PublisherContext {
 
 /// Publishes to Kafka through librdkafka, behind a bounded coalescing queue.
 ///
-/// [`start`](KafkaPublisher::start) checks (and if need be creates) the topic, then spawns a
-/// dispatcher task that moves queued states into librdkafka, at most
+/// [`start`](KafkaPublisher::start) checks (and if need be creates) the topic, then starts a
+/// dispatcher thread that builds the records and moves queued states into librdkafka, at most
 /// [`max_in_flight`](KafkaConfig::max_in_flight) at a time and one per user, in order of first
 /// enqueue. Delivery reports update the counters and the latency histogram, and failed
 /// records are retried with the user's newest state.
@@ -334,7 +345,7 @@ pub struct KafkaPublisher {
     producer: Rdkafka,
     topic_check: Option<TopicCheck>,
     cancel: CancellationToken,
-    dispatcher: JoinHandle<()>,
+    dispatcher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for KafkaPublisher {
@@ -349,13 +360,14 @@ impl std::fmt::Debug for KafkaPublisher {
 impl KafkaPublisher {
     /// Validates the configuration, creates the producer, checks the topic (unless
     /// [`check_topic`](KafkaConfig::check_topic) is off: then nothing is contacted here), and
-    /// starts the dispatcher on the current Tokio runtime.
+    /// starts the dispatcher thread.
     ///
     /// Fails when the configuration is invalid, no broker answers within the startup
     /// timeout, the credentials are refused, or the topic is missing and cannot be created.
     pub async fn start(config: KafkaConfig) -> Result<KafkaPublisher> {
         config.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
+        // The topic check runs blocking admin calls on the caller's runtime.
+        tokio::runtime::Handle::try_current().map_err(Error::NoRuntime)?;
         let shared = Arc::new(Shared::new(&config));
         let context = PublisherContext {
             shared: Arc::clone(&shared),
@@ -372,12 +384,12 @@ impl KafkaPublisher {
             None
         };
         let cancel = CancellationToken::new();
-        let dispatcher = runtime.spawn(dispatch(
+        let dispatcher = spawn_dispatcher(
             Arc::clone(&shared),
             producer.clone(),
             config.max_in_flight,
             cancel.clone(),
-        ));
+        )?;
         info!(
             "publishing presence to Kafka topic {} at {} ({}, {} compression)",
             config.topic,
@@ -390,7 +402,7 @@ impl KafkaPublisher {
             producer,
             topic_check,
             cancel,
-            dispatcher,
+            dispatcher: Some(dispatcher),
         })
     }
 
@@ -422,6 +434,7 @@ impl KafkaPublisher {
         let start = Instant::now();
         let deadline = start + timeout;
         let delivered_before = self.snapshot().delivered;
+        self.shared.flushes.fetch_add(1, Ordering::AcqRel);
         loop {
             let progress = self.shared.progress.notified();
             tokio::pin!(progress);
@@ -445,6 +458,7 @@ impl KafkaPublisher {
                 let _ = tokio::time::timeout_at(deadline.into(), progress).await;
             }
         }
+        self.shared.flushes.fetch_sub(1, Ordering::AcqRel);
         let (pending, in_flight, undelivered_users) = {
             let queue = self.shared.queue.lock();
             (queue.pending(), queue.in_flight(), queue.sample_users(10))
@@ -498,8 +512,37 @@ impl Drop for KafkaPublisher {
     fn drop(&mut self) {
         self.shared.queue.lock().close();
         self.cancel.cancel();
-        self.dispatcher.abort();
+        // The dispatcher sees the cancellation at once (it never blocks on anything else).
+        if let Some(dispatcher) = self.dispatcher.take()
+            && dispatcher.join().is_err()
+        {
+            error!("the Kafka dispatcher thread panicked");
+        }
     }
+}
+
+/// Records taken from the queue under one lock.
+const DISPATCH_BATCH: usize = 256;
+
+/// Starts the dispatcher on a thread of its own, with a single-threaded runtime for its timers.
+///
+/// Not a task on the caller's runtime: the socket tasks there always have a message ready
+/// under overload, and the dispatcher (which builds every record) would get a share of the
+/// workers as small as one task among many, starving the publisher while the queue fills.
+fn spawn_dispatcher(
+    shared: Arc<Shared>,
+    producer: Rdkafka,
+    max_in_flight: usize,
+    cancel: CancellationToken,
+) -> Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(Error::Thread)?;
+    std::thread::Builder::new()
+        .name("kafka-dispatch".into())
+        .spawn(move || runtime.block_on(dispatch(shared, producer, max_in_flight, cancel)))
+        .map_err(Error::Thread)
 }
 
 /// Moves queued states into librdkafka until cancelled.
@@ -509,29 +552,53 @@ async fn dispatch(
     max_in_flight: usize,
     cancel: CancellationToken,
 ) {
-    let mut key = String::new();
+    let mut buffers = Buffers::default();
+    let mut batch = Vec::with_capacity(DISPATCH_BATCH);
     loop {
         let mut librdkafka_full = false;
         let mut moved = false;
         loop {
-            let next = {
+            {
                 let mut queue = shared.queue.lock();
-                if queue.in_flight() >= max_in_flight {
-                    None
-                } else {
-                    queue.pop(Instant::now())
+                let room = max_in_flight
+                    .saturating_sub(queue.in_flight())
+                    .min(DISPATCH_BATCH);
+                let now = Instant::now();
+                while batch.len() < room {
+                    match queue.pop(now) {
+                        Some(record) => batch.push(record),
+                        None => break,
+                    }
                 }
-            };
-            let Some(record) = next else { break };
+            }
+            if batch.is_empty() {
+                break;
+            }
             moved = true;
-            if !send(&shared, &producer, record, &mut key) {
-                librdkafka_full = true;
+            let clock = WallClock::now();
+            let mut records = batch.drain(..);
+            for record in records.by_ref() {
+                if let Err(refused) = send(&shared, &producer, record, &mut buffers, clock) {
+                    // librdkafka's own queue is full: everything not sent goes back to the
+                    // front of the line, in order.
+                    let rest: Vec<Pending> = records.by_ref().collect();
+                    let mut queue = shared.queue.lock();
+                    for record in rest.into_iter().rev() {
+                        queue.unsend(record);
+                    }
+                    queue.unsend(*refused);
+                    librdkafka_full = true;
+                    break;
+                }
+            }
+            drop(records);
+            if librdkafka_full {
                 break;
             }
         }
         if moved {
             // A flush waiting for the queue to drain into librdkafka goes on to flush it.
-            shared.progress.notify_waiters();
+            shared.notify_progress();
         }
         let due = shared.queue.lock().next_due();
         let pause = if librdkafka_full {
@@ -570,39 +637,72 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Hands one record to librdkafka. Returns false when librdkafka's queue is full (the record
-/// is back in ours).
-fn send(shared: &Shared, producer: &Rdkafka, record: Pending, key: &mut String) -> bool {
-    use std::fmt::Write;
+/// The wall clock and the monotonic clock read together, once per batch of records: a
+/// record's `receivedAt` is the wall time minus how long it waited.
+#[derive(Clone, Copy)]
+struct WallClock {
+    wall: EventTime,
+    at: Instant,
+}
 
-    let time = record.update.time();
-    key.clear();
-    let _ = write!(key, "{}", record.update.user());
-    let value = match &record.update {
-        Update::State(event) => {
-            let waited = record.received.elapsed();
-            let received_at = EventTime(EventTime::now().as_millis() - waited.as_millis() as i64);
-            Some(PresenceRecord::new(event, received_at).to_json())
+impl WallClock {
+    fn now() -> WallClock {
+        WallClock {
+            wall: EventTime::now(),
+            at: Instant::now(),
         }
-        Update::Tombstone { .. } => None,
+    }
+
+    fn wall_time_of(self, instant: Instant) -> EventTime {
+        let waited = self.at.saturating_duration_since(instant);
+        EventTime(self.wall.as_millis() - i64::try_from(waited.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// The dispatcher's reused buffers (librdkafka copies key, value and headers).
+#[derive(Default)]
+struct Buffers {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// Hands one record to librdkafka. Gives the record back when librdkafka's queue is full.
+fn send(
+    shared: &Shared,
+    producer: &Rdkafka,
+    record: Pending,
+    buffers: &mut Buffers,
+    clock: WallClock,
+) -> std::result::Result<(), Box<Pending>> {
+    let time = record.update.time();
+    write_key(&mut buffers.key, record.update.user());
+    let has_value = match &record.update {
+        Update::State(event) => {
+            write_json(
+                &mut buffers.value,
+                event,
+                clock.wall_time_of(record.received),
+            );
+            true
+        }
+        Update::Tombstone { .. } => false,
     };
-    let time_text = time.as_millis().to_string();
-    let version_text = SCHEMA_VERSION.to_string();
+    let mut time_text = itoa::Buffer::new();
     let headers = OwnedHeaders::new_with_capacity(2)
         .insert(Header {
             key: HEADER_EVENT_TIME,
-            value: Some(time_text.as_str()),
+            value: Some(time_text.format(time.as_millis())),
         })
         .insert(Header {
             key: HEADER_SCHEMA_VERSION,
-            value: Some(version_text.as_str()),
+            value: Some(SCHEMA_VERSION_TEXT),
         });
-    let mut base: BaseRecord<'_, str, [u8], Box<Pending>> =
+    let mut base: BaseRecord<'_, [u8], [u8], Box<Pending>> =
         BaseRecord::with_opaque_to(&shared.topic, Box::new(record))
-            .key(key.as_str())
+            .key(buffers.key.as_slice())
             .headers(headers);
-    if let Some(value) = &value {
-        base = base.payload(value.as_slice());
+    if has_value {
+        base = base.payload(buffers.value.as_slice());
     }
     if let Some(timestamp) = record_timestamp(time) {
         base = base.timestamp(timestamp);
@@ -610,17 +710,16 @@ fn send(shared: &Shared, producer: &Rdkafka, record: Pending, key: &mut String) 
     match producer.send(base) {
         Ok(()) => {
             PublisherStats::add(&shared.stats.sent, 1);
-            true
+            Ok(())
         }
         Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), base)) => {
-            shared.queue.lock().unsend(*base.delivery_opaque);
-            false
+            Err(base.delivery_opaque)
         }
         Err((error, base)) => {
             // Refused outright (for example a record over message.max.bytes): the same path as
             // a failed delivery.
             shared.on_delivery(Some(&error), *base.delivery_opaque);
-            true
+            Ok(())
         }
     }
 }

@@ -7,11 +7,11 @@
 //! publisher holds it behind a mutex).
 
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
-use presence_frame::{EventTime, PresenceEvent, UserId};
+use hashbrown::HashTable;
+use presence_frame::{EventTime, PresenceEvent, PresenceState, Source, UserId};
 
 /// What to publish for a user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,11 +89,64 @@ enum Place {
     Parked,
 }
 
+/// A user's state waiting to be sent, without the user (the slot has it): what a slot holds
+/// for most of the users most of the time, so it is kept small.
 #[derive(Debug)]
-struct Entry {
-    pending: Option<(Pending, Place)>,
-    /// The sequence number of the user's record in librdkafka, if any.
-    in_flight: Option<u64>,
+struct Staged {
+    seq: u64,
+    received: Instant,
+    time: EventTime,
+    /// `None`: a tombstone.
+    state: Option<(PresenceState, Source)>,
+}
+
+impl Staged {
+    fn new(seq: u64, update: Update, received: Instant) -> Staged {
+        let time = update.time();
+        let state = match update {
+            Update::State(event) => Some((event.state, event.source)),
+            Update::Tombstone { .. } => None,
+        };
+        Staged {
+            seq,
+            received,
+            time,
+            state,
+        }
+    }
+
+    fn into_pending(self, user: UserId) -> Pending {
+        let update = match self.state {
+            Some((state, source)) => Update::State(PresenceEvent {
+                user,
+                time: self.time,
+                state,
+                source,
+            }),
+            None => Update::Tombstone {
+                user,
+                time: self.time,
+            },
+        };
+        Pending {
+            seq: self.seq,
+            update,
+            received: self.received,
+        }
+    }
+}
+
+/// No record in flight.
+const NONE_IN_FLIGHT: u64 = u64::MAX;
+
+/// Everything the queue knows of one user with something pending or in flight.
+#[derive(Debug)]
+struct Slot {
+    user: UserId,
+    /// The user's newest state not yet handed to librdkafka, and where it waits.
+    pending: Option<(Staged, Place)>,
+    /// The sequence number of the user's record in librdkafka, or [`NONE_IN_FLIGHT`].
+    in_flight: u64,
     /// Consecutive failed deliveries, for the backoff.
     failures: u32,
 }
@@ -112,18 +165,32 @@ impl Backoff {
     }
 }
 
+/// Below this many slots the slab is never compacted.
+const COMPACT_MIN_SLOTS: usize = 4_096;
+
 /// The coalescing queue. See the module docs.
+///
+/// Users live in a slab of [`Slot`]s found through a hash index of 4-byte slot numbers (hashed
+/// with [`UserId::mix64`]); the ready line and the backoff heap hold slot numbers. A slot is
+/// freed when its user has nothing pending and nothing in flight, and reused by the next new
+/// user; when a burst has passed and most slots are free, the slab is compacted and its memory
+/// given back, so a snapshot of every user does not pin its peak for the life of the process.
 #[derive(Debug)]
 pub(crate) struct Queue {
     capacity: usize,
     backoff: Backoff,
     next_seq: u64,
-    entries: HashMap<UserId, Entry>,
-    ready: VecDeque<UserId>,
-    delayed: BinaryHeap<Reverse<(Instant, u64, UserId)>>,
+    index: HashTable<u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    ready: VecDeque<u32>,
+    delayed: BinaryHeap<Reverse<(Instant, u32)>>,
     pending: usize,
     in_flight: usize,
     closed: bool,
+    /// Below this many slots the slab is never compacted ([`COMPACT_MIN_SLOTS`]; tests lower
+    /// it to compact often).
+    compact_min: usize,
 }
 
 impl Queue {
@@ -132,12 +199,15 @@ impl Queue {
             capacity,
             backoff,
             next_seq: 0,
-            entries: HashMap::new(),
+            index: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             ready: VecDeque::new(),
             delayed: BinaryHeap::new(),
             pending: 0,
             in_flight: 0,
             closed: false,
+            compact_min: COMPACT_MIN_SLOTS,
         }
     }
 
@@ -155,9 +225,104 @@ impl Queue {
         self.capacity
     }
 
+    /// Users with something pending or in flight.
+    #[cfg(test)]
+    pub(crate) fn users(&self) -> usize {
+        self.index.len()
+    }
+
     /// Refuses further pushes and retries.
     pub(crate) fn close(&mut self) {
         self.closed = true;
+    }
+
+    fn find(&self, user: UserId) -> Option<u32> {
+        let slots = &self.slots;
+        self.index
+            .find(user.mix64(), |&i| slots[i as usize].user == user)
+            .copied()
+    }
+
+    /// A slot for a user the queue does not hold yet.
+    fn insert(&mut self, user: UserId, pending: (Staged, Place)) -> u32 {
+        let slot = Slot {
+            user,
+            pending: Some(pending),
+            in_flight: NONE_IN_FLIGHT,
+            failures: 0,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = slot;
+                i
+            }
+            None => {
+                // At most `capacity` users pending plus `max_in_flight` in flight, both checked
+                // to fit well inside u32 by the configuration.
+                let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                self.slots.push(slot);
+                i
+            }
+        };
+        let slots = &self.slots;
+        self.index
+            .insert_unique(user.mix64(), i, |&j| slots[j as usize].user.mix64());
+        i
+    }
+
+    /// Forgets a user with nothing pending and nothing in flight.
+    fn remove(&mut self, i: u32) {
+        let user = self.slots[i as usize].user;
+        let slots = &self.slots;
+        if let Ok(entry) = self
+            .index
+            .find_entry(user.mix64(), |&j| slots[j as usize].user == user)
+        {
+            entry.remove();
+        }
+        self.free.push(i);
+        if self.slots.len() >= self.compact_min && self.index.len() * 4 < self.slots.len() {
+            self.compact();
+        }
+    }
+
+    /// Moves the live slots to the front of a right-sized slab and renumbers every reference
+    /// to them. Runs when three quarters of the slab are free, so its cost (linear in the
+    /// slab) is paid for by the removals since the last compaction.
+    fn compact(&mut self) {
+        let mut renumber = vec![u32::MAX; self.slots.len()];
+        let mut live = Vec::with_capacity(self.index.len());
+        let mut free = vec![false; self.slots.len()];
+        for &i in &self.free {
+            free[i as usize] = true;
+        }
+        for (i, slot) in std::mem::take(&mut self.slots).into_iter().enumerate() {
+            if !free[i] {
+                renumber[i] = u32::try_from(live.len()).unwrap_or(u32::MAX);
+                live.push(slot);
+            }
+        }
+        self.slots = live;
+        self.free = Vec::new();
+        let slots = &self.slots;
+        let mut index = HashTable::with_capacity(slots.len());
+        for (i, slot) in slots.iter().enumerate() {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            index.insert_unique(slot.user.mix64(), i, |&j| slots[j as usize].user.mix64());
+        }
+        self.index = index;
+        self.ready = self
+            .ready
+            .iter()
+            .map(|&i| renumber[i as usize])
+            .filter(|&i| i != u32::MAX)
+            .collect();
+        self.delayed = self
+            .delayed
+            .iter()
+            .map(|&Reverse((due, i))| Reverse((due, renumber[i as usize])))
+            .filter(|Reverse((_, i))| *i != u32::MAX)
+            .collect();
     }
 
     /// Enqueues the newest state of a user. Never blocks, never grows past `capacity` users.
@@ -167,18 +332,13 @@ impl Queue {
         }
         let user = update.user();
         let seq = self.next_seq;
-        let item = Pending {
-            seq,
-            update,
-            received,
-        };
         let at_capacity = self.pending >= self.capacity;
-        match self.entries.entry(user) {
-            MapEntry::Occupied(mut slot) => {
-                let entry = slot.get_mut();
-                if let Some((pending, _place)) = &mut entry.pending {
+        match self.find(user) {
+            Some(i) => {
+                let slot = &mut self.slots[i as usize];
+                if let Some((staged, _place)) = &mut slot.pending {
                     // Same place in line (first enqueue), newer content.
-                    *pending = item;
+                    *staged = Staged::new(seq, update, received);
                     self.next_seq += 1;
                     return Push::Coalesced;
                 }
@@ -186,18 +346,15 @@ impl Queue {
                     return Push::Full;
                 }
                 // The user's previous record is in flight: wait for its acknowledgement.
-                entry.pending = Some((item, Place::Parked));
+                slot.pending = Some((Staged::new(seq, update, received), Place::Parked));
             }
-            MapEntry::Vacant(slot) => {
+            None => {
                 if at_capacity {
                     return Push::Full;
                 }
-                slot.insert(Entry {
-                    pending: Some((item, Place::Ready)),
-                    in_flight: None,
-                    failures: 0,
-                });
-                self.ready.push_back(user);
+                let staged = Staged::new(seq, update, received);
+                let i = self.insert(user, (staged, Place::Ready));
+                self.ready.push_back(i);
             }
         }
         self.next_seq += 1;
@@ -209,19 +366,17 @@ impl Queue {
     /// backoff has passed join the end of the line first.
     pub(crate) fn pop(&mut self, now: Instant) -> Option<Pending> {
         self.promote_due(now);
-        while let Some(user) = self.ready.pop_front() {
-            let Some(entry) = self.entries.get_mut(&user) else {
-                continue;
-            };
-            match entry.pending.take() {
-                Some((pending, Place::Ready)) => {
-                    debug_assert!(entry.in_flight.is_none());
-                    entry.in_flight = Some(pending.seq);
+        while let Some(i) = self.ready.pop_front() {
+            let slot = &mut self.slots[i as usize];
+            match slot.pending.take() {
+                Some((staged, Place::Ready)) => {
+                    debug_assert_eq!(slot.in_flight, NONE_IN_FLIGHT);
+                    slot.in_flight = staged.seq;
                     self.pending -= 1;
                     self.in_flight += 1;
-                    return Some(pending);
+                    return Some(staged.into_pending(slot.user));
                 }
-                other => entry.pending = other, // not ready after all: leave it where it is
+                other => slot.pending = other, // not ready after all: leave it where it is
             }
         }
         None
@@ -229,22 +384,22 @@ impl Queue {
 
     /// When the earliest backing-off state becomes ready.
     pub(crate) fn next_due(&self) -> Option<Instant> {
-        self.delayed.peek().map(|Reverse((due, _, _))| *due)
+        self.delayed.peek().map(|Reverse((due, _))| *due)
     }
 
     fn promote_due(&mut self, now: Instant) {
-        while let Some(Reverse((due, seq, user))) = self.delayed.peek().copied() {
+        while let Some(Reverse((due, i))) = self.delayed.peek().copied() {
             if due > now {
                 break;
             }
             self.delayed.pop();
-            if let Some(entry) = self.entries.get_mut(&user)
-                && let Some((pending, place)) = &mut entry.pending
+            // A slot freed and reused since holds another user; it is promoted only if it waits
+            // for this very instant, which then is its own due time as well.
+            if let Some((_, place)) = &mut self.slots[i as usize].pending
                 && *place == Place::Delayed(due)
             {
-                debug_assert!(pending.seq >= seq);
                 *place = Place::Ready;
-                self.ready.push_back(user);
+                self.ready.push_back(i);
             }
         }
     }
@@ -253,46 +408,47 @@ impl Queue {
     /// the line, unless a newer state of the user arrived meanwhile.
     pub(crate) fn unsend(&mut self, record: Pending) {
         let user = record.update.user();
-        let Some(entry) = self.entries.get_mut(&user) else {
+        let Some(i) = self.find(user) else {
             return;
         };
-        if entry.in_flight != Some(record.seq) {
+        let slot = &mut self.slots[i as usize];
+        if slot.in_flight != record.seq {
             return;
         }
-        entry.in_flight = None;
+        slot.in_flight = NONE_IN_FLIGHT;
         self.in_flight -= 1;
-        match &mut entry.pending {
+        match &mut slot.pending {
             Some((_newer, place)) => *place = Place::Ready,
             None => {
-                entry.pending = Some((record, Place::Ready));
+                let staged = Staged::new(record.seq, record.update, record.received);
+                slot.pending = Some((staged, Place::Ready));
                 self.pending += 1;
             }
         }
-        self.ready.push_front(user);
+        self.ready.push_front(i);
     }
 
     /// The broker acknowledged `seq` of `user`. Returns whether it was the user's record in
     /// flight (a stray report changes nothing). A parked newer state joins the line.
     pub(crate) fn delivered(&mut self, user: UserId, seq: u64) -> bool {
-        let Some(entry) = self.entries.get_mut(&user) else {
+        let Some(i) = self.find(user) else {
             return false;
         };
-        if entry.in_flight != Some(seq) {
+        let slot = &mut self.slots[i as usize];
+        if slot.in_flight != seq {
             return false;
         }
-        entry.in_flight = None;
-        entry.failures = 0;
+        slot.in_flight = NONE_IN_FLIGHT;
+        slot.failures = 0;
         self.in_flight -= 1;
-        match &mut entry.pending {
+        match &mut slot.pending {
             Some((_, place)) => {
                 if *place == Place::Parked {
                     *place = Place::Ready;
-                    self.ready.push_back(user);
+                    self.ready.push_back(i);
                 }
             }
-            None => {
-                self.entries.remove(&user);
-            }
+            None => self.remove(i),
         }
         true
     }
@@ -303,17 +459,18 @@ impl Queue {
     /// state is never sent after a newer one.
     pub(crate) fn failed(&mut self, record: Pending, retriable: bool, now: Instant) -> Failure {
         let user = record.update.user();
-        let Some(entry) = self.entries.get_mut(&user) else {
+        let Some(i) = self.find(user) else {
             return Failure::Dropped;
         };
-        if entry.in_flight != Some(record.seq) {
+        let slot = &mut self.slots[i as usize];
+        if slot.in_flight != record.seq {
             return Failure::Dropped;
         }
-        entry.in_flight = None;
-        entry.failures = entry.failures.saturating_add(1);
+        slot.in_flight = NONE_IN_FLIGHT;
+        slot.failures = slot.failures.saturating_add(1);
         self.in_flight -= 1;
-        let due = now + self.backoff.after(entry.failures);
-        match &mut entry.pending {
+        let due = now + self.backoff.after(slot.failures);
+        match &mut slot.pending {
             Some((newer, place)) => {
                 debug_assert!(
                     newer.seq > record.seq,
@@ -321,7 +478,7 @@ impl Queue {
                 );
                 if *place == Place::Parked {
                     *place = Place::Delayed(due);
-                    self.delayed.push(Reverse((due, newer.seq, user)));
+                    self.delayed.push(Reverse((due, i)));
                 }
                 Failure::Superseded
             }
@@ -329,13 +486,14 @@ impl Queue {
                 // Still the newest state of the user (nothing pending, nothing else in flight):
                 // retry it. Retries may take the queue past capacity by at most the in-flight
                 // limit, rather than lose a user's last state.
-                self.delayed.push(Reverse((due, record.seq, user)));
-                entry.pending = Some((record, Place::Delayed(due)));
+                let staged = Staged::new(record.seq, record.update, record.received);
+                slot.pending = Some((staged, Place::Delayed(due)));
+                self.delayed.push(Reverse((due, i)));
                 self.pending += 1;
                 Failure::Retried
             }
             None => {
-                self.entries.remove(&user);
+                self.remove(i);
                 Failure::Dropped
             }
         }
@@ -343,7 +501,11 @@ impl Queue {
 
     /// Up to `n` users with something undelivered (pending or in flight), for reports.
     pub(crate) fn sample_users(&self, n: usize) -> Vec<UserId> {
-        self.entries.keys().take(n).copied().collect()
+        self.index
+            .iter()
+            .take(n)
+            .map(|&i| self.slots[i as usize].user)
+            .collect()
     }
 }
 
@@ -352,6 +514,7 @@ impl Queue {
 mod tests {
     use super::*;
     use presence_frame::{GroupMask, Location, PresenceState, Source, Status};
+    use std::collections::HashMap;
 
     const BACKOFF: Backoff = Backoff {
         base: Duration::from_millis(100),
@@ -401,7 +564,7 @@ mod tests {
         assert_eq!(q.push(state(3, 1), now), Push::Full);
         assert_eq!(q.push(state(1, 2), now), Push::Coalesced);
         assert_eq!(q.pending(), 2);
-        assert_eq!(q.entries.len(), 2);
+        assert_eq!(q.users(), 2);
         q.close();
         assert_eq!(q.push(state(1, 3), now), Push::Closed);
     }
@@ -484,7 +647,7 @@ mod tests {
         q.push(state(1, 1), now);
         let sent = q.pop(now).unwrap();
         assert_eq!(q.failed(sent, false, now), Failure::Dropped);
-        assert_eq!((q.pending(), q.in_flight(), q.entries.len()), (0, 0, 0));
+        assert_eq!((q.pending(), q.in_flight(), q.users()), (0, 0, 0));
     }
 
     #[test]
@@ -513,6 +676,52 @@ mod tests {
     /// last acknowledged record of each user is the last state pushed for it.
     #[test]
     fn retries_never_send_an_older_state_and_the_newest_always_lands() {
+        random_pushes_sends_and_acks(5, COMPACT_MIN_SLOTS);
+    }
+
+    /// The same with many users and a slab compacted whenever three quarters of it are free,
+    /// so that slots are reused and renumbered while states wait in the line and the backoff.
+    #[test]
+    fn compaction_and_slot_reuse_lose_nothing_and_reorder_nothing() {
+        random_pushes_sends_and_acks(300, 8);
+    }
+
+    #[test]
+    fn a_burst_of_users_gives_its_memory_back_once_delivered() {
+        let now = Instant::now();
+        let mut q = Queue::new(100_000, BACKOFF);
+        for user in 0..50_000 {
+            q.push(state(user, 1), now);
+        }
+        let sent: Vec<_> = std::iter::from_fn(|| q.pop(now)).collect();
+        assert_eq!(sent.len(), 50_000);
+        // Users 0..100 change again while in flight: parked behind their records.
+        for user in 0..100 {
+            assert_eq!(q.push(state(user, 2), now), Push::New);
+        }
+        for p in &sent[100..] {
+            assert!(q.delivered(p.update.user(), p.seq));
+        }
+        assert_eq!(q.users(), 100);
+        assert!(
+            q.slots.capacity() <= 2 * COMPACT_MIN_SLOTS,
+            "slab compacted, capacity {}",
+            q.slots.capacity()
+        );
+        assert!(
+            q.pop(now).is_none(),
+            "the parked states wait for their acks"
+        );
+        for p in &sent[..100] {
+            assert!(q.delivered(p.update.user(), p.seq));
+        }
+        let next: Vec<_> = std::iter::from_fn(|| q.pop(now))
+            .map(|p| user_time(&p))
+            .collect();
+        assert_eq!(next, (0..100).map(|u| (u, 2)).collect::<Vec<_>>());
+    }
+
+    fn random_pushes_sends_and_acks(users: u64, compact_min: usize) {
         let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = move |n: u64| {
             rng ^= rng << 13;
@@ -524,6 +733,7 @@ mod tests {
             let start = Instant::now();
             let mut now = start;
             let mut q = Queue::new(1_000, BACKOFF);
+            q.compact_min = compact_min;
             let mut time = 0i64;
             let mut last_pushed: HashMap<UserId, i64> = HashMap::new();
             let mut last_sent: HashMap<UserId, u64> = HashMap::new();
@@ -534,7 +744,7 @@ mod tests {
                 match next(4) {
                     0 if !finishing => {
                         time += 1;
-                        let user = 1 + next(5) as u32;
+                        let user = 1 + next(users) as u32;
                         q.push(state(user, time), now);
                         last_pushed.insert(UserId::Relay(user), time);
                     }
@@ -578,7 +788,7 @@ mod tests {
                 }
             }
             assert_eq!(last_acked, last_pushed, "round {round}");
-            assert_eq!((q.pending(), q.in_flight(), q.entries.len()), (0, 0, 0));
+            assert_eq!((q.pending(), q.in_flight(), q.users()), (0, 0, 0));
         }
     }
 }

@@ -1,11 +1,14 @@
 //! The Kafka record of a presence change: its JSON value (schema version 1, described by
 //! `docs/schema/presence-record.v1.json`), key and headers.
 
-use presence_frame::{EventTime, PresenceEvent};
+use presence_frame::{EventTime, Guid, PresenceEvent, UserId};
 use serde::{Deserialize, Serialize};
 
 /// The version of the value's JSON schema, also sent in the [`HEADER_SCHEMA_VERSION`] header.
 pub const SCHEMA_VERSION: u32 = 1;
+
+/// [`SCHEMA_VERSION`] as the text of its header.
+pub(crate) const SCHEMA_VERSION_TEXT: &str = "1";
 
 /// Header holding the event time in Unix milliseconds as decimal text (on tombstones too).
 pub const HEADER_EVENT_TIME: &str = "event-time-ms";
@@ -101,6 +104,169 @@ impl PresenceRecord {
     }
 }
 
+/// Writes the record key of `user` (its GUID or decimal number: the `userId` of the value)
+/// into `out`, cleared first.
+pub(crate) fn write_key(out: &mut Vec<u8>, user: UserId) {
+    out.clear();
+    write_user_id(out, user);
+}
+
+fn write_user_id(out: &mut Vec<u8>, user: UserId) {
+    match user {
+        UserId::Relay(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        UserId::Genesys(Guid(v)) => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for nibble in (0..32).rev() {
+                if matches!(nibble, 23 | 19 | 15 | 11) {
+                    out.push(b'-');
+                }
+                out.push(HEX[((v >> (nibble * 4)) & 0xf) as usize]);
+            }
+        }
+    }
+}
+
+/// Writes the JSON value of `event`, received at `received_at`, into `out` (cleared first):
+/// byte for byte what `serde_json` makes of [`PresenceRecord::new`] (a test holds the two
+/// together), without building the record's strings first. The dispatcher's hot path.
+pub(crate) fn write_json(out: &mut Vec<u8>, event: &PresenceEvent, received_at: EventTime) {
+    let state = &event.state;
+    let mut numbers = itoa::Buffer::new();
+    out.clear();
+    out.extend_from_slice(b"{\"schemaVersion\":");
+    out.extend_from_slice(numbers.format(SCHEMA_VERSION).as_bytes());
+    out.extend_from_slice(b",\"userId\":\"");
+    write_user_id(out, event.user);
+    out.extend_from_slice(b"\",\"status\":");
+    match state.status.name() {
+        Some(name) => write_string(out, name),
+        None => write_unknown(out, state.status.code()),
+    }
+    out.extend_from_slice(b",\"statusCode\":");
+    out.extend_from_slice(numbers.format(state.status.code()).as_bytes());
+    out.extend_from_slice(b",\"location\":");
+    match state.location.name() {
+        Some(name) => write_string(out, name),
+        None => write_unknown(out, state.location.code()),
+    }
+    out.extend_from_slice(b",\"locationCode\":");
+    out.extend_from_slice(numbers.format(state.location.code()).as_bytes());
+    out.extend_from_slice(b",\"groupMask\":");
+    out.extend_from_slice(numbers.format(state.groups.0).as_bytes());
+    out.extend_from_slice(b",\"presenceDefinitionId\":");
+    write_optional_string(out, state.definition_id.as_deref());
+    out.extend_from_slice(b",\"message\":");
+    write_optional_string(out, state.message.as_deref());
+    out.extend_from_slice(b",\"eventTime\":\"");
+    write_rfc3339(out, event.time);
+    out.extend_from_slice(b"\",\"eventTimeMillis\":");
+    out.extend_from_slice(numbers.format(event.time.as_millis()).as_bytes());
+    out.extend_from_slice(b",\"source\":");
+    write_string(out, event.source.as_str());
+    out.extend_from_slice(b",\"receivedAt\":\"");
+    write_rfc3339(out, received_at);
+    out.extend_from_slice(b"\",\"receivedAtMillis\":");
+    out.extend_from_slice(numbers.format(received_at.as_millis()).as_bytes());
+    out.push(b'}');
+}
+
+fn write_unknown(out: &mut Vec<u8>, code: u8) {
+    out.extend_from_slice(b"\"unknown(");
+    out.extend_from_slice(itoa::Buffer::new().format(code).as_bytes());
+    out.extend_from_slice(b")\"");
+}
+
+fn write_optional_string(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => write_string(out, text),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// A JSON string, escaped as `serde_json` escapes it: `"`, `\` and the control characters
+/// (short forms where JSON has them, `\u00XX` otherwise); everything else as it is.
+fn write_string(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            0x08 => b'b',
+            0x0c => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0..=0x1f => b'u',
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        out.push(b'\\');
+        out.push(short);
+        if short == b'u' {
+            out.extend_from_slice(b"00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Milliseconds of 0000-01-01T00:00:00Z and 10000-01-01T00:00:00Z: the range of
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+const RFC3339_RANGE: std::ops::Range<i64> = -62_167_219_200_000..253_402_300_800_000;
+
+/// [`EventTime::to_rfc3339`] (UTC, milliseconds, `Z`) without the allocation and the
+/// calendar library, for four-digit years; other times go the slow way.
+fn write_rfc3339(out: &mut Vec<u8>, time: EventTime) {
+    let millis = time.as_millis();
+    if !RFC3339_RANGE.contains(&millis) {
+        out.extend_from_slice(time.to_rfc3339().as_bytes());
+        return;
+    }
+    let (days, ms_of_day) = (millis.div_euclid(86_400_000), millis.rem_euclid(86_400_000));
+    let (year, month, day) = civil_from_days(days);
+    let secs = ms_of_day / 1000;
+    let digits = |out: &mut Vec<u8>, value: i64, width: u32| {
+        for k in (0..width).rev() {
+            out.push(b'0' + ((value / 10_i64.pow(k)) % 10) as u8);
+        }
+    };
+    digits(out, year, 4);
+    out.push(b'-');
+    digits(out, month, 2);
+    out.push(b'-');
+    digits(out, day, 2);
+    out.push(b'T');
+    digits(out, secs / 3600, 2);
+    out.push(b':');
+    digits(out, secs / 60 % 60, 2);
+    out.push(b':');
+    digits(out, secs % 60, 2);
+    out.push(b'.');
+    digits(out, ms_of_day % 1000, 3);
+    out.push(b'Z');
+}
+
+/// The proleptic Gregorian date of a day number (days since 1970-01-01), after Howard
+/// Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 /// The Kafka record timestamp for an event time: the time itself, or `None` (broker time) for
 /// a time before 1970, which Kafka cannot carry.
 pub(crate) fn record_timestamp(time: EventTime) -> Option<i64> {
@@ -111,7 +277,8 @@ pub(crate) fn record_timestamp(time: EventTime) -> Option<i64> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use presence_frame::{GroupMask, Guid, Location, PresenceState, Source, Status, UserId};
+    use presence_frame::{GroupMask, Location, PresenceState, Source, Status};
+    use proptest::prelude::*;
 
     #[test]
     fn unknown_codes_are_kept_by_name() {
@@ -139,5 +306,119 @@ mod tests {
     fn timestamps_before_1970_are_left_to_the_broker() {
         assert_eq!(record_timestamp(EventTime(-1)), None);
         assert_eq!(record_timestamp(EventTime(7)), Some(7));
+    }
+
+    fn serde_json_of(event: &PresenceEvent, received_at: EventTime) -> String {
+        String::from_utf8(PresenceRecord::new(event, received_at).to_json()).unwrap()
+    }
+
+    fn fast_json_of(event: &PresenceEvent, received_at: EventTime) -> String {
+        let mut out = b"left over".to_vec();
+        write_json(&mut out, event, received_at);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_fast_encoder_writes_what_serde_writes_at_the_edges() {
+        let times = [
+            i64::MIN,
+            RFC3339_RANGE.start - 1,
+            RFC3339_RANGE.start,
+            -86_400_001,
+            -1,
+            0,
+            951_782_400_000, // 2000-02-29
+            1_764_320_597_067,
+            4_107_542_399_999, // 2100-02-28T23:59:59.999
+            RFC3339_RANGE.end - 1,
+            RFC3339_RANGE.end,
+            i64::MAX,
+        ];
+        for time in times {
+            let event = PresenceEvent {
+                user: UserId::Genesys(Guid(u128::MAX - 0xfedc_ba98)),
+                time: EventTime(time),
+                state: PresenceState::new(Status(200), Location::REMOTE, GroupMask(u64::MAX))
+                    .with_message("tab\there \"quoted\" back\\slash \u{1} \u{7f} é 😀"),
+                source: Source::Stream,
+            };
+            assert_eq!(
+                fast_json_of(&event, EventTime(time)),
+                serde_json_of(&event, EventTime(time)),
+                "time {time}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_schema_version_header_is_the_schema_version() {
+        assert_eq!(SCHEMA_VERSION_TEXT, SCHEMA_VERSION.to_string());
+    }
+
+    #[test]
+    fn keys_are_the_user_ids_text() {
+        let mut key = b"old".to_vec();
+        for user in [
+            UserId::Relay(0),
+            UserId::Relay(u32::MAX),
+            UserId::Genesys(Guid(0x1234)),
+            UserId::Genesys(Guid(u128::MAX)),
+        ] {
+            write_key(&mut key, user);
+            assert_eq!(key, user.to_string().as_bytes());
+        }
+    }
+
+    fn any_event() -> impl Strategy<Value = PresenceEvent> {
+        (
+            prop_oneof![
+                any::<u32>().prop_map(UserId::Relay),
+                any::<u128>().prop_map(|v| UserId::Genesys(Guid(v))),
+            ],
+            prop_oneof![
+                any::<i64>(),
+                RFC3339_RANGE,
+                0..4_102_444_800_000_i64 // 1970 to 2100
+            ],
+            any::<(u8, u8, u64)>(),
+            proptest::option::of(any::<String>()),
+            proptest::option::of("[0-9a-f-]{0,36}"),
+            prop_oneof![
+                Just(Source::Stream),
+                Just(Source::Resync),
+                Just(Source::Relay)
+            ],
+        )
+            .prop_map(
+                |(user, time, (status, location, groups), message, definition, source)| {
+                    let mut state =
+                        PresenceState::new(Status(status), Location(location), GroupMask(groups));
+                    if let Some(message) = message {
+                        state = state.with_message(message.as_str());
+                    }
+                    if let Some(definition) = definition {
+                        state = state.with_definition_id(definition.as_str());
+                    }
+                    PresenceEvent {
+                        user,
+                        time: EventTime(time),
+                        state,
+                        source,
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn the_fast_encoder_writes_what_serde_writes(
+            event in any_event(),
+            received in 0..4_102_444_800_000_i64,
+        ) {
+            let fast = fast_json_of(&event, EventTime(received));
+            prop_assert_eq!(&fast, &serde_json_of(&event, EventTime(received)));
+            let parsed: PresenceRecord = serde_json::from_str(&fast).unwrap();
+            prop_assert_eq!(parsed, PresenceRecord::new(&event, EventTime(received)));
+        }
     }
 }

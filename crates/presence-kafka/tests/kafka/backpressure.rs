@@ -9,8 +9,8 @@ use presence_kafka::{Enqueue, KafkaPublisher, Publisher};
 
 use crate::common::{self, broker};
 
-/// A current-thread runtime: the dispatcher task runs only when the test awaits, so a burst
-/// published without awaiting is, for the queue, infinitely faster than delivery.
+/// One record in flight at a time, so a burst published without awaiting is, for the queue,
+/// far faster than delivery (each acknowledgement takes at least the 5 ms linger).
 #[tokio::test]
 async fn updates_coalesce_and_the_newest_state_per_user_lands() {
     let Some(broker) = broker() else { return };
@@ -20,7 +20,9 @@ async fn updates_coalesce_and_the_newest_state_per_user_lands() {
     let mut newest: HashMap<String, i64> = HashMap::new();
     let mut time = 1_700_000_000_000i64;
 
-    // A burst of 3,000 updates of 3 users with no await: 3 queued, 2,997 coalesced.
+    // A burst of 3,000 updates of 3 users with no await: the first of each user is queued;
+    // after that a user's update replaces its pending one, or (once its record is in flight
+    // and nothing is pending) queues anew behind it.
     for i in 0..3_000u32 {
         time += 1;
         let user = i % 3;
@@ -28,20 +30,18 @@ async fn updates_coalesce_and_the_newest_state_per_user_lands() {
             common::relay_event(user, time, Status::AVAILABLE),
             Instant::now(),
         );
-        assert_eq!(
-            outcome,
-            if i < 3 {
-                Enqueue::Queued
-            } else {
-                Enqueue::Coalesced
-            }
-        );
+        if i < 3 {
+            assert_eq!(outcome, Enqueue::Queued);
+        } else {
+            assert!(outcome.is_accepted(), "{outcome:?}");
+        }
         newest.insert(user.to_string(), time);
     }
     let stats = publisher.snapshot();
-    assert_eq!(
-        (stats.enqueued, stats.coalesced, stats.queue_depth),
-        (3_000, 2_997, 3)
+    assert_eq!(stats.enqueued, 3_000);
+    assert!(
+        stats.coalesced >= 2_900 && stats.queue_depth <= 3,
+        "most of the burst coalesced: {stats:?}"
     );
 
     // Then updates of 5 users while records are in flight, one at a time.
