@@ -27,6 +27,7 @@ macro_rules! say {
 /// multi-threaded runtime, and turns the result into an exit code (0 on a clean shutdown, 1
 /// with a one-line reason otherwise). `main` and the load tool's bridge process both call it.
 pub fn main(cli: Cli) -> ExitCode {
+    crate::alloc::tune();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

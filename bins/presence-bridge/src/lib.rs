@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod admin;
+pub mod alloc;
 pub mod bridge;
 pub mod cli;
 pub mod commands;

@@ -165,6 +165,63 @@ impl Backoff {
     }
 }
 
+/// Slots per chunk of the slab (about 640 KiB).
+const CHUNK: usize = 4_096;
+
+/// The slots, in fixed-size chunks: growing never copies (or doubles) what is there, so a
+/// burst of new users costs its slots and no transient second copy of the slab.
+#[derive(Debug, Default)]
+struct Slab {
+    chunks: Vec<Vec<Slot>>,
+    len: usize,
+}
+
+impl Slab {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Slots allocated, used or not.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    fn push(&mut self, slot: Slot) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(slot);
+            self.len += 1;
+        }
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = Slot> {
+        self.chunks.into_iter().flatten()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.chunks.iter().flatten()
+    }
+}
+
+impl std::ops::Index<u32> for Slab {
+    type Output = Slot;
+
+    fn index(&self, i: u32) -> &Slot {
+        let i = i as usize;
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<u32> for Slab {
+    fn index_mut(&mut self, i: u32) -> &mut Slot {
+        let i = i as usize;
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
 /// Below this many slots the slab is never compacted.
 const COMPACT_MIN_SLOTS: usize = 4_096;
 
@@ -181,7 +238,7 @@ pub(crate) struct Queue {
     backoff: Backoff,
     next_seq: u64,
     index: HashTable<u32>,
-    slots: Vec<Slot>,
+    slots: Slab,
     free: Vec<u32>,
     ready: VecDeque<u32>,
     delayed: BinaryHeap<Reverse<(Instant, u32)>>,
@@ -200,7 +257,7 @@ impl Queue {
             backoff,
             next_seq: 0,
             index: HashTable::new(),
-            slots: Vec::new(),
+            slots: Slab::default(),
             free: Vec::new(),
             ready: VecDeque::new(),
             delayed: BinaryHeap::new(),
@@ -239,7 +296,7 @@ impl Queue {
     fn find(&self, user: UserId) -> Option<u32> {
         let slots = &self.slots;
         self.index
-            .find(user.mix64(), |&i| slots[i as usize].user == user)
+            .find(user.mix64(), |&i| slots[i].user == user)
             .copied()
     }
 
@@ -253,7 +310,7 @@ impl Queue {
         };
         let i = match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = slot;
+                self.slots[i] = slot;
                 i
             }
             None => {
@@ -266,17 +323,17 @@ impl Queue {
         };
         let slots = &self.slots;
         self.index
-            .insert_unique(user.mix64(), i, |&j| slots[j as usize].user.mix64());
+            .insert_unique(user.mix64(), i, |&j| slots[j].user.mix64());
         i
     }
 
     /// Forgets a user with nothing pending and nothing in flight.
     fn remove(&mut self, i: u32) {
-        let user = self.slots[i as usize].user;
+        let user = self.slots[i].user;
         let slots = &self.slots;
         if let Ok(entry) = self
             .index
-            .find_entry(user.mix64(), |&j| slots[j as usize].user == user)
+            .find_entry(user.mix64(), |&j| slots[j].user == user)
         {
             entry.remove();
         }
@@ -291,7 +348,7 @@ impl Queue {
     /// slab) is paid for by the removals since the last compaction.
     fn compact(&mut self) {
         let mut renumber = vec![u32::MAX; self.slots.len()];
-        let mut live = Vec::with_capacity(self.index.len());
+        let mut live = Slab::default();
         let mut free = vec![false; self.slots.len()];
         for &i in &self.free {
             free[i as usize] = true;
@@ -308,7 +365,7 @@ impl Queue {
         let mut index = HashTable::with_capacity(slots.len());
         for (i, slot) in slots.iter().enumerate() {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
-            index.insert_unique(slot.user.mix64(), i, |&j| slots[j as usize].user.mix64());
+            index.insert_unique(slot.user.mix64(), i, |&j| slots[j].user.mix64());
         }
         self.index = index;
         self.ready = self
@@ -335,7 +392,7 @@ impl Queue {
         let at_capacity = self.pending >= self.capacity;
         match self.find(user) {
             Some(i) => {
-                let slot = &mut self.slots[i as usize];
+                let slot = &mut self.slots[i];
                 if let Some((staged, _place)) = &mut slot.pending {
                     // Same place in line (first enqueue), newer content.
                     *staged = Staged::new(seq, update, received);
@@ -367,7 +424,7 @@ impl Queue {
     pub(crate) fn pop(&mut self, now: Instant) -> Option<Pending> {
         self.promote_due(now);
         while let Some(i) = self.ready.pop_front() {
-            let slot = &mut self.slots[i as usize];
+            let slot = &mut self.slots[i];
             match slot.pending.take() {
                 Some((staged, Place::Ready)) => {
                     debug_assert_eq!(slot.in_flight, NONE_IN_FLIGHT);
@@ -395,7 +452,7 @@ impl Queue {
             self.delayed.pop();
             // A slot freed and reused since holds another user; it is promoted only if it waits
             // for this very instant, which then is its own due time as well.
-            if let Some((_, place)) = &mut self.slots[i as usize].pending
+            if let Some((_, place)) = &mut self.slots[i].pending
                 && *place == Place::Delayed(due)
             {
                 *place = Place::Ready;
@@ -411,7 +468,7 @@ impl Queue {
         let Some(i) = self.find(user) else {
             return;
         };
-        let slot = &mut self.slots[i as usize];
+        let slot = &mut self.slots[i];
         if slot.in_flight != record.seq {
             return;
         }
@@ -434,7 +491,7 @@ impl Queue {
         let Some(i) = self.find(user) else {
             return false;
         };
-        let slot = &mut self.slots[i as usize];
+        let slot = &mut self.slots[i];
         if slot.in_flight != seq {
             return false;
         }
@@ -462,7 +519,7 @@ impl Queue {
         let Some(i) = self.find(user) else {
             return Failure::Dropped;
         };
-        let slot = &mut self.slots[i as usize];
+        let slot = &mut self.slots[i];
         if slot.in_flight != record.seq {
             return Failure::Dropped;
         }
@@ -504,7 +561,7 @@ impl Queue {
         self.index
             .iter()
             .take(n)
-            .map(|&i| self.slots[i as usize].user)
+            .map(|&i| self.slots[i].user)
             .collect()
     }
 }
