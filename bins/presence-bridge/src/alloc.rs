@@ -6,8 +6,9 @@
 //! `override` feature makes it librdkafka's `malloc` as well. Out of the box it keeps freed
 //! memory for a second and backs its pages with transparent huge pages, which took the resident
 //! set with 100,000 users from 59 to 141 MiB; transparent huge pages are off at build time
-//! (`no_thp`) and [`tune`] returns freed pages after 10 ms (mimalloc 2's default) instead of
-//! 1 s. Purging at once saved no more memory and cost CPU (a `madvise` per freed page).
+//! (`no_thp`) and [`tune`] returns freed pages at once instead of after a second: the peak,
+//! reached while the first snapshot of every user is queued, then stays near 52 MiB (59 to 69
+//! MiB with a 10 ms delay), for no CPU cost the load tool could tell from noise.
 //! `docs/performance.md` has the figures.
 
 /// mimalloc as the global allocator (and, through `override`, as the C `malloc`).
@@ -20,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long freed memory may stay resident before it is returned to the system, in ms.
-pub const PURGE_DELAY_MS: i64 = 10;
+pub const PURGE_DELAY_MS: i64 = 0;
 
 /// Applies the allocator settings, unless the environment sets them (`MIMALLOC_PURGE_DELAY`
 /// wins, for experiments). Call first thing in `main`.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use genesys_auth::GenesysClient;
 use presence_frame::{Guid, PresenceEvent};
 use tokio::net::TcpStream;
@@ -25,6 +25,9 @@ use crate::sink::PresenceSink;
 use crate::stats::{ChannelState, ReconnectCause, SyncStatus, bump};
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Most messages a session decodes in one go before it looks at its timers and cancellation.
+const DRAIN_MESSAGES: usize = 64;
 
 const PING: &str = r#"{"message":"ping"}"#;
 
@@ -335,6 +338,12 @@ impl ChannelContext {
                         }
                         Some(Ok(_)) => Control::None, // ping/pong frames: tungstenite answers pings
                     };
+                    // Messages already read off the socket join the batch, so the registry and
+                    // the publisher see one call per burst rather than one per notification.
+                    let control = match control {
+                        Control::None => self.drain_ready(&mut ws, &context, &mut batch),
+                        other => other,
+                    };
                     last_message = Instant::now();
                     ping_sent = None;
                     self.status.update(index, |s| s.last_message = Some(last_message));
@@ -417,6 +426,34 @@ impl ChannelContext {
                 }
             }
         }
+    }
+
+    /// Decodes the messages that are ready on `ws` without waiting (at most
+    /// [`DRAIN_MESSAGES`]) into `batch`, stopping at the first that needs the session's
+    /// attention: a control message (returned), or the end of the stream (left for the
+    /// session's next read, which then sees the stream end).
+    fn drain_ready(&self, ws: &mut Ws, context: &str, batch: &mut Vec<PresenceEvent>) -> Control {
+        for _ in 0..DRAIN_MESSAGES {
+            let control = match ws.next().now_or_never() {
+                Some(Some(Ok(Message::Text(text)))) => {
+                    self.decoder.text(text.as_str(), context, batch)
+                }
+                Some(Some(Ok(Message::Binary(bytes)))) => {
+                    self.decoder.binary(&bytes, false, context, batch)
+                }
+                Some(Some(Ok(Message::Close(_)))) | None => return Control::None,
+                Some(Some(Err(e))) => {
+                    log::info!("{context}: socket error: {e}");
+                    return Control::None;
+                }
+                Some(None) => return Control::None,
+                Some(Some(Ok(_))) => Control::None,
+            };
+            if control != Control::None {
+                return control;
+            }
+        }
+        Control::None
     }
 
     /// Switches the session to a replacement channel and socket; the old socket is closed
