@@ -1,5 +1,5 @@
-//! presence-registry micro-benchmarks: `apply` from two threads over 100,000 users, and a sweep
-//! that expires 10% of 1,000,000 entries.
+//! presence-registry micro-benchmarks: `apply`, `apply_batch` and `apply_frames` from two
+//! threads over 100,000 users, and a sweep that expires 10% of 1,000,000 entries.
 //!
 //! Run: `cargo bench --bench registry`.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use presence_frame::{
-    EventTime, GroupMask, Location, PresenceEvent, PresenceState, Source, Status, UserId,
+    EventTime, Frame, GroupMask, Location, PresenceEvent, PresenceState, Source, Status, UserId,
 };
 use presence_registry::{ManualClock, Outcome, Registry, RegistryConfig};
 
@@ -98,6 +98,51 @@ fn apply_two_threads(c: &mut Criterion) {
                             }
                         }
                         black_box(changed);
+                    });
+                }
+            });
+            start.elapsed()
+        })
+    });
+
+    // The same stream as relay frames, 4096 a call: what the relay path gets from a decoded
+    // message (`FrameBatch::filter` into a reused `Vec<Frame>`). Every change's outcome is
+    // built and handed over as `apply_batch`'s is; the time and user of each change are read
+    // so that building them is not optimised away.
+    group.bench_function("apply_frames_2_threads_100k_users", |b| {
+        b.iter_custom(|iters| {
+            let base = clock.fetch_add(iters as i64, Ordering::Relaxed);
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for steps in &steps {
+                    let registry = &registry;
+                    scope.spawn(move || {
+                        let mut frames = Vec::with_capacity(4096);
+                        let mut seen = 0u64;
+                        for k in 0..iters as usize {
+                            let (user, status) = steps[k & (steps.len() - 1)];
+                            frames.push(Frame {
+                                time_ms: base + k as i64,
+                                user_id: user,
+                                status: Status(status),
+                                location: Location::DESK,
+                                groups: 1,
+                            });
+                            if frames.len() == 4096 || k + 1 == iters as usize {
+                                registry.apply_frames(&frames, |outcome| {
+                                    if let Outcome::Changed(change) = outcome {
+                                        seen = seen.wrapping_add(
+                                            change.current.time.0 as u64
+                                                ^ u64::from(
+                                                    change.current.user == UserId::Relay(0),
+                                                ),
+                                        );
+                                    }
+                                });
+                                frames.clear();
+                            }
+                        }
+                        black_box(seen);
                     });
                 }
             });

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_frame::{
-    EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
+    EventTime, Frame, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status,
+    UserId,
 };
 use presence_registry::{Change, ManualClock, Outcome, Registry, RegistryConfig};
 use proptest::prelude::*;
@@ -347,6 +348,148 @@ proptest! {
     }
 }
 
+/// Frames over few users, times and states, so that collisions and ties are common; group
+/// bytes above the low bits too, since a frame's mask is its whole byte.
+fn frames() -> impl Strategy<Value = Vec<Frame>> {
+    let one = (
+        0u32..6,
+        0i64..8,
+        0u8..4,
+        prop::sample::select(vec![0u8, 1, 2, 0x81, 0xff]),
+    )
+        .prop_map(|(user_id, time_ms, status, groups)| Frame {
+            time_ms,
+            user_id,
+            status: Status(status),
+            location: Location::DESK,
+            groups,
+        });
+    prop::collection::vec(one, 1..40)
+}
+
+proptest! {
+    #[test]
+    fn frames_do_what_their_events_do_one_by_one(
+        before in events(),
+        frames in frames(),
+        chunk in 1usize..16,
+        expire_first in prop::bool::ANY,
+    ) {
+        // Start both registries from the same events (messages, other sources), so that frames
+        // meet entries with extras and every tie order; sometimes from expired ones.
+        let (one, one_clock) = registry();
+        let (framed, framed_clock) = registry();
+        for e in before {
+            let _ = one.apply(e.clone());
+            let _ = framed.apply(e);
+        }
+        if expire_first {
+            one_clock.advance(TTL);
+            framed_clock.advance(TTL);
+        }
+        let mut want: HashMap<UserId, Vec<Outcome>> = HashMap::new();
+        let mut want_all: Vec<Outcome> = Vec::new();
+        for f in &frames {
+            let outcome = one.apply(f.to_event());
+            want.entry(f.to_event().user).or_default().push(outcome.clone());
+            want_all.push(outcome);
+        }
+        let mut got: HashMap<UserId, Vec<Outcome>> = HashMap::new();
+        let mut got_all: Vec<Outcome> = Vec::new();
+        for part in frames.chunks(chunk) {
+            framed.apply_frames(part, |outcome| {
+                if let Outcome::Changed(c) = &outcome {
+                    got.entry(c.current.user).or_default().push(outcome.clone());
+                }
+                got_all.push(outcome);
+            });
+        }
+        prop_assert_eq!(sorted_snapshot(&one), sorted_snapshot(&framed));
+        prop_assert_eq!(one.counts_by_status(), framed.counts_by_status());
+        // The same outcomes overall (the order differs: grouped by shard)...
+        let key = |o: &Outcome| format!("{o:?}");
+        want_all.sort_by_key(key);
+        got_all.sort_by_key(key);
+        prop_assert_eq!(want_all, got_all);
+        // ...and every change, per user and in order.
+        for (user, outcomes) in want {
+            let changes: Vec<&Outcome> = outcomes.iter().filter(|o| matches!(o, Outcome::Changed(_))).collect();
+            let got_changes: Vec<&Outcome> = got.get(&user).map(|v| v.iter().collect()).unwrap_or_default();
+            prop_assert_eq!(changes, got_changes, "user {:?}", user);
+        }
+    }
+}
+
+#[test]
+fn a_batch_over_many_users_matches_one_by_one() {
+    // Enough users for runs longer than the prefetch distance, and for the index to grow and
+    // (with expiry) shrink its clusters under a batch.
+    let events_of = |round: i64| -> Vec<PresenceEvent> {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64 ^ round as u64;
+        (0..20_000)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                event(
+                    (s % 30_000) as u32,
+                    round * 4 + ((s >> 20) % 4) as i64,
+                    Status((s >> 40) as u8 % 3),
+                )
+            })
+            .collect()
+    };
+    let (one, one_clock) = registry();
+    let (batched, batched_clock) = registry();
+    let (framed, framed_clock) = registry();
+    for round in 0..4 {
+        let events = events_of(round);
+        let mut want = 0usize;
+        for e in events.clone() {
+            want += usize::from(matches!(one.apply(e), Outcome::Changed(_)));
+        }
+        let mut got = 0usize;
+        for part in events.chunks(4096) {
+            batched.apply_batch(&mut part.to_vec(), |o| {
+                got += usize::from(matches!(o, Outcome::Changed(_)))
+            });
+        }
+        assert_eq!(got, want, "batch, round {round}");
+        let frames: Vec<Frame> = events
+            .iter()
+            .map(|e| Frame {
+                time_ms: e.time.0,
+                user_id: match e.user {
+                    UserId::Relay(n) => n,
+                    UserId::Genesys(_) => unreachable!("relay events only"),
+                },
+                status: e.state.status,
+                location: e.state.location,
+                groups: 1,
+            })
+            .collect();
+        let mut got = 0usize;
+        for part in frames.chunks(4096) {
+            framed.apply_frames(part, |o| {
+                got += usize::from(matches!(o, Outcome::Changed(_)))
+            });
+        }
+        assert_eq!(got, want, "frames, round {round}");
+        assert_eq!(sorted_snapshot(&one), sorted_snapshot(&batched));
+        assert_eq!(sorted_snapshot(&one), sorted_snapshot(&framed));
+        for clock in [&one_clock, &batched_clock, &framed_clock] {
+            clock.advance(TTL / 2);
+        }
+        let expired = [
+            one.sweep().len(),
+            batched.sweep().len(),
+            framed.sweep().len(),
+        ];
+        assert_eq!(expired[0], expired[1]);
+        assert_eq!(expired[0], expired[2]);
+    }
+}
+
 /// The sequential model: per user, the event that is greatest by (time, state, source).
 fn model(events: &[PresenceEvent]) -> Vec<PresenceEvent> {
     let mut best: HashMap<UserId, &PresenceEvent> = HashMap::new();
@@ -417,4 +560,61 @@ fn concurrent_updates_match_the_sequential_model() {
         let n = want.iter().filter(|e| e.state.status == status).count() as u64;
         assert_eq!(counts.get(status), n, "{status}");
     }
+}
+
+#[test]
+fn concurrent_batches_match_the_sequential_model() {
+    // As above, through `apply_batch` and `apply_frames` from two threads each, so that
+    // batches contend for shards with each other.
+    const PER_THREAD: usize = 50_000;
+    const USERS: u32 = 2_000;
+    let registry = Registry::with_clock(RegistryConfig::new(TTL).shards(16), ManualClock::new())
+        .expect("config");
+    let streams: Vec<Vec<PresenceEvent>> = (0..4u64)
+        .map(|t| {
+            let mut seed = 0x2545_f491_4f6c_dd1du64 ^ (t + 1);
+            (0..PER_THREAD)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    event(
+                        (seed % u64::from(USERS)) as u32,
+                        ((seed >> 16) % 64) as i64,
+                        Status(((seed >> 24) % 10) as u8),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (t, stream) in streams.iter().enumerate() {
+            let registry = &registry;
+            scope.spawn(move || {
+                for part in stream.chunks(512) {
+                    if t % 2 == 0 {
+                        registry.apply_batch(&mut part.to_vec(), |_| {});
+                    } else {
+                        let frames: Vec<Frame> = part
+                            .iter()
+                            .map(|e| Frame {
+                                time_ms: e.time.0,
+                                user_id: match e.user {
+                                    UserId::Relay(n) => n,
+                                    UserId::Genesys(_) => unreachable!("relay events only"),
+                                },
+                                status: e.state.status,
+                                location: e.state.location,
+                                groups: 1,
+                            })
+                            .collect();
+                        registry.apply_frames(&frames, |_| {});
+                    }
+                }
+            });
+        }
+    });
+    let all: Vec<PresenceEvent> = streams.into_iter().flatten().collect();
+    assert_eq!(sorted_snapshot(&registry), model(&all));
+    assert_eq!(registry.counts_by_status().total() as usize, USERS as usize);
 }
