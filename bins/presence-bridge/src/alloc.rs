@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long freed memory may stay resident before it is returned to the system, in ms.
-pub const PURGE_DELAY_MS: i64 = 0;
+pub const PURGE_DELAY_MS: std::ffi::c_long = 0;
 
 /// Applies the allocator settings, unless the environment sets them (`MIMALLOC_PURGE_DELAY`
 /// wins, for experiments). Call first thing in `main`.
@@ -29,7 +29,7 @@ pub fn tune() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mi_option_set stores an integer in mimalloc's option table; it may be called
         // from any thread at any time, and the index names an option of the bundled version.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS as _) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
 }
 
@@ -51,6 +51,6 @@ mod tests {
         tune();
         // SAFETY: reads an option.
         let after = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        assert_eq!(i64::from(after), PURGE_DELAY_MS);
+        assert_eq!(after, PURGE_DELAY_MS);
     }
 }

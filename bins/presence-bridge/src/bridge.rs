@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use genesys_auth::{AuthConfig, GenesysClient};
 use parking_lot::Mutex;
-use presence_frame::PresenceEvent;
+use presence_frame::{Frame, PresenceEvent};
 use presence_registry::{MonotonicClock, Outcome, Registry, RegistryConfig};
 use presence_sync::{PresenceSink, PresenceSync, RelaySource, SyncConfig, UserSelection};
 use tokio::net::TcpListener;
@@ -28,11 +28,12 @@ struct BridgeSink {
     changes: Arc<AtomicU64>,
 }
 
-impl PresenceSink for BridgeSink {
-    fn publish(&self, events: &mut Vec<PresenceEvent>) {
+impl BridgeSink {
+    /// Hands each change the registry reports to Kafka and to the dashboard's recent list.
+    fn apply(&self, apply: impl FnOnce(&mut dyn FnMut(Outcome))) {
         let received = Instant::now();
         let mut changed = Vec::new();
-        self.registry.apply_batch(events, |outcome| {
+        apply(&mut |outcome| {
             if let Outcome::Changed(change) = outcome {
                 changed.push(change.current.user);
                 self.output.publish(change.current, received);
@@ -46,6 +47,16 @@ impl PresenceSink for BridgeSink {
                 recent.push(user, false);
             }
         }
+    }
+}
+
+impl PresenceSink for BridgeSink {
+    fn publish(&self, events: &mut Vec<PresenceEvent>) {
+        self.apply(|on_outcome| self.registry.apply_batch(events, on_outcome));
+    }
+
+    fn publish_frames(&self, frames: &[Frame]) {
+        self.apply(|on_outcome| self.registry.apply_frames(frames, on_outcome));
     }
 }
 

@@ -316,7 +316,7 @@ impl ChannelContext {
                 message = ws.next() => {
                     let control = match message {
                         Some(Ok(Message::Text(text))) => self.decoder.text(text.as_str(), &context, &mut batch),
-                        Some(Ok(Message::Binary(bytes))) => self.decoder.binary(&bytes, false, &context, &mut batch),
+                        Some(Ok(Message::Binary(bytes))) => self.decoder.binary(&bytes, &context, &mut batch),
                         ended @ (Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
                             if let Some(Err(e)) = &ended {
                                 log::info!("{context}: socket error: {e}");
@@ -439,7 +439,7 @@ impl ChannelContext {
                     self.decoder.text(text.as_str(), context, batch)
                 }
                 Some(Some(Ok(Message::Binary(bytes)))) => {
-                    self.decoder.binary(&bytes, false, context, batch)
+                    self.decoder.binary(&bytes, context, batch)
                 }
                 Some(Some(Ok(Message::Close(_)))) | None => return Control::None,
                 Some(Some(Err(e))) => {
@@ -484,9 +484,7 @@ impl ChannelContext {
             let mut forward = |message: Message| {
                 let _ = match message {
                     Message::Text(text) => decoder.text(text.as_str(), &old_context, &mut batch),
-                    Message::Binary(bytes) => {
-                        decoder.binary(&bytes, false, &old_context, &mut batch)
-                    }
+                    Message::Binary(bytes) => decoder.binary(&bytes, &old_context, &mut batch),
                     _ => Control::None,
                 };
                 if !batch.is_empty() {

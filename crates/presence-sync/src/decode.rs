@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use presence_frame::{
-    EventTime, GroupMask, Guid, Notification, Payload, PresenceEvent, UserId, decode_notification,
+    EventTime, Frame, GroupMask, Guid, Notification, Payload, PresenceEvent, UserId,
+    decode_notification,
 };
 
 use crate::stats::{DecodeErrorKind, SyncStats, bump};
@@ -116,32 +117,53 @@ impl Decoder {
         self.json(text.as_bytes(), context, out)
     }
 
-    /// A binary message: frames, or JSON when it starts with `{`. `frames_expected` is false
-    /// on Genesys notification sockets, which never send frames.
+    /// A binary message on a notification channel: JSON (Genesys sends text, but a binary
+    /// message starting with `{` is read as JSON too); relay frames there are unexpected.
     pub(crate) fn binary(
         &self,
         bytes: &[u8],
-        frames_expected: bool,
+        context: &str,
+        out: &mut Vec<PresenceEvent>,
+    ) -> Control {
+        self.binary_into(bytes, None, context, out)
+    }
+
+    /// A binary message from a relay: frames that pass the group filter go to `frames`,
+    /// undecoded (the registry applies them as they are); JSON goes to `out`.
+    pub(crate) fn relay_binary(
+        &self,
+        bytes: &[u8],
+        context: &str,
+        frames: &mut Vec<Frame>,
+        out: &mut Vec<PresenceEvent>,
+    ) -> Control {
+        self.binary_into(bytes, Some(frames), context, out)
+    }
+
+    fn binary_into(
+        &self,
+        bytes: &[u8],
+        frames: Option<&mut Vec<Frame>>,
         context: &str,
         out: &mut Vec<PresenceEvent>,
     ) -> Control {
         if self.oversized(bytes.len(), context) {
             return Control::None;
         }
-        match Payload::classify_binary(bytes) {
-            Ok(Payload::Json(json)) => self.json(json, context, out),
-            Ok(Payload::Frames(batch)) if frames_expected => {
-                let before = out.len();
+        match (Payload::classify_binary(bytes), frames) {
+            (Ok(Payload::Json(json)), _) => self.json(json, context, out),
+            (Ok(Payload::Frames(batch)), Some(frames)) => {
+                let before = frames.len();
                 match self.allowed {
-                    Some(allowed) => out.extend(batch.filter(allowed).map(|f| f.to_event())),
-                    None => out.extend(batch.iter().map(|f| f.to_event())),
+                    Some(allowed) => frames.extend(batch.filter(allowed)),
+                    None => frames.extend(batch.iter()),
                 }
-                let passed = out.len() - before;
+                let passed = frames.len() - before;
                 crate::stats::add(&self.stats.relay_events, passed as u64);
                 crate::stats::add(&self.stats.filtered_out, (batch.len() - passed) as u64);
                 Control::None
             }
-            Ok(Payload::Frames(batch)) => {
+            (Ok(Payload::Frames(batch)), None) => {
                 self.bad(
                     DecodeErrorKind::Unexpected,
                     context,
@@ -149,7 +171,7 @@ impl Decoder {
                 );
                 Control::None
             }
-            Err(e) => {
+            (Err(e), _) => {
                 self.bad(DecodeErrorKind::of(&e), context, format_args!("{e}"));
                 Control::None
             }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use genesys_auth::GenesysClient;
-use presence_frame::{GroupMask, PresenceEvent};
+use presence_frame::{Frame, GroupMask, PresenceEvent};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -177,7 +177,8 @@ impl RelaySource {
     ) -> Option<ReconnectCause> {
         let mut last_message = Instant::now();
         let mut ping_sent: Option<Instant> = None;
-        let mut batch: Vec<PresenceEvent> = Vec::with_capacity(4096);
+        let mut batch: Vec<PresenceEvent> = Vec::new();
+        let mut frames: Vec<Frame> = Vec::with_capacity(4096);
         let context = "relay";
         loop {
             let watchdog_at = match ping_sent {
@@ -191,7 +192,7 @@ impl RelaySource {
                 }
                 message = ws.next() => {
                     match message {
-                        Some(Ok(Message::Binary(bytes))) => { decoder.binary(&bytes, true, context, &mut batch); }
+                        Some(Ok(Message::Binary(bytes))) => { decoder.relay_binary(&bytes, context, &mut frames, &mut batch); }
                         Some(Ok(Message::Text(text))) => { decoder.text(text.as_str(), context, &mut batch); }
                         Some(Ok(Message::Close(_))) | None => return Some(ReconnectCause::Closed),
                         Some(Ok(_)) => {}
@@ -202,6 +203,10 @@ impl RelaySource {
                     }
                     last_message = Instant::now();
                     ping_sent = None;
+                    if !frames.is_empty() {
+                        self.sink.publish_frames(&frames);
+                        frames.clear();
+                    }
                     if !batch.is_empty() {
                         self.sink.publish(&mut batch);
                         batch.clear();

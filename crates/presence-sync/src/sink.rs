@@ -1,6 +1,6 @@
 //! Where decoded events go.
 
-use presence_frame::PresenceEvent;
+use presence_frame::{Frame, PresenceEvent};
 
 /// Receives decoded, group-filtered events from a sync or a relay source.
 ///
@@ -9,6 +9,15 @@ use presence_frame::PresenceEvent;
 pub trait PresenceSink: Send + Sync + 'static {
     /// Takes a batch of events, in arrival order per socket.
     fn publish(&self, events: &mut Vec<PresenceEvent>);
+
+    /// Takes the frames of one relay message that passed the group filter, in order: events
+    /// of [`Source::Relay`](presence_frame::Source::Relay) not yet built, so that a sink that
+    /// can use them as they are (such as `Registry::apply_frames`) skips building them. By
+    /// default each becomes its [`Frame::to_event`] and goes to [`publish`](Self::publish).
+    fn publish_frames(&self, frames: &[Frame]) {
+        let mut events = frames.iter().map(Frame::to_event).collect();
+        self.publish(&mut events);
+    }
 }
 
 impl<F> PresenceSink for F
@@ -55,5 +64,33 @@ impl PresenceSink for ChannelSink {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use presence_frame::{Location, Status, UserId};
+
+    #[test]
+    fn frames_reach_a_sink_without_publish_frames_as_their_events() {
+        let frames = [7u32, 8].map(|user_id| Frame {
+            time_ms: 1_000,
+            user_id,
+            status: Status::BUSY,
+            location: Location::DESK,
+            groups: 3,
+        });
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = std::sync::Arc::clone(&seen);
+        let sink = move |events: &mut Vec<PresenceEvent>| {
+            into.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(events);
+        };
+        PresenceSink::publish_frames(&sink, &frames);
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(seen, frames.map(|f| f.to_event()));
+        assert_eq!(seen[1].user, UserId::Relay(8));
     }
 }

@@ -2,17 +2,18 @@
 //! issue names, and a convergence run with all of them at random.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
 use genesys_emulator::{
     ChaosConfig, Emulator, EmulatorConfig, EmulatorHandle, FaultKind, FaultTarget, TruthEntry,
 };
-use presence_frame::{EventTime, GroupMask, Guid, Location, PresenceEvent, UserId};
+use presence_frame::{EventTime, Frame, GroupMask, Guid, Location, PresenceEvent, UserId};
 use presence_registry::{ManualClock, Registry, RegistryConfig};
 use presence_sync::{
-    ChannelState, DecodeErrorKind, PresenceSync, ReconnectCause, RelaySource, SyncConfig,
-    SyncStatus,
+    ChannelState, DecodeErrorKind, PresenceSink, PresenceSync, ReconnectCause, RelaySource,
+    SyncConfig, SyncStatus,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -597,16 +598,27 @@ async fn relay_source_converges_on_frames() {
     let emulator = start_emulator(EmulatorConfig::default().users(500).change_rate(1_000.0)).await;
     let client = client_for(&emulator, 300);
     let registry = registry();
-    let sink_registry = Arc::clone(&registry);
-    let relay = RelaySource::new(
-        &emulator.relay_url(),
-        client,
-        fast_sync(),
-        move |events: &mut Vec<PresenceEvent>| {
-            sink_registry.apply_batch(events, |_| {});
-        },
-    )
-    .expect("relay");
+    /// Applies frames as frames, as the bridge does.
+    struct FrameSink {
+        registry: Arc<Registry<ManualClock>>,
+        frames: Arc<AtomicU64>,
+    }
+    impl PresenceSink for FrameSink {
+        fn publish(&self, events: &mut Vec<PresenceEvent>) {
+            self.registry.apply_batch(events, |_| {});
+        }
+        fn publish_frames(&self, frames: &[Frame]) {
+            self.frames
+                .fetch_add(frames.len() as u64, Ordering::Relaxed);
+            self.registry.apply_frames(frames, |_| {});
+        }
+    }
+    let frames = Arc::new(AtomicU64::new(0));
+    let sink = FrameSink {
+        registry: Arc::clone(&registry),
+        frames: Arc::clone(&frames),
+    };
+    let relay = RelaySource::new(&emulator.relay_url(), client, fast_sync(), sink).expect("relay");
     let status = relay.status();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(relay.run(shutdown.clone()));
@@ -645,6 +657,10 @@ async fn relay_source_converges_on_frames() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(status.stats().reconnects_of(ReconnectCause::Closed) >= 1);
+    assert!(
+        frames.load(Ordering::Relaxed) >= 500,
+        "the relay's frames reach the sink as frames"
+    );
     shutdown.cancel();
     assert!(matches!(task.await, Ok(Ok(()))));
 }
