@@ -38,6 +38,18 @@ fn workload(len: usize, seed: u64) -> Vec<(u32, u8)> {
         .collect()
 }
 
+/// Runs `work` on two threads at once, one per workload, and returns how long both took.
+fn on_two_threads(steps: &[Vec<(u32, u8)>; 2], work: impl Fn(&[(u32, u8)]) + Sync) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for steps in steps {
+            let work = &work;
+            scope.spawn(move || work(steps));
+        }
+    });
+    start.elapsed()
+}
+
 fn apply_two_threads(c: &mut Criterion) {
     let registry =
         Registry::with_clock(RegistryConfig::new(TTL), ManualClock::new()).expect("config");
@@ -57,23 +69,12 @@ fn apply_two_threads(c: &mut Criterion) {
     group.bench_function("apply_2_threads_100k_users", |b| {
         b.iter_custom(|iters| {
             let base = clock.fetch_add(iters as i64, Ordering::Relaxed);
-            let start = Instant::now();
-            std::thread::scope(|scope| {
-                for steps in &steps {
-                    let registry = &registry;
-                    scope.spawn(move || {
-                        for k in 0..iters as usize {
-                            let (user, status) = steps[k & (steps.len() - 1)];
-                            let _ = black_box(registry.apply(relay_event(
-                                user,
-                                base + k as i64,
-                                status,
-                            )));
-                        }
-                    });
+            on_two_threads(&steps, |steps| {
+                for k in 0..iters as usize {
+                    let (user, status) = steps[k & (steps.len() - 1)];
+                    let _ = black_box(registry.apply(relay_event(user, base + k as i64, status)));
                 }
-            });
-            start.elapsed()
+            })
         })
     });
 
@@ -81,27 +82,20 @@ fn apply_two_threads(c: &mut Criterion) {
     group.bench_function("apply_batch_2_threads_100k_users", |b| {
         b.iter_custom(|iters| {
             let base = clock.fetch_add(iters as i64, Ordering::Relaxed);
-            let start = Instant::now();
-            std::thread::scope(|scope| {
-                for steps in &steps {
-                    let registry = &registry;
-                    scope.spawn(move || {
-                        let mut batch = Vec::with_capacity(4096);
-                        let mut changed = 0u64;
-                        for k in 0..iters as usize {
-                            let (user, status) = steps[k & (steps.len() - 1)];
-                            batch.push(relay_event(user, base + k as i64, status));
-                            if batch.len() == 4096 || k + 1 == iters as usize {
-                                registry.apply_batch(&mut batch, |outcome| {
-                                    changed += u64::from(matches!(outcome, Outcome::Changed(_)));
-                                });
-                            }
-                        }
-                        black_box(changed);
-                    });
+            on_two_threads(&steps, |steps| {
+                let mut batch = Vec::with_capacity(4096);
+                let mut changed = 0u64;
+                for k in 0..iters as usize {
+                    let (user, status) = steps[k & (steps.len() - 1)];
+                    batch.push(relay_event(user, base + k as i64, status));
+                    if batch.len() == 4096 || k + 1 == iters as usize {
+                        registry.apply_batch(&mut batch, |outcome| {
+                            changed += u64::from(matches!(outcome, Outcome::Changed(_)));
+                        });
+                    }
                 }
-            });
-            start.elapsed()
+                black_box(changed);
+            })
         })
     });
 
@@ -112,41 +106,32 @@ fn apply_two_threads(c: &mut Criterion) {
     group.bench_function("apply_frames_2_threads_100k_users", |b| {
         b.iter_custom(|iters| {
             let base = clock.fetch_add(iters as i64, Ordering::Relaxed);
-            let start = Instant::now();
-            std::thread::scope(|scope| {
-                for steps in &steps {
-                    let registry = &registry;
-                    scope.spawn(move || {
-                        let mut frames = Vec::with_capacity(4096);
-                        let mut seen = 0u64;
-                        for k in 0..iters as usize {
-                            let (user, status) = steps[k & (steps.len() - 1)];
-                            frames.push(Frame {
-                                time_ms: base + k as i64,
-                                user_id: user,
-                                status: Status(status),
-                                location: Location::DESK,
-                                groups: 1,
-                            });
-                            if frames.len() == 4096 || k + 1 == iters as usize {
-                                registry.apply_frames(&frames, |outcome| {
-                                    if let Outcome::Changed(change) = outcome {
-                                        seen = seen.wrapping_add(
-                                            change.current.time.0 as u64
-                                                ^ u64::from(
-                                                    change.current.user == UserId::Relay(0),
-                                                ),
-                                        );
-                                    }
-                                });
-                                frames.clear();
-                            }
-                        }
-                        black_box(seen);
+            on_two_threads(&steps, |steps| {
+                let mut frames = Vec::with_capacity(4096);
+                let mut seen = 0u64;
+                for k in 0..iters as usize {
+                    let (user, status) = steps[k & (steps.len() - 1)];
+                    frames.push(Frame {
+                        time_ms: base + k as i64,
+                        user_id: user,
+                        status: Status(status),
+                        location: Location::DESK,
+                        groups: 1,
                     });
+                    if frames.len() == 4096 || k + 1 == iters as usize {
+                        registry.apply_frames(&frames, |outcome| {
+                            if let Outcome::Changed(change) = outcome {
+                                seen = seen.wrapping_add(
+                                    change.current.time.0 as u64
+                                        ^ u64::from(change.current.user == UserId::Relay(0)),
+                                );
+                            }
+                        });
+                        frames.clear();
+                    }
                 }
-            });
-            start.elapsed()
+                black_box(seen);
+            })
         })
     });
     group.finish();

@@ -455,19 +455,7 @@ fn a_batch_over_many_users_matches_one_by_one() {
             });
         }
         assert_eq!(got, want, "batch, round {round}");
-        let frames: Vec<Frame> = events
-            .iter()
-            .map(|e| Frame {
-                time_ms: e.time.0,
-                user_id: match e.user {
-                    UserId::Relay(n) => n,
-                    UserId::Genesys(_) => unreachable!("relay events only"),
-                },
-                status: e.state.status,
-                location: e.state.location,
-                groups: 1,
-            })
-            .collect();
+        let frames: Vec<Frame> = events.iter().map(frame_of).collect();
         let mut got = 0usize;
         for part in frames.chunks(4096) {
             framed.apply_frames(part, |o| {
@@ -595,19 +583,7 @@ fn concurrent_batches_match_the_sequential_model() {
                     if t % 2 == 0 {
                         registry.apply_batch(&mut part.to_vec(), |_| {});
                     } else {
-                        let frames: Vec<Frame> = part
-                            .iter()
-                            .map(|e| Frame {
-                                time_ms: e.time.0,
-                                user_id: match e.user {
-                                    UserId::Relay(n) => n,
-                                    UserId::Genesys(_) => unreachable!("relay events only"),
-                                },
-                                status: e.state.status,
-                                location: e.state.location,
-                                groups: 1,
-                            })
-                            .collect();
+                        let frames: Vec<Frame> = part.iter().map(frame_of).collect();
                         registry.apply_frames(&frames, |_| {});
                     }
                 }
@@ -617,4 +593,18 @@ fn concurrent_batches_match_the_sequential_model() {
     let all: Vec<PresenceEvent> = streams.into_iter().flatten().collect();
     assert_eq!(sorted_snapshot(&registry), model(&all));
     assert_eq!(registry.counts_by_status().total() as usize, USERS as usize);
+}
+
+/// The relay frame of a relay event with group mask 1.
+fn frame_of(e: &PresenceEvent) -> Frame {
+    Frame {
+        time_ms: e.time.0,
+        user_id: match e.user {
+            UserId::Relay(n) => n,
+            UserId::Genesys(_) => unreachable!("relay events only"),
+        },
+        status: e.state.status,
+        location: e.state.location,
+        groups: 1,
+    }
 }
