@@ -448,8 +448,10 @@ impl KafkaPublisher {
                 break;
             }
             self.shared.wake.notify_one();
-            if pending == 0 {
-                // Everything is in librdkafka: have it send now, without waiting for linger.
+            if in_flight > 0 {
+                // Have librdkafka send what it holds now, without waiting for linger (states
+                // still queued may be waiting for those acknowledgements to free in-flight
+                // slots); records handed over meanwhile are sent at once too.
                 let producer = self.producer.clone();
                 let wait = (deadline - now).min(Duration::from_millis(200));
                 let _ =

@@ -94,15 +94,26 @@ async fn updates_coalesce_and_the_newest_state_per_user_lands() {
     assert_eq!(last_time, newest);
 }
 
+/// One record in flight at a time and a long linger: once user 0's record is in librdkafka,
+/// nothing else leaves the queue for half a second, so the queue's bound is all that decides.
 #[tokio::test]
 async fn a_full_queue_drops_and_counts_new_users_without_growing() {
     let Some(broker) = broker() else { return };
-    let config = broker.config("capacity").queue_capacity(100);
+    let config = broker
+        .config("capacity")
+        .queue_capacity(100)
+        .max_in_flight(1)
+        .linger(Duration::from_millis(500));
     let topic = config.topic_name().to_owned();
     let publisher = KafkaPublisher::start(config).await.unwrap();
+    publisher.publish(common::relay_event(0, 1_000, Status::AWAY), Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while publisher.snapshot().in_flight == 0 {
+        assert!(Instant::now() < deadline, "user 0 never left the queue");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 
-    // No await: the dispatcher cannot drain meanwhile.
-    let outcomes: Vec<Enqueue> = (0..150)
+    let outcomes: Vec<Enqueue> = (1..=150)
         .map(|user| {
             publisher.publish(
                 common::relay_event(user, 1_000 + i64::from(user), Status::AWAY),
@@ -125,17 +136,20 @@ async fn a_full_queue_drops_and_counts_new_users_without_growing() {
         Enqueue::QueueFull
     );
     let stats = publisher.snapshot();
-    assert_eq!((stats.queue_depth, stats.queue_capacity), (100, 100));
+    assert_eq!(
+        (stats.queue_depth, stats.queue_capacity, stats.in_flight),
+        (100, 100, 1)
+    );
     assert_eq!(
         (stats.rejected, stats.enqueued, stats.coalesced),
-        (51, 101, 1)
+        (51, 102, 1)
     );
 
     let report = publisher.flush(Duration::from_secs(30)).await;
     assert!(report.is_complete(), "{report:?}");
-    assert_eq!(report.delivered, 100);
+    assert_eq!(report.delivered, 101);
     let messages = common::read_topic(&broker, &topic);
-    assert_eq!(messages.len(), 100);
+    assert_eq!(messages.len(), 101);
     let by_key = common::last_per_key(&messages);
     assert_eq!(common::value(by_key["5"]).unwrap()["status"], "Busy");
     assert!(!by_key.contains_key("120") && !by_key.contains_key("500"));
