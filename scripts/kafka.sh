@@ -34,6 +34,8 @@ Environment:
                         On a restart, 0 or unset reuses the port of the previous start.
   KAFKA_SASL_PORT       If set, also open a SASL_PLAINTEXT listener on this port
                         (0 = pick a free one) with SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN.
+                        On a restart, unset keeps the listener (and port) of the previous
+                        start; --fresh forgets it.
   KAFKA_SASL_USERNAME   SASL user created at format time (default presence).
   KAFKA_SASL_PASSWORD   its password (default presence-secret; no '"' or '\').
   KAFKA_CONTROLLER_PORT KRaft controller listener port (default: a free one, kept).
@@ -604,8 +606,9 @@ cmd_start() {
   else
     cport="$(free_port "$port")"
   fi
-  if [[ -n "${KAFKA_SASL_PORT:-}" ]]; then
-    if [[ "$KAFKA_SASL_PORT" != 0 ]]; then
+  # A restart keeps the SASL listener of the previous start unless told otherwise.
+  if [[ -n "${KAFKA_SASL_PORT:-}" || -n "$SASL_PORT_SAVED" ]]; then
+    if [[ -n "${KAFKA_SASL_PORT:-}" && "$KAFKA_SASL_PORT" != 0 ]]; then
       sport=$KAFKA_SASL_PORT
     elif [[ -n "$SASL_PORT_SAVED" && "$SASL_PORT_SAVED" != "$port" && "$SASL_PORT_SAVED" != "$cport" ]]; then
       sport=$SASL_PORT_SAVED

@@ -173,11 +173,16 @@ pub async fn serve(
         })
     };
 
-    // Wait for a stop request, or for the source to end on its own (a fatal error).
+    // Wait for a stop request, for the source to end on its own (a fatal error), or for the
+    // Kafka producer to fail for good: then exit with an error so that the supervisor starts
+    // a new bridge, which resyncs every user on start.
     let mut source = source;
     let fatal = tokio::select! {
         biased;
         _ = shutdown.cancelled() => None,
+        reason = output.fatal_error() => Some(anyhow!(
+            "the Kafka producer failed and cannot deliver anything more: {reason}"
+        )),
         ended = &mut source => match ended {
             // The source's token is a child of `shutdown`: a clean end during shutdown is fine.
             Ok(Ok(())) if shutdown.is_cancelled() => None,

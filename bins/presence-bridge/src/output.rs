@@ -63,6 +63,11 @@ impl Output {
         Ok(Output { publisher })
     }
 
+    /// Resolves with the reason once the Kafka producer has failed for good.
+    pub async fn fatal_error(&self) -> String {
+        self.publisher.fatal_error().await
+    }
+
     /// Hands a change to the publisher (never blocks).
     pub fn publish(&self, event: PresenceEvent, received: Instant) {
         let _ = self.publisher.publish(event, received);

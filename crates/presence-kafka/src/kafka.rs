@@ -2,7 +2,7 @@
 //! (delivery reports, errors, statistics), the dispatcher thread and flush.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -62,6 +62,10 @@ pub(crate) struct Shared {
     progress: Notify,
     /// Flushes waiting on `progress`: nobody pays for waking it when nobody waits.
     flushes: AtomicUsize,
+    /// Cancelled when the producer hits a fatal error.
+    fatal: CancellationToken,
+    /// A client error arrived since the dispatcher last asked the client for a fatal error.
+    client_error_seen: AtomicBool,
     warn_high: RateLimit,
     warn_full: RateLimit,
     warn_delivery: RateLimit,
@@ -84,6 +88,8 @@ impl Shared {
             wake: Notify::new(),
             progress: Notify::new(),
             flushes: AtomicUsize::new(0),
+            fatal: CancellationToken::new(),
+            client_error_seen: AtomicBool::new(false),
             warn_high: RateLimit::new(LOG_EVERY),
             warn_full: RateLimit::new(LOG_EVERY),
             warn_delivery: RateLimit::new(LOG_EVERY),
@@ -202,20 +208,37 @@ impl Shared {
                 health.auth_error = Some(reason.clone());
             }
             Some(RDKafkaErrorCode::Fatal) => {
-                health.reachable = false;
-                health.fatal = Some(reason.clone());
                 drop(health);
-                error!(
-                    "Kafka producer hit a fatal error and cannot continue (restart the publisher): {reason}"
-                );
+                self.on_fatal(&reason);
                 return;
             }
             _ => {}
         }
         drop(health);
+        // The error event of a fatal error carries the underlying code (say, an out-of-order
+        // sequence number), not __FATAL: the dispatcher asks the client whether it is fatal.
+        self.client_error_seen.store(true, Ordering::Release);
+        self.wake.notify_one();
         if let Some(held) = self.warn_client.check() {
             warn!("Kafka client error: {reason} ({held} similar warnings held back)");
         }
+    }
+
+    /// The producer cannot go on: reported in the health, logged once, and `fatal` woken.
+    fn on_fatal(&self, reason: &str) {
+        let reason = self.scrub(reason);
+        {
+            let mut health = self.health.lock();
+            if health.fatal.is_some() {
+                return;
+            }
+            health.reachable = false;
+            health.fatal = Some(reason.clone());
+        }
+        self.fatal.cancel();
+        error!(
+            "Kafka producer hit a fatal error and cannot deliver anything more (restart the bridge): {reason}"
+        );
     }
 
     fn on_statistics(&self, json: &[u8]) {
@@ -287,6 +310,8 @@ fn is_retriable(error: &KafkaError) -> bool {
                 | RDKafkaErrorCode::InvalidTimestamp
                 | RDKafkaErrorCode::PurgeQueue
                 | RDKafkaErrorCode::PurgeInflight
+                // The producer has failed for good: nothing it is given will be delivered.
+                | RDKafkaErrorCode::Fatal
         )
     )
 }
@@ -404,6 +429,15 @@ impl KafkaPublisher {
             cancel,
             dispatcher: Some(dispatcher),
         })
+    }
+
+    /// Waits until the producer hits a fatal error, then returns its reason; never returns
+    /// otherwise. After a fatal error (for example an idempotence sequence that cannot be
+    /// recovered) librdkafka delivers nothing more: the owner should stop and start afresh
+    /// (the bridge exits with an error, to be restarted, and resyncs on start).
+    pub async fn fatal_error(&self) -> String {
+        self.shared.fatal.cancelled().await;
+        self.shared.health.lock().fatal.clone().unwrap_or_default()
     }
 
     /// What the topic check at start found, unless it was turned off.
@@ -557,6 +591,11 @@ async fn dispatch(
     let mut buffers = Buffers::default();
     let mut batch = Vec::with_capacity(DISPATCH_BATCH);
     loop {
+        if shared.client_error_seen.swap(false, Ordering::AcqRel)
+            && let Some((_code, reason)) = producer.client().fatal_error()
+        {
+            shared.on_fatal(&reason);
+        }
         let mut librdkafka_full = false;
         let mut moved = false;
         loop {
@@ -750,4 +789,42 @@ pub(crate) fn admin_client(
             shared: Arc::clone(shared),
         })
         .map_err(|e| client_error("admin", &e, &shared.secrets))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    /// librdkafka's own test hook raises a fatal error on an idempotent producer; nothing is
+    /// contacted (the topic check is off, and the broker address is a listener that never
+    /// answers).
+    #[tokio::test]
+    async fn a_fatal_producer_error_is_reported_and_awaitable() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = KafkaConfig::new(silent.local_addr().unwrap().to_string())
+            .topic("fatal")
+            .check_topic(false);
+        let publisher = KafkaPublisher::start(config).await.unwrap();
+        assert!(publisher.health().fatal.is_none());
+        // SAFETY: the client is alive (we hold the publisher); the reason is a C string.
+        let code = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                publisher.producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                c"injected by a test".as_ptr(),
+            )
+        };
+        assert_eq!(
+            code,
+            rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+        );
+        let reason = tokio::time::timeout(Duration::from_secs(10), publisher.fatal_error())
+            .await
+            .expect("the fatal error is reported");
+        assert!(reason.contains("injected by a test"), "{reason}");
+        let health = publisher.health();
+        assert!(!health.reachable);
+        assert_eq!(health.fatal.as_deref(), Some(reason.as_str()));
+    }
 }
