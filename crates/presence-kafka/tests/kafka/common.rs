@@ -104,7 +104,8 @@ pub fn sasl_broker() -> Option<Broker> {
     available(found, &TOLD)
 }
 
-fn sasl_password() -> String {
+/// The SASL user's password, from the environment.
+pub fn sasl_password() -> String {
     env("KAFKA_SASL_PASSWORD").unwrap_or_default()
 }
 

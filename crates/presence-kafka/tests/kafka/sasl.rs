@@ -1,4 +1,4 @@
-//! SASL SCRAM-SHA-512 through the broker's SASL_PLAINTEXT listener.
+//! SASL (SCRAM-SHA-512, SCRAM-SHA-256 and PLAIN) through the broker's SASL_PLAINTEXT listener.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +9,31 @@ use crate::common::{self, sasl_broker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_sha_512_with_the_right_password_publishes() {
+    publishes_with(SaslMechanism::ScramSha512).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_256_with_the_right_password_publishes() {
+    publishes_with(SaslMechanism::ScramSha256).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_with_the_right_password_publishes() {
+    publishes_with(SaslMechanism::Plain).await;
+}
+
+/// Starts a publisher with the broker's SASL user and `mechanism`, publishes one record and
+/// reads it back.
+async fn publishes_with(mechanism: SaslMechanism) {
     let Some(broker) = sasl_broker() else { return };
-    let config = broker.config("sasl");
+    let sasl = broker.sasl.clone().unwrap();
+    let config = broker
+        .config(&format!("sasl-{}", mechanism.as_str().to_lowercase()))
+        .sasl(Sasl::new(
+            mechanism,
+            sasl.username().to_owned(),
+            Secret::new(common::sasl_password()),
+        ));
     let topic = config.topic_name().to_owned();
     let publisher = KafkaPublisher::start(config).await.unwrap();
     assert!(publisher.topic_check().unwrap().created);
