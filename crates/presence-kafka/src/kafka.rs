@@ -468,7 +468,7 @@ impl KafkaPublisher {
         let start = Instant::now();
         let deadline = start + timeout;
         let delivered_before = self.snapshot().delivered;
-        self.shared.flushes.fetch_add(1, Ordering::AcqRel);
+        let waiting = FlushWaiting::new(&self.shared.flushes);
         loop {
             let progress = self.shared.progress.notified();
             tokio::pin!(progress);
@@ -494,7 +494,7 @@ impl KafkaPublisher {
                 let _ = tokio::time::timeout_at(deadline.into(), progress).await;
             }
         }
-        self.shared.flushes.fetch_sub(1, Ordering::AcqRel);
+        drop(waiting);
         let (pending, in_flight, undelivered_users) = {
             let queue = self.shared.queue.lock();
             (queue.pending(), queue.in_flight(), queue.sample_users(10))
@@ -554,6 +554,22 @@ impl Drop for KafkaPublisher {
         {
             error!("the Kafka dispatcher thread panicked");
         }
+    }
+}
+
+/// Counts a flush waiting for progress while it lives (also when the flush is cancelled).
+struct FlushWaiting<'a>(&'a AtomicUsize);
+
+impl<'a> FlushWaiting<'a> {
+    fn new(flushes: &'a AtomicUsize) -> FlushWaiting<'a> {
+        flushes.fetch_add(1, Ordering::AcqRel);
+        FlushWaiting(flushes)
+    }
+}
+
+impl Drop for FlushWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
