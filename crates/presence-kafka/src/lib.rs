@@ -16,9 +16,11 @@
 //! - Backpressure: between the callers and librdkafka sits a bounded queue that keeps only the
 //!   newest pending state per user (a newer state replaces the older in place, served in order
 //!   of first enqueue), so memory is bounded by the number of users and a slow broker costs
-//!   intermediate states, never the final one. A background task owned by the publisher moves
-//!   states into librdkafka, one record per user in flight. A failed delivery is retried with
-//!   the user's newest state, and an older state is never sent after a newer one.
+//!   intermediate states, never the final one. A dispatcher thread owned by the publisher
+//!   builds the records and moves them into librdkafka, one record per user in flight. A
+//!   failed delivery is retried with the user's newest state, and an older state is never sent
+//!   after a newer one. A fatal producer error is reported by
+//!   [`KafkaPublisher::fatal_error`].
 //! - [`PresenceRecord`]: the JSON value (schema in `docs/schema/presence-record.v1.json`),
 //!   with [`HEADER_EVENT_TIME`] and [`HEADER_SCHEMA_VERSION`] headers; the record timestamp is
 //!   the event time.
