@@ -233,9 +233,18 @@ pub fn read_topic(broker: &Broker, topic: &str) -> Vec<OwnedMessage> {
     let mut assignment = TopicPartitionList::new();
     let mut expected = 0i64;
     for &partition in &partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(10))
-            .expect("watermarks");
+        // A topic created a moment ago may briefly answer "not leader": ask again.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (low, high) = loop {
+            match consumer.fetch_watermarks(topic, partition, Duration::from_secs(10)) {
+                Ok(marks) => break marks,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("watermarks of {topic}/{partition}: {e}; asking again");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("watermarks of {topic}/{partition}: {e}"),
+            }
+        };
         expected += high - low;
         assignment
             .add_partition_offset(topic, partition, Offset::Beginning)
