@@ -2,9 +2,10 @@
 //! back and build events.
 //!
 //! `KAFKA_BROKERS` (and `KAFKA_SASL_BROKERS`, `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`
-//! for the SASL tests) come from `scripts/kafka.sh env`. When they are unset or the broker
-//! does not answer, a test is skipped with one line saying how to run it, except when `CI` is
-//! set: then it fails, so CI can never pass by skipping.
+//! for the SASL tests, `KAFKA_TLS_BROKERS` and `KAFKA_TLS_CA` for the TLS tests) come from
+//! `scripts/kafka.sh env`. When they are unset or the broker does not answer, a test is
+//! skipped with one line saying how to run it, except when `CI` is set: then it fails, so CI
+//! can never pass by skipping.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use presence_frame::{
     EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
 };
-use presence_kafka::{KafkaConfig, Sasl, SaslMechanism, Secret};
+use presence_kafka::{CaRoots, KafkaConfig, Sasl, SaslMechanism, Secret, Tls};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -33,6 +34,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Broker {
     pub brokers: String,
     pub sasl: Option<Sasl>,
+    pub tls: Option<Tls>,
 }
 
 impl Broker {
@@ -46,6 +48,9 @@ impl Broker {
         if let Some(sasl) = &self.sasl {
             config = config.sasl(sasl.clone());
         }
+        if let Some(tls) = &self.tls {
+            config = config.tls(tls.clone());
+        }
         config
     }
 
@@ -53,9 +58,23 @@ impl Broker {
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
-        if let Some(sasl) = &self.sasl {
+        if let Some(tls) = &self.tls {
+            let ca = match tls.ca() {
+                CaRoots::File(path) => path.to_string_lossy().into_owned(),
+                CaRoots::System => "probe".to_owned(),
+            };
             config
-                .set("security.protocol", "sasl_plaintext")
+                .set("security.protocol", "ssl")
+                .set("ssl.ca.location", ca);
+        }
+        if let Some(sasl) = &self.sasl {
+            let protocol = if self.tls.is_some() {
+                "sasl_ssl"
+            } else {
+                "sasl_plaintext"
+            };
+            config
+                .set("security.protocol", protocol)
                 .set("sasl.mechanism", sasl.mechanism().as_str())
                 .set("sasl.username", sasl.username())
                 .set("sasl.password", sasl_password());
@@ -73,6 +92,7 @@ pub fn broker() -> Option<Broker> {
         let broker = Broker {
             brokers,
             sasl: None,
+            tls: None,
         };
         wait_until_ready(&broker)?;
         Ok(broker)
@@ -97,6 +117,30 @@ pub fn sasl_broker() -> Option<Broker> {
         let broker = Broker {
             brokers,
             sasl: Some(sasl),
+            tls: None,
+        };
+        wait_until_ready(&broker)?;
+        Ok(broker)
+    });
+    available(found, &TOLD)
+}
+
+/// The TLS listener, trusting the script's self-signed certificate (`KAFKA_TLS_CA`), or
+/// `None` (skip) as for [`broker`].
+pub fn tls_broker() -> Option<Broker> {
+    static BROKER: OnceLock<Result<Broker, String>> = OnceLock::new();
+    static TOLD: Once = Once::new();
+    let found = BROKER.get_or_init(|| {
+        let brokers = env("KAFKA_TLS_BROKERS")
+            .ok_or("KAFKA_TLS_BROKERS is not set (start the broker with KAFKA_TLS_PORT=0)")?;
+        let ca = env("KAFKA_TLS_CA").ok_or("KAFKA_TLS_CA is not set")?;
+        if !std::path::Path::new(&ca).is_file() {
+            return Err(format!("KAFKA_TLS_CA={ca} is not a file"));
+        }
+        let broker = Broker {
+            brokers,
+            sasl: None,
+            tls: Some(Tls::ca_file(ca)),
         };
         wait_until_ready(&broker)?;
         Ok(broker)

@@ -10,4 +10,5 @@ mod outage;
 mod roundtrip;
 mod sasl;
 mod schema;
+mod tls;
 mod topic;
