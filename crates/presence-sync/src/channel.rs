@@ -315,8 +315,6 @@ impl ChannelContext {
                 }
                 message = ws.next() => {
                     let control = match message {
-                        Some(Ok(Message::Text(text))) => self.decoder.text(text.as_str(), &context, &mut batch),
-                        Some(Ok(Message::Binary(bytes))) => self.decoder.binary(&bytes, &context, &mut batch),
                         ended @ (Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
                             if let Some(Err(e)) = &ended {
                                 log::info!("{context}: socket error: {e}");
@@ -336,7 +334,8 @@ impl ChannelContext {
                             }
                             return End::Reconnect(ReconnectCause::Closed, Some(channel));
                         }
-                        Some(Ok(_)) => Control::None, // ping/pong frames: tungstenite answers pings
+                        // Ping and pong frames carry nothing (tungstenite answers pings).
+                        Some(Ok(message)) => self.decoder.message(&message, &context, &mut batch),
                     };
                     // Messages already read off the socket join the batch, so the registry and
                     // the publisher see one call per burst rather than one per notification.
@@ -435,19 +434,13 @@ impl ChannelContext {
     fn drain_ready(&self, ws: &mut Ws, context: &str, batch: &mut Vec<PresenceEvent>) -> Control {
         for _ in 0..DRAIN_MESSAGES {
             let control = match ws.next().now_or_never() {
-                Some(Some(Ok(Message::Text(text)))) => {
-                    self.decoder.text(text.as_str(), context, batch)
-                }
-                Some(Some(Ok(Message::Binary(bytes)))) => {
-                    self.decoder.binary(&bytes, context, batch)
-                }
-                Some(Some(Ok(Message::Close(_)))) | None => return Control::None,
+                // Nothing ready, or the stream's end.
+                None | Some(None | Some(Ok(Message::Close(_)))) => return Control::None,
                 Some(Some(Err(e))) => {
                     log::info!("{context}: socket error: {e}");
                     return Control::None;
                 }
-                Some(None) => return Control::None,
-                Some(Some(Ok(_))) => Control::None,
+                Some(Some(Ok(message))) => self.decoder.message(&message, context, batch),
             };
             if control != Control::None {
                 return control;
@@ -482,11 +475,7 @@ impl ChannelContext {
             // then close, still reading what the server sends before its close frame.
             let mut batch = Vec::new();
             let mut forward = |message: Message| {
-                let _ = match message {
-                    Message::Text(text) => decoder.text(text.as_str(), &old_context, &mut batch),
-                    Message::Binary(bytes) => decoder.binary(&bytes, &old_context, &mut batch),
-                    _ => Control::None,
-                };
+                let _ = decoder.message(&message, &old_context, &mut batch);
                 if !batch.is_empty() {
                     sink.publish(&mut batch);
                     batch.clear();

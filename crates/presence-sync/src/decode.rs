@@ -11,6 +11,8 @@ use presence_frame::{
     decode_notification,
 };
 
+use tokio_tungstenite::tungstenite::Message;
+
 use crate::stats::{DecodeErrorKind, SyncStats, bump};
 
 /// Each user's group mask, from the configured group-to-bit mapping.
@@ -115,6 +117,21 @@ impl Decoder {
             return Control::None;
         }
         self.json(text.as_bytes(), context, out)
+    }
+
+    /// A WebSocket message from a notification channel: text and binary messages are decoded
+    /// into `out`; anything else (ping, pong, close) carries no event.
+    pub(crate) fn message(
+        &self,
+        message: &Message,
+        context: &str,
+        out: &mut Vec<PresenceEvent>,
+    ) -> Control {
+        match message {
+            Message::Text(text) => self.text(text.as_str(), context, out),
+            Message::Binary(bytes) => self.binary(bytes, context, out),
+            _ => Control::None,
+        }
     }
 
     /// A binary message on a notification channel: JSON (Genesys sends text, but a binary
