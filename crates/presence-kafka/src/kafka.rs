@@ -207,16 +207,12 @@ impl Shared {
                 health.reachable = false;
                 health.auth_error = Some(reason.clone());
             }
-            Some(RDKafkaErrorCode::Fatal) => {
-                drop(health);
-                self.on_fatal(&reason);
-                return;
-            }
             _ => {}
         }
         drop(health);
-        // The error event of a fatal error carries the underlying code (say, an out-of-order
-        // sequence number), not __FATAL: the dispatcher asks the client whether it is fatal.
+        // Whether an error is fatal is the client's to say (the error event of a fatal error
+        // carries the underlying code, say an out-of-order sequence number, not __FATAL): the
+        // dispatcher, which holds the client, asks it after every client error.
         self.client_error_seen.store(true, Ordering::Release);
         self.wake.notify_one();
         if let Some(held) = self.warn_client.check() {
@@ -224,7 +220,8 @@ impl Shared {
         }
     }
 
-    /// The producer cannot go on: reported in the health, logged once, and `fatal` woken.
+    /// The producer cannot go on (`reason` as librdkafka gives it): reported in the health,
+    /// logged once, and `fatal` woken.
     fn on_fatal(&self, reason: &str) {
         let reason = self.scrub(reason);
         {
