@@ -423,7 +423,7 @@ impl Drop for Bridge {
 /// Each fault kind injected once on `target`, the first ones (bad messages, a stall, then a drop
 /// that ends the stall) on the live sockets of a ready bridge, and chaos with every kind at 4
 /// faults a second, until at least `min_changes` changes and `min_time` have passed; then calm.
-/// Returns the emulator's stats.
+/// Asserts that every kind was injected, by the emulator's own count, and returns its stats.
 pub async fn run_chaos(
     bridge: &mut Bridge,
     target: FaultTarget,
@@ -479,7 +479,19 @@ pub async fn run_chaos(
         .emulator
         .set_chaos(ChaosConfig::new(0.0))
         .expect("calm");
-    bridge.emulator.stats()
+    let stats = bridge.emulator.stats();
+    for kind in FaultKind::ALL {
+        assert!(
+            stats
+                .faults_injected
+                .get(kind.as_str())
+                .is_some_and(|n| *n > 0),
+            "{} injected: {:?}",
+            kind.as_str(),
+            stats.faults_injected
+        );
+    }
+    stats
 }
 
 /// One record as read back.

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use genesys_emulator::{EmulatorConfig, FaultKind, FaultTarget};
+use genesys_emulator::{EmulatorConfig, FaultTarget};
 
 use crate::common::{self, Bridge, Expect, TopicReader};
 
@@ -36,14 +36,6 @@ async fn the_relay_source_converges_on_the_truth() {
         Duration::from_secs(6),
     )
     .await;
-    for kind in FaultKind::ALL {
-        assert!(
-            stats.faults_injected.contains_key(kind.as_str()),
-            "{} injected: {:?}",
-            kind.as_str(),
-            stats.faults_injected
-        );
-    }
 
     let converged = common::converge(
         &mut bridge,
