@@ -420,6 +420,17 @@ fn stop_emulator(context: &Harness, emulator: EmulatorHandle) {
     context.runtime.block_on(emulator.shutdown());
 }
 
+/// Ends a phase: the emulator stops generating, the bridge shuts down (its shutdown report is
+/// returned), then the emulator stops.
+fn end_phase(context: &Harness, emulator: EmulatorHandle, bridge: &mut Bridge) -> Result<Value> {
+    emulator
+        .set_change_rate(0.0)
+        .map_err(|e| anyhow!("emulator: {e}"))?;
+    let shutdown = bridge.stop()?;
+    stop_emulator(context, emulator);
+    Ok(shutdown)
+}
+
 /// The relay phase: throughput and latency at fixed rates and at saturation, memory with
 /// every relay user tracked, CPU, and optionally a profile.
 fn relay_phase(context: &Harness, out: &mut Value, out_dir: &Path) -> Result<()> {
@@ -482,11 +493,7 @@ fn relay_phase(context: &Harness, out: &mut Value, out_dir: &Path) -> Result<()>
     let after = bridge.proc_sample()?;
     out["memoryPeakWholeRunKiB"] = json!(after.hwm_kib);
     out["steps"] = Value::Array(steps);
-    emulator
-        .set_change_rate(0.0)
-        .map_err(|e| anyhow!("emulator: {e}"))?;
-    out["shutdown"] = bridge.stop()?;
-    stop_emulator(context, emulator);
+    out["shutdown"] = end_phase(context, emulator, &mut bridge)?;
     Ok(())
 }
 
@@ -522,11 +529,7 @@ fn json_phase(context: &Harness, out: &mut Value, out_dir: &Path) -> Result<()> 
     }
     out["steps"] = Value::Array(steps);
     out["memoryPeakKiB"] = json!(bridge.proc_sample()?.hwm_kib);
-    emulator
-        .set_change_rate(0.0)
-        .map_err(|e| anyhow!("emulator: {e}"))?;
-    out["shutdown"] = bridge.stop()?;
-    stop_emulator(context, emulator);
+    out["shutdown"] = end_phase(context, emulator, &mut bridge)?;
     Ok(())
 }
 
@@ -600,11 +603,7 @@ fn resync_phase(context: &Harness, out: &mut Value) -> Result<()> {
         )),
         None => note("no full periodic resync was logged within its deadline"),
     }
-    emulator
-        .set_change_rate(0.0)
-        .map_err(|e| anyhow!("emulator: {e}"))?;
-    out["shutdown"] = bridge.stop()?;
-    stop_emulator(context, emulator);
+    out["shutdown"] = end_phase(context, emulator, &mut bridge)?;
     Ok(())
 }
 
