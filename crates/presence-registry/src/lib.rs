@@ -59,11 +59,13 @@ mod shard;
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::Mutex;
 pub use presence_frame::{Frame, PresenceEvent, PresenceState, Status, UserId};
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
-use shard::{Incoming, Keyed, Shard};
+use shard::{Incoming, Keyed, Now, Shard};
 
 /// What [`Registry::apply`] did with an event.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -207,6 +209,8 @@ pub struct Registry<C: Clock = MonotonicClock> {
     shard_mask: u64,
     ttl_ms: u64,
     tick_ms: u64,
+    /// While expiry is held back, the registry-clock time it is held from; else `u64::MAX`.
+    expiry_held_from: AtomicU64,
     clock: C,
 }
 
@@ -230,6 +234,7 @@ impl<C: Clock> Registry<C> {
             shard_mask: config.shards as u64 - 1,
             ttl_ms,
             tick_ms: (ttl_ms / config.expiry_ticks_per_ttl).max(1),
+            expiry_held_from: AtomicU64::new(NOT_HELD),
             clock,
         })
     }
@@ -237,6 +242,96 @@ impl<C: Clock> Registry<C> {
     /// The time-to-live.
     pub fn ttl(&self) -> Duration {
         Duration::from_millis(self.ttl_ms)
+    }
+
+    /// The time on the registry's clock, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The clock as seen by one application, read under a shard's lock (so that confirmation
+    /// times only grow within a shard).
+    #[inline]
+    fn now(&self) -> Now {
+        let ms = self.clock.now_ms();
+        Now {
+            ms,
+            tick: ms / self.tick_ms,
+            expiry_ms: ms.min(self.expiry_held_from.load(Ordering::Acquire)),
+            ttl_ms: self.ttl_ms,
+        }
+    }
+
+    /// Holds expiry back from `from_ms` (on the registry's clock; see
+    /// [`now_ms`](Registry::now_ms)): from now on, until
+    /// [`release_expiry`](Registry::release_expiry), entries are judged live or expired as of
+    /// `from_ms`, so nothing that was live then expires, reads go on returning it, and the
+    /// sweep removes nothing that was live then. Confirmations go on as usual.
+    ///
+    /// For a source that cannot be reached: its silence is not evidence that anyone left. A
+    /// hold already in place keeps its earlier start.
+    pub fn hold_expiry(&self, from_ms: u64) {
+        let _ = self.expiry_held_from.fetch_min(from_ms, Ordering::AcqRel);
+    }
+
+    /// Ends a hold: entries not confirmed within the TTL expire (at the next sweep) as usual.
+    pub fn release_expiry(&self) {
+        self.expiry_held_from.store(NOT_HELD, Ordering::Release);
+    }
+
+    /// Since when expiry is held back (registry clock, milliseconds), if it is.
+    pub fn expiry_held_from(&self) -> Option<u64> {
+        let from = self.expiry_held_from.load(Ordering::Acquire);
+        (from != NOT_HELD).then_some(from)
+    }
+
+    /// How many entries are past their time-to-live on the clock but kept because expiry is
+    /// held back (0 when it is not). The work is proportional to that number.
+    pub fn expiry_held_back(&self) -> usize {
+        if self.expiry_held_from().is_none() {
+            return 0;
+        }
+        self.shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.0.lock();
+                let now = self.now();
+                shard.overdue(now, self.tick_ms).saturating_sub(
+                    // Entries due as of the hold's start are swept as usual.
+                    shard.overdue(
+                        Now {
+                            ms: now.expiry_ms,
+                            ..now
+                        },
+                        self.tick_ms,
+                    ),
+                )
+            })
+            .sum()
+    }
+
+    /// Records that the state `event` (as a change reported it) never reached its
+    /// destination: if `event`'s user still holds exactly that state and event time, the next
+    /// repeat of it (a stream event or a resync) is reported as [`Outcome::Changed`] rather
+    /// than [`Outcome::Refreshed`], so that it is handed on again. Returns whether the entry
+    /// was marked; a user that has moved on (or expired) is left as it is, since the newer
+    /// state (or its tombstone) is handed on by its own outcome.
+    pub fn mark_unpublished(&self, event: &PresenceEvent) -> bool {
+        let hash = event.user.mix64();
+        self.shards[self.shard_index(hash)]
+            .0
+            .lock()
+            .mark_unpublished(event, hash)
+    }
+
+    /// Calls `f` if `user` has no entry (not even an expired one not yet swept), with the
+    /// user's shard locked, so that no event of the user is applied meanwhile; returns what
+    /// `f` returned, or `None` when the user has an entry. For decisions that must hold
+    /// together with the user's absence, such as sending a tombstone again.
+    pub fn with_absent<R>(&self, user: UserId, f: impl FnOnce() -> R) -> Option<R> {
+        let hash = user.mix64();
+        let shard = self.shards[self.shard_index(hash)].0.lock();
+        (!shard.contains(user, hash)).then(f)
     }
 
     /// The shard of a user whose [`UserId::mix64`] is `hash`.
@@ -256,11 +351,9 @@ impl<C: Clock> Registry<C> {
     pub fn apply(&self, event: PresenceEvent) -> Outcome {
         let hash = event.user.mix64();
         let mut shard = self.shards[self.shard_index(hash)].0.lock();
-        // Read the clock under the lock so that confirmation times only grow within a shard.
-        let now = self.clock.now_ms();
         // The outcome's `current` is a clone of `event`: a copy, plus reference counts when it
         // has a definition or a message.
-        shard.apply(&event, hash, now, now / self.tick_ms, self.ttl_ms)
+        shard.apply(&event, hash, self.now())
     }
 
     /// Applies a batch of events (such as one relay message, or a page of a resync), taking
@@ -358,23 +451,13 @@ impl<C: Clock> Registry<C> {
         events: &[E],
         on_outcome: impl FnMut(Outcome),
     ) {
-        // Read the clock under the lock so that confirmation times only grow within a shard.
-        let now = self.clock.now_ms();
-        shard.apply_run(
-            run,
-            events,
-            now,
-            now / self.tick_ms,
-            self.ttl_ms,
-            on_outcome,
-        );
+        shard.apply_run(run, events, self.now(), on_outcome);
     }
 
     /// The current state of `user`, unless unknown or expired.
     pub fn get(&self, user: UserId) -> Option<PresenceEvent> {
         let shard = self.shard(user).lock();
-        let now = self.clock.now_ms();
-        shard.get(user, now, self.ttl_ms)
+        shard.get(user, self.now())
     }
 
     /// Calls `f` on every live entry, one shard at a time (each shard is locked while its
@@ -382,8 +465,7 @@ impl<C: Clock> Registry<C> {
     pub fn for_each(&self, mut f: impl FnMut(&PresenceEvent)) {
         for shard in self.shards.iter() {
             let shard = shard.0.lock();
-            let now = self.clock.now_ms();
-            shard.for_each_live(now, self.ttl_ms, &mut f);
+            shard.for_each_live(self.now(), &mut f);
         }
     }
 
@@ -427,16 +509,30 @@ impl<C: Clock> Registry<C> {
     /// Like [`sweep`](Registry::sweep), appending to `out`; returns how many expired. An
     /// entry is removed within one expiry tick (`ttl / expiry_ticks_per_ttl`) of expiring.
     pub fn sweep_into(&self, out: &mut Vec<Expired>) -> usize {
+        self.sweep_with(|expired| out.push(expired))
+    }
+
+    /// Removes entries past their time-to-live, handing each to `expired` while its shard is
+    /// still locked, and returns how many expired. No event of an expired user is applied
+    /// between its removal and `expired`'s call, so whatever `expired` does (say, enqueue a
+    /// tombstone) is ordered before the user's next change. Keep `expired` short and never
+    /// call back into the registry from it (the shard's lock is held).
+    ///
+    /// While expiry is [held back](Registry::hold_expiry), only entries already due when the
+    /// hold began are removed.
+    pub fn sweep_with(&self, mut expired: impl FnMut(Expired)) -> usize {
         self.shards
             .iter()
             .map(|shard| {
                 let mut shard = shard.0.lock();
-                let now = self.clock.now_ms();
-                shard.sweep(now, self.tick_ms, self.ttl_ms, out)
+                shard.sweep(self.now(), self.tick_ms, &mut expired)
             })
             .sum()
     }
 }
+
+/// `expiry_held_from` when expiry is not held back.
+const NOT_HELD: u64 = u64::MAX;
 
 impl<C: Clock> std::fmt::Debug for Registry<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -78,6 +78,10 @@ struct Hot {
     source: u8,
     /// Whether the entry has a presence definition or a message (in `Extra`).
     has_extra: bool,
+    /// Whether the state held was handed on: cleared by
+    /// [`Registry::mark_unpublished`](crate::Registry::mark_unpublished) when it never reached
+    /// its destination, so that the next confirmation reports it again as a change.
+    published: bool,
 }
 
 /// The rarely needed part of an entry.
@@ -209,6 +213,28 @@ impl Incoming for Frame {
     }
 }
 
+/// The registry's clock as one application of events sees it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Now {
+    /// The time on the registry's clock: confirmations are stamped with it.
+    pub(crate) ms: u64,
+    /// `ms`'s expiry tick.
+    pub(crate) tick: u64,
+    /// The time against which entries are judged live or expired: `ms`, unless expiry is held
+    /// back (then the moment it was held from).
+    pub(crate) expiry_ms: u64,
+    /// The time-to-live.
+    pub(crate) ttl_ms: u64,
+}
+
+impl Now {
+    /// Whether an entry confirmed at `confirmed_ms` is past its time-to-live.
+    #[inline(always)]
+    pub(crate) fn is_expired(&self, confirmed_ms: u64) -> bool {
+        self.expiry_ms.saturating_sub(confirmed_ms) >= self.ttl_ms
+    }
+}
+
 /// An event of a batch, sorted by shard: its user's hash and its position in the batch.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Keyed {
@@ -239,6 +265,7 @@ impl Hot {
             location: event.location(),
             source: event.source(),
             has_extra: event.has_extra(),
+            published: true,
         }
     }
 
@@ -263,6 +290,7 @@ impl Hot {
         self.location = event.location();
         self.source = event.source();
         self.has_extra = event.has_extra();
+        self.published = true;
     }
 
     #[inline(always)]
@@ -337,57 +365,75 @@ impl Shard {
         &self.counts
     }
 
-    /// Applies `event`, whose user hashes to `hash`, at time `now`; `tick` is `now`'s tick and
-    /// `ttl_ms` the time-to-live.
+    /// Applies `event`, whose user hashes to `hash`, at `now`.
     #[inline(always)]
-    pub(crate) fn apply(
-        &mut self,
-        event: &impl Incoming,
-        hash: u64,
-        now: u64,
-        tick: u64,
-        ttl_ms: u64,
-    ) -> Outcome {
+    pub(crate) fn apply(&mut self, event: &impl Incoming, hash: u64, now: Now) -> Outcome {
         let Some(at) = self.find(event.user(), hash) else {
-            self.insert(event, hash, now, tick);
+            self.insert(event, hash, now.ms, now.tick);
             return changed(None, event);
         };
         let slot = at as usize;
         let hot = self.hot[slot];
-        if now.saturating_sub(hot.confirmed_ms) >= ttl_ms {
-            // Forgotten already as far as readers know: the new event starts afresh.
-            self.replace(at, event);
-            self.confirm(at, now, tick);
-            return changed(None, event);
-        }
+        let expired = now.is_expired(hot.confirmed_ms);
 
         let by_state = hot.cmp_state(|| &self.extra[slot], event);
         let ordering = event.time().cmp(&hot.time).then(by_state);
         if ordering.is_lt() {
+            // Older than what is held. Also when the entry is past its time-to-live but not yet
+            // swept: its tombstone is still to come, and downstream saw the newer state, so an
+            // older one now would take the user back in time. After the sweep it may start
+            // afresh (the tombstone lies between the two).
             return Outcome::Stale;
         }
         if by_state.is_eq() {
+            let previous = (hot.time != event.time() || !hot.published || expired)
+                .then(|| self.event_at(slot));
+            let entry = &mut self.hot[slot];
             if event.time() > hot.time {
                 // The same state at a later time: the source moved its time, which Genesys
                 // does only on a change, so a change and its undo happened unseen (say, in a
                 // gap before a resync). Report it so that downstream learns the new time.
-                let previous = self.event_at(slot);
-                let entry = &mut self.hot[slot];
                 entry.time = event.time();
                 entry.source = event.source();
-                self.confirm(at, now, tick);
-                return changed(Some(previous), event);
+            } else {
+                // A repeat (same time, same state): keep the larger source so replicas agree.
+                entry.source = entry.source.max(event.source());
             }
-            // A repeat (same time, same state): keep the larger source so replicas agree.
-            let entry = &mut self.hot[slot];
-            entry.source = entry.source.max(event.source());
-            self.confirm(at, now, tick);
-            return Outcome::Refreshed;
+            let republish = !entry.published || event.time() > hot.time;
+            entry.published = true;
+            self.confirm(at, now.ms, now.tick);
+            return match previous {
+                // A repeat of a state that never reached downstream: report it again.
+                Some(previous) if republish => changed((!expired).then_some(previous), event),
+                // A repeat of a published entry past its TTL but not yet swept: it lives on,
+                // and downstream, which never saw its tombstone, already holds this state.
+                _ => Outcome::Refreshed,
+            };
         }
 
         let previous = self.replace(at, event);
-        self.confirm(at, now, tick);
-        changed(Some(previous), event)
+        self.confirm(at, now.ms, now.tick);
+        changed((!expired).then_some(previous), event)
+    }
+
+    /// Marks `event`'s user as not published when the entry still holds exactly `event`'s
+    /// time and state; returns whether it did.
+    pub(crate) fn mark_unpublished(&mut self, event: &PresenceEvent, hash: u64) -> bool {
+        let Some(at) = self.find(event.user, hash) else {
+            return false;
+        };
+        let slot = at as usize;
+        let hot = self.hot[slot];
+        if hot.time != event.time.0 || !hot.cmp_state(|| &self.extra[slot], event).is_eq() {
+            return false;
+        }
+        self.hot[slot].published = false;
+        true
+    }
+
+    /// Whether `user` (hash `hash`) has an entry, live or not yet swept.
+    pub(crate) fn contains(&self, user: UserId, hash: u64) -> bool {
+        self.find(user, hash).is_some()
     }
 
     /// Applies a run of a batch's events that all belong to this shard, in order, and hands
@@ -403,9 +449,7 @@ impl Shard {
         &mut self,
         run: &[Keyed],
         events: &[E],
-        now: u64,
-        tick: u64,
-        ttl_ms: u64,
+        now: Now,
         mut out: impl FnMut(Outcome),
     ) {
         for k in run.iter().take(INDEX_AHEAD) {
@@ -428,7 +472,7 @@ impl Shard {
                     prefetch(event);
                 }
             }
-            out(self.apply(&events[k.at as usize], k.hash, now, tick, ttl_ms));
+            out(self.apply(&events[k.at as usize], k.hash, now));
         }
     }
 
@@ -479,50 +523,70 @@ impl Shard {
     }
 
     /// The entry of `user`, unless it is past its TTL at `now`.
-    pub(crate) fn get(&self, user: UserId, now: u64, ttl_ms: u64) -> Option<PresenceEvent> {
+    pub(crate) fn get(&self, user: UserId, now: Now) -> Option<PresenceEvent> {
         let slot = self.find(user, user.mix64())? as usize;
-        (now.saturating_sub(self.hot[slot].confirmed_ms) < ttl_ms).then(|| self.event_at(slot))
+        (!now.is_expired(self.hot[slot].confirmed_ms)).then(|| self.event_at(slot))
     }
 
     /// Calls `f` on every entry not past its TTL at `now`.
-    pub(crate) fn for_each_live(&self, now: u64, ttl_ms: u64, f: &mut impl FnMut(&PresenceEvent)) {
+    pub(crate) fn for_each_live(&self, now: Now, f: &mut impl FnMut(&PresenceEvent)) {
         let mut at = self.head;
         while at != NIL {
             let hot = &self.hot[at as usize];
-            if now.saturating_sub(hot.confirmed_ms) < ttl_ms {
+            if !now.is_expired(hot.confirmed_ms) {
                 f(&self.event_at(at as usize));
             }
             at = hot.next;
         }
     }
 
-    /// Removes every entry whose whole tick is at least `ttl_ms` old at `now`, oldest first.
-    /// Stops at the first entry that is not due, so the work is what expires.
+    /// Whether the entry at the head of the list is due for removal at `at_ms`: its whole
+    /// tick is at least the time-to-live old. Every confirmation on a tick happened before the
+    /// tick's end.
+    fn head_is_due(&self, at_ms: u64, tick_ms: u64, ttl_ms: u64) -> bool {
+        self.hot.get(self.head as usize).is_some_and(|hot| {
+            let tick_end = hot.tick.saturating_add(1).saturating_mul(tick_ms);
+            tick_end.saturating_add(ttl_ms) <= at_ms
+        })
+    }
+
+    /// Removes every entry due at `now.expiry_ms` (see [`head_is_due`](Self::head_is_due)),
+    /// oldest first, handing each to `expired`. Stops at the first entry that is not due, so
+    /// the work is what expires.
     pub(crate) fn sweep(
         &mut self,
-        now: u64,
+        now: Now,
         tick_ms: u64,
-        ttl_ms: u64,
-        out: &mut Vec<Expired>,
+        mut expired: impl FnMut(Expired),
     ) -> usize {
         let mut removed = 0;
-        while self.head != NIL {
+        while self.head != NIL && self.head_is_due(now.expiry_ms, tick_ms, now.ttl_ms) {
             let at = self.head;
-            let hot = &self.hot[at as usize];
-            // Every confirmation on this tick happened before the tick's end.
-            let tick_end = hot.tick.saturating_add(1).saturating_mul(tick_ms);
-            if tick_end.saturating_add(ttl_ms) > now {
-                break;
-            }
-            let confirmed_ms = hot.confirmed_ms;
+            let confirmed_ms = self.hot[at as usize].confirmed_ms;
             let event = self.remove(at);
-            out.push(Expired {
+            expired(Expired {
                 last: event,
                 confirmed_ms,
             });
             removed += 1;
         }
         removed
+    }
+
+    /// How many entries would be due at `now.ms` if expiry were not held back. Walks only
+    /// those.
+    pub(crate) fn overdue(&self, now: Now, tick_ms: u64) -> usize {
+        let mut n = 0;
+        let mut at = self.head;
+        while let Some(hot) = self.hot.get(at as usize) {
+            let tick_end = hot.tick.saturating_add(1).saturating_mul(tick_ms);
+            if tick_end.saturating_add(now.ttl_ms) > now.ms {
+                break;
+            }
+            n += 1;
+            at = hot.next;
+        }
+        n
     }
 
     /// The slot of `user`, whose hash is `hash`, if held.

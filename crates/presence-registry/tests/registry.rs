@@ -226,12 +226,23 @@ fn a_stale_event_does_not_renew_the_ttl() {
 }
 
 #[test]
-fn an_expired_entry_is_forgotten_before_the_sweep() {
+fn an_expired_entry_is_not_taken_back_in_time_before_its_sweep() {
+    // Issue 15, item 4: past its TTL but not yet swept, the user's tombstone is still to come
+    // and downstream holds the state at 200. An older event must not be published on top of
+    // it; after the sweep (the tombstone between them) it may start afresh.
     let (registry, clock) = registry();
     let _ = registry.apply(event(1, 200, Status::AVAILABLE));
     clock.advance(TTL);
-    // Even an older event is news now: the old state is gone as far as anyone can tell.
+    assert!(
+        registry.get(UserId::Relay(1)).is_none(),
+        "expired for readers"
+    );
     let late = event(1, 100, Status::BUSY);
+    assert_eq!(registry.apply(late.clone()), Outcome::Stale);
+    clock.advance(TTL / 4); // the sweep works in ticks: due within a tick
+    let expired = registry.sweep();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].last.time, EventTime(200));
     assert_eq!(
         registry.apply(late.clone()),
         Outcome::Changed(Change {
@@ -239,9 +250,104 @@ fn an_expired_entry_is_forgotten_before_the_sweep() {
             current: late
         })
     );
-    clock.advance(TTL / 2);
-    assert!(registry.sweep().is_empty());
     assert_eq!(registry.counts_by_status().total(), 1);
+}
+
+#[test]
+fn an_expired_entry_confirmed_again_before_its_sweep_lives_on() {
+    let (registry, clock) = registry();
+    let first = event(1, 200, Status::AVAILABLE);
+    let _ = registry.apply(first.clone());
+    clock.advance(TTL);
+    // The same state again: downstream holds it already (no tombstone went out).
+    assert_eq!(registry.apply(first.clone()), Outcome::Refreshed);
+    assert!(registry.get(UserId::Relay(1)).is_some());
+    assert!(registry.sweep().is_empty());
+    // A newer state is a change with no previous state (readers had lost the user).
+    let newer = event(1, 300, Status::BUSY);
+    clock.advance(TTL);
+    assert_eq!(
+        registry.apply(newer.clone()),
+        Outcome::Changed(Change {
+            previous: None,
+            current: newer
+        })
+    );
+}
+
+#[test]
+fn a_state_marked_unpublished_is_reported_again_on_its_next_repeat() {
+    // Issue 15, item 2: a state the publisher could not take is handed on again by the next
+    // confirmation (a resync repeats Genesys's state with the same modifiedDate).
+    let (registry, _clock) = registry();
+    let first = event(1, 200, Status::AVAILABLE);
+    let _ = registry.apply(first.clone());
+    assert_eq!(registry.apply(first.clone()), Outcome::Refreshed);
+    assert!(registry.mark_unpublished(&first));
+    assert_eq!(
+        registry.apply(first.clone()),
+        Outcome::Changed(Change {
+            previous: Some(first.clone()),
+            current: first.clone()
+        })
+    );
+    // Reported once: it counts as published again.
+    assert_eq!(registry.apply(first.clone()), Outcome::Refreshed);
+    // A mark for a state the user no longer holds changes nothing.
+    let newer = event(1, 300, Status::BUSY);
+    let _ = registry.apply(newer.clone());
+    assert!(!registry.mark_unpublished(&first));
+    assert_eq!(registry.apply(newer), Outcome::Refreshed);
+    assert!(
+        !registry.mark_unpublished(&event(2, 1, Status::BUSY)),
+        "unknown user"
+    );
+}
+
+#[test]
+fn held_expiry_keeps_entries_until_released() {
+    // Issue 15, item 5: while the source cannot be reached, nobody expires.
+    let (registry, clock) = registry();
+    let _ = registry.apply(event(1, 100, Status::AVAILABLE));
+    clock.advance(TTL / 2);
+    let _ = registry.apply(event(2, 100, Status::BUSY));
+    registry.hold_expiry(registry.now_ms());
+    clock.advance(TTL * 3);
+    assert!(registry.get(UserId::Relay(1)).is_some(), "held: still live");
+    assert!(registry.sweep().is_empty());
+    assert_eq!(registry.expiry_held_back(), 2);
+    // Confirmed during the hold: user 2 is renewed from now.
+    let _ = registry.apply(event(2, 100, Status::BUSY));
+    assert_eq!(registry.expiry_held_back(), 1);
+    registry.release_expiry();
+    assert_eq!(registry.expiry_held_back(), 0);
+    let expired: Vec<_> = registry.sweep().into_iter().map(|e| e.last.user).collect();
+    assert_eq!(expired, [UserId::Relay(1)]);
+    assert!(registry.get(UserId::Relay(2)).is_some());
+}
+
+#[test]
+fn a_hold_does_not_save_what_was_due_before_it() {
+    let (registry, clock) = registry();
+    let _ = registry.apply(event(1, 100, Status::AVAILABLE));
+    clock.advance(TTL * 2);
+    registry.hold_expiry(registry.now_ms());
+    assert_eq!(registry.sweep().len(), 1);
+}
+
+#[test]
+fn sweep_with_hands_each_expiry_over_under_the_lock() {
+    let (registry, clock) = registry();
+    for user in 0..100 {
+        let _ = registry.apply(event(user, 100, Status::AVAILABLE));
+    }
+    clock.advance(TTL * 2);
+    let mut seen = Vec::new();
+    assert_eq!(registry.sweep_with(|e| seen.push(e.last.user)), 100);
+    assert_eq!(seen.len(), 100);
+    assert!(registry.with_absent(UserId::Relay(3), || ()).is_some());
+    let _ = registry.apply(event(3, 200, Status::AVAILABLE));
+    assert!(registry.with_absent(UserId::Relay(3), || ()).is_none());
 }
 
 #[test]
