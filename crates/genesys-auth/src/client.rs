@@ -357,27 +357,17 @@ impl GenesysClient {
                 description: body.error_description.or(body.description),
             });
         }
-        let body: TokenBody =
-            serde_json::from_slice(&raw.body).map_err(|source| Error::Decode {
-                method: "POST",
-                path: "/oauth/token".into(),
-                source,
-            })?;
-        // Genesys lifetimes are 300 s to 48 h; assume the default day when unsaid.
-        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(86_400));
+        let token = token_from_body(&raw.body, started, config.refresh_margin)?;
         bump(&self.inner.stats.token_refreshes);
         log::info!(
             "obtained a Genesys access token valid for {}s from {}",
-            lifetime.as_secs(),
+            token
+                .expires_at
+                .saturating_duration_since(started)
+                .as_secs(),
             config.endpoints.login_base()
         );
-        // Refresh ahead by the margin, but never sooner than half the lifetime.
-        let margin = config.refresh_margin.min(lifetime / 2);
-        Ok(AccessToken {
-            secret: Secret::new(body.access_token),
-            expires_at: started + lifetime,
-            refresh_at: started + lifetime - margin,
-        })
+        Ok(token)
     }
 
     /// Sends an API request with the bearer token. On 401, gets a new token once and retries.
@@ -388,7 +378,7 @@ impl GenesysClient {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<ApiResponse> {
-        let url = self.inner.config.endpoints.api_url(path);
+        let url = self.inner.config.endpoints.api_url(path)?;
         let path_only = path.split('?').next().unwrap_or(path).to_owned();
         let mut refreshed = false;
         loop {
@@ -580,6 +570,46 @@ fn read(
     })
 }
 
+/// The longest token lifetime believed: Genesys's documented maximum, 48 hours. A longer
+/// `expires_in` (a misconfigured proxy, a hostile answer) is taken as this, so that no
+/// arithmetic on it can overflow and the token is refreshed at least every two days.
+pub(crate) const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(172_800);
+
+/// The lifetime assumed when a token response says none: Genesys's default, a day.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
+
+/// A token from a 2xx token response that arrived for a request sent at `started`: its
+/// lifetime is `expires_in` (a day when absent), at most [`MAX_TOKEN_LIFETIME`]; it is
+/// refreshed `margin` before it expires, but never sooner than half its lifetime.
+fn token_from_body(body: &[u8], started: Instant, margin: Duration) -> Result<AccessToken> {
+    let body: TokenBody = serde_json::from_slice(body).map_err(|source| Error::Decode {
+        method: "POST",
+        path: "/oauth/token".into(),
+        source,
+    })?;
+    let lifetime = match body.expires_in {
+        None => DEFAULT_TOKEN_LIFETIME,
+        Some(secs) if secs > MAX_TOKEN_LIFETIME.as_secs() => {
+            log::warn!(
+                "the token endpoint gave a lifetime of {secs}s, more than Genesys's maximum of {}s; treating it as {}s",
+                MAX_TOKEN_LIFETIME.as_secs(),
+                MAX_TOKEN_LIFETIME.as_secs()
+            );
+            MAX_TOKEN_LIFETIME
+        }
+        Some(secs) => Duration::from_secs(secs),
+    };
+    let margin = margin.min(lifetime / 2);
+    // `checked_add` on top of the cap: an `Instant` near the clock's end cannot panic either.
+    let expires_at = started.checked_add(lifetime).unwrap_or(started);
+    let refresh_at = expires_at.checked_sub(margin).unwrap_or(started);
+    Ok(AccessToken {
+        secret: Secret::new(body.access_token),
+        expires_at,
+        refresh_at,
+    })
+}
+
 /// Full jitter: a random wait in `0..=min(cap, base * 2^(attempt-1))`.
 fn backoff(config: &AuthConfig, attempt: u32) -> Duration {
     let exp = config.backoff_base.saturating_mul(
@@ -627,5 +657,61 @@ fn summarize(body: &[u8]) -> String {
         format!("{clean}… ({} bytes)", body.len())
     } else {
         clean
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever `expires_in` says, and whatever the body is, parsing never panics and the
+        /// token's times are in order and within the cap.
+        #[test]
+        fn any_expires_in_gives_ordered_times(secs in any::<u64>(), margin_secs in any::<u64>()) {
+            let started = Instant::now();
+            let body = format!(r#"{{"access_token":"t","token_type":"bearer","expires_in":{secs}}}"#);
+            let token = token_from_body(body.as_bytes(), started, Duration::from_secs(margin_secs))
+                .expect("a valid body");
+            let lifetime = token.expires_at - started;
+            prop_assert!(lifetime <= MAX_TOKEN_LIFETIME);
+            prop_assert_eq!(lifetime, Duration::from_secs(secs).min(MAX_TOKEN_LIFETIME));
+            prop_assert!(started <= token.refresh_at && token.refresh_at <= token.expires_at);
+            prop_assert!(token.refresh_at - started >= lifetime / 2);
+        }
+
+        #[test]
+        fn any_body_is_a_token_or_an_error(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = token_from_body(&body, Instant::now(), Duration::from_secs(60));
+        }
+
+        #[test]
+        fn numbers_of_any_shape_never_panic(
+            number in prop_oneof![
+                Just("-1".to_owned()),
+                Just("1e400".to_owned()),
+                Just("18446744073709551616".to_owned()),
+                Just("3.5".to_owned()),
+                Just("null".to_owned()),
+                Just("\"3600\"".to_owned()),
+                any::<i128>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|n| n.to_string()),
+            ]
+        ) {
+            let body = format!(r#"{{"access_token":"t","expires_in":{number}}}"#);
+            if let Ok(token) = token_from_body(body.as_bytes(), Instant::now(), Duration::from_secs(60)) {
+                prop_assert!(token.refresh_at <= token.expires_at);
+            }
+        }
+    }
+
+    #[test]
+    fn a_missing_expires_in_is_a_day_and_the_margin_applies() {
+        let started = Instant::now();
+        let token = token_from_body(br#"{"access_token":"t"}"#, started, Duration::from_secs(60))
+            .expect("token");
+        assert_eq!(token.expires_at - started, DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token.expires_at - token.refresh_at, Duration::from_secs(60));
     }
 }

@@ -85,6 +85,17 @@ pub enum Error {
         /// The configured cap.
         cap: Duration,
     },
+    /// An absolute URL (such as a page's `nextUri`) whose scheme, host or port is not the API
+    /// base's: it is not followed, so the bearer token is never sent there. Not transient.
+    #[error(
+        "refusing to send the API token to {origin}: only URLs on the API's own origin {api_origin} are followed"
+    )]
+    ForeignUrl {
+        /// Scheme, host and port of the URL refused (never its path, query or userinfo).
+        origin: String,
+        /// Scheme, host and port of the API base.
+        api_origin: String,
+    },
     /// The blocking HTTP worker thread was lost (the runtime is shutting down).
     #[error("HTTP worker stopped: {0}")]
     Worker(String),

@@ -8,7 +8,10 @@
 //! - [`GenesysClient`]: gets and caches the token (refreshed ahead of expiry, and once on a
 //!   401), paces requests under the per-token rate limit, honours `Retry-After` on 429 (capped,
 //!   with a warning) and retries 502/503/504 and network errors with exponential backoff and
-//!   full jitter. HTTP is blocking (`ureq`) and runs on tokio's blocking threads.
+//!   full jitter. HTTP is blocking (`ureq`) and runs on tokio's blocking threads. The bearer
+//!   token goes only to the API's own origin: an absolute URL (a page's `nextUri`) on any
+//!   other scheme, host or port is refused ([`Error::ForeignUrl`]). A token response's
+//!   `expires_in` is believed up to Genesys's maximum of 48 hours, never beyond.
 //! - [`Secret`] and [`AccessToken`]: the client secret and tokens print as `<redacted>`, in
 //!   `Debug`, `Display`, logs and errors alike.
 //! - [`ClientStats`]: counters for metrics (token refreshes, 429s, retries, ...).

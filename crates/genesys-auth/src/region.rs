@@ -171,17 +171,72 @@ impl Endpoints {
         format!("{}/oauth/token", self.login_base)
     }
 
-    /// An absolute URL for an API path (`/api/v2/...`) or an absolute URL returned by the API
-    /// (such as a page's `nextUri`), which is kept as it is.
-    pub fn api_url(&self, path_or_url: &str) -> String {
-        if path_or_url.starts_with("http://") || path_or_url.starts_with("https://") {
-            path_or_url.to_owned()
+    /// An absolute URL for an API path (`/api/v2/...`), or an absolute URL returned by the
+    /// API (such as a page's `nextUri`), which is kept as it is only when its scheme, host and
+    /// port are the API base's: the bearer token is sent to that URL, so anything else is
+    /// [`Error::ForeignUrl`], naming the origin it pointed to.
+    pub fn api_url(&self, path_or_url: &str) -> Result<String> {
+        if is_absolute(path_or_url) {
+            let wanted = origin_of(&self.api_base);
+            let found = origin_of(path_or_url);
+            match (&wanted, &found) {
+                (Some(wanted), Some(found)) if wanted == found => Ok(path_or_url.to_owned()),
+                _ => Err(Error::ForeignUrl {
+                    origin: found.map_or_else(|| "an unreadable URL".to_owned(), |o| o.to_string()),
+                    api_origin: wanted.map_or_else(|| self.api_base.clone(), |o| o.to_string()),
+                }),
+            }
         } else if path_or_url.starts_with('/') {
-            format!("{}{path_or_url}", self.api_base)
+            Ok(format!("{}{path_or_url}", self.api_base))
         } else {
-            format!("{}/{path_or_url}", self.api_base)
+            Ok(format!("{}/{path_or_url}", self.api_base))
         }
     }
+}
+
+/// Whether `url` names its own scheme (and so its own host), rather than a path on the base.
+fn is_absolute(url: &str) -> bool {
+    url.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty()
+            && scheme
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+    }) || url.starts_with("//")
+}
+
+/// Scheme, host and port of a URL: what must match before the token is sent to it.
+#[derive(Debug, PartialEq, Eq)]
+struct Origin {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+    }
+}
+
+/// The origin of an absolute `http`/`https` URL; `None` for anything else, and for a URL
+/// with userinfo (`user@host`), which is never one of ours.
+fn origin_of(url: &str) -> Option<Origin> {
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    Some(Origin {
+        host: authority.host().to_ascii_lowercase(),
+        port: authority.port_u16().unwrap_or(default_port),
+        scheme,
+    })
 }
 
 fn base_url(option: &'static str, url: &str) -> Result<String> {
@@ -235,12 +290,57 @@ mod tests {
     fn overrides_are_checked_and_joined() {
         let e = Endpoints::new("http://127.0.0.1:1/", "http://127.0.0.1:2").expect("valid");
         assert_eq!(
-            e.api_url("/api/v2/users"),
+            e.api_url("/api/v2/users").expect("path"),
             "http://127.0.0.1:1/api/v2/users"
         );
-        assert_eq!(e.api_url("api/v2/users"), "http://127.0.0.1:1/api/v2/users");
-        assert_eq!(e.api_url("https://x/y"), "https://x/y");
+        assert_eq!(
+            e.api_url("api/v2/users").expect("path"),
+            "http://127.0.0.1:1/api/v2/users"
+        );
+        assert_eq!(
+            e.api_url("http://127.0.0.1:1/api/v2/users?pageNumber=2")
+                .expect("same origin"),
+            "http://127.0.0.1:1/api/v2/users?pageNumber=2"
+        );
         assert!(Endpoints::new("ftp://x", "http://y").is_err());
+    }
+
+    #[test]
+    fn absolute_urls_are_kept_only_on_the_api_origin() {
+        let real = Endpoints::for_environment("mypurecloud.ie").expect("env");
+        for same in [
+            "https://api.mypurecloud.ie/api/v2/users?pageNumber=2",
+            "https://API.mypurecloud.ie:443/api/v2/users",
+            "HTTPS://api.mypurecloud.ie/api/v2/users",
+        ] {
+            assert_eq!(real.api_url(same).expect(same), same);
+        }
+        for foreign in [
+            "http://api.mypurecloud.ie/api/v2/users",
+            "https://api.mypurecloud.ie:8443/api/v2/users",
+            "https://api.mypurecloud.ie.evil.example/api/v2/users",
+            "https://evil.example/api/v2/users",
+            "https://api.mypurecloud.ie@evil.example/api/v2/users",
+            "https://user:pw@api.mypurecloud.ie/api/v2/users",
+            "//evil.example/api/v2/users",
+            "ftp://api.mypurecloud.ie/x",
+            "https://[::1/x",
+        ] {
+            let err = real.api_url(foreign).expect_err(foreign);
+            assert!(
+                matches!(err, Error::ForeignUrl { .. })
+                    && err.to_string().contains("api.mypurecloud.ie:443"),
+                "{foreign}: {err}"
+            );
+            assert!(!err.to_string().contains("pw"), "{err}");
+        }
+        let err = real
+            .api_url("https://evil.example:8080/a?b=c")
+            .expect_err("foreign");
+        assert!(
+            err.to_string().contains("https://evil.example:8080"),
+            "{err}"
+        );
         assert!(Endpoints::new("http://", "http://y").is_err());
     }
 }
