@@ -106,6 +106,54 @@ pub struct RelayStats {
     pub messages_lost: u64,
 }
 
+/// Where the faults of one kind landed, in [`Stats::fault_hits`]: each field counts
+/// applications, never requests.
+///
+/// JSON: `{"channelSockets":2,"relaySockets":0,"channels":0,"tokens":0,"apiCalls":0,
+/// "tokenRequests":0}`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultHits {
+    /// Channel sockets that acted on a socket fault: dropped, stalled (a socket already
+    /// stalled is not counted again), warned of closing, or sent the bad message.
+    pub channel_sockets: u64,
+    /// Relay sockets that acted on a socket fault, as for `channel_sockets`.
+    pub relay_sockets: u64,
+    /// Channels removed (`no_longer_subscribed`).
+    pub channels: u64,
+    /// Live tokens expired (`expire_tokens`); the emulator does not know which client holds
+    /// a token, only that it was issued to a client.
+    pub tokens: u64,
+    /// `/api/v2` calls answered by a burst (429 or 5xx).
+    pub api_calls: u64,
+    /// Token requests (`POST /oauth/token`) answered by a burst.
+    pub token_requests: u64,
+}
+
+impl FaultHits {
+    /// Every application, wherever it landed.
+    pub fn total(&self) -> u64 {
+        self.channel_sockets
+            + self.relay_sockets
+            + self.channels
+            + self.tokens
+            + self.api_calls
+            + self.token_requests
+    }
+
+    /// Applications that reach a client of notification channels: everything but relay
+    /// sockets.
+    pub fn on_channel_clients(&self) -> u64 {
+        self.total() - self.relay_sockets
+    }
+
+    /// Applications that reach a relay client: relay sockets, tokens and token requests (a
+    /// relay client calls no `/api/v2` endpoint and has no channel).
+    pub fn on_relay_clients(&self) -> u64 {
+        self.relay_sockets + self.tokens + self.token_requests
+    }
+}
+
 /// Counters of an emulator, as `GET /emulator/stats` returns them.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -124,8 +172,15 @@ pub struct Stats {
     pub api_rate_limited: u64,
     /// Tokens issued.
     pub tokens_issued: u64,
-    /// Faults injected, by kind (`drop_socket`, ...).
+    /// Faults asked for (through the handle, `POST /emulator/faults` or chaos), by kind
+    /// (`drop_socket`, ...), whether or not they hit anything.
+    pub faults_requested: BTreeMap<String, u64>,
+    /// Faults that hit something, by kind: the sum of [`FaultHits`] over where they landed.
+    /// A kind is absent until one of its faults reached a socket, a channel, a token or a
+    /// call; a fault sent to nothing, or to a socket that ignored it (stalled), counts nothing.
     pub faults_injected: BTreeMap<String, u64>,
+    /// Where faults landed, by kind (same keys as `faults_injected`).
+    pub fault_hits: BTreeMap<String, FaultHits>,
     /// Every live channel.
     pub channels: Vec<ChannelStats>,
     /// The relay.
@@ -192,6 +247,7 @@ impl Shared {
                 .collect()
         };
         channels.sort_by(|a, b| a.id.cmp(&b.id));
+        let hits = c.fault_hits.lock().clone();
         Stats {
             events_generated: c.events_generated.load(Ordering::Relaxed),
             events_delivered: c.events_delivered.load(Ordering::Relaxed),
@@ -200,12 +256,17 @@ impl Shared {
             api_requests: c.api_requests.load(Ordering::Relaxed),
             api_rate_limited: c.api_rate_limited.load(Ordering::Relaxed),
             tokens_issued: c.tokens_issued.load(Ordering::Relaxed),
-            faults_injected: c
-                .faults_injected
+            faults_requested: c
+                .faults_requested
                 .lock()
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
+            faults_injected: hits
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.total()))
+                .collect(),
+            fault_hits: hits.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
             channels,
             relay: RelayStats {
                 connections: self.relay_conns.lock().len(),

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::faults::Landed;
 use crate::server::Shared;
 use crate::wire::{self, ApiError};
 
@@ -157,7 +158,9 @@ pub(crate) async fn oauth_token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(response) = shared.login_faults.lock().take() {
+    let burst = shared.login_faults.lock().take();
+    if let Some((kind, response)) = burst {
+        shared.count_hit(kind, Landed::TokenRequest, 1);
         return response;
     }
     let mut grant_type = None;
@@ -216,12 +219,17 @@ pub(crate) async fn oauth_token(
 }
 
 impl Shared {
-    /// Expires every token now; returns how many.
+    /// Expires every token now; returns how many were still live (a token that had already
+    /// expired, not yet swept, is not counted).
     pub(crate) fn expire_all_tokens(&self) -> usize {
         let now = Instant::now();
+        let mut live = 0;
         let dead = {
             let mut tokens = self.tokens.lock();
             for entry in tokens.map.values_mut() {
+                if entry.expires_at > now {
+                    live += 1;
+                }
                 entry.expires_at = entry.expires_at.min(now);
             }
             tokens.sweep(now)
@@ -230,7 +238,7 @@ impl Shared {
             let gone = self.channels.lock().sweep(now, &dead);
             self.close_expired(gone);
         }
-        dead.len()
+        live
     }
 }
 
@@ -242,7 +250,9 @@ pub(crate) async fn api_guard(
     next: Next,
 ) -> Response {
     shared.counters.api_requests.fetch_add(1, Ordering::Relaxed);
-    if let Some(response) = shared.api_faults.lock().take() {
+    let burst = shared.api_faults.lock().take();
+    if let Some((kind, response)) = burst {
+        shared.count_hit(kind, Landed::ApiCall, 1);
         return response;
     }
     let Some(token) = bearer(request.headers()) else {

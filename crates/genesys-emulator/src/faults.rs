@@ -364,8 +364,8 @@ impl ApiFaults {
         }
     }
 
-    /// The response for the next API call, if a burst is on.
-    pub(crate) fn take(&mut self) -> Option<Response> {
+    /// The response for the next API call, and the kind of fault it is, if a burst is on.
+    pub(crate) fn take(&mut self) -> Option<(FaultKind, Response)> {
         let (burst, left) = self.bursts.front_mut()?;
         let burst = *burst;
         *left -= 1;
@@ -373,8 +373,11 @@ impl ApiFaults {
             self.bursts.pop_front();
         }
         Some(match burst {
-            Burst::RateLimited { retry_after_secs } => wire::too_many_requests(retry_after_secs),
-            Burst::ServerError { status } => server_error(status),
+            Burst::RateLimited { retry_after_secs } => (
+                FaultKind::RateLimitBurst,
+                wire::too_many_requests(retry_after_secs),
+            ),
+            Burst::ServerError { status } => (FaultKind::ServerErrorBurst, server_error(status)),
         })
     }
 }
@@ -398,10 +401,26 @@ fn server_error(status: u16) -> Response {
     }
 }
 
+/// Where one application of a fault landed (a field of [`crate::FaultHits`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Landed {
+    ChannelSocket,
+    RelaySocket,
+    Channel,
+    Token,
+    ApiCall,
+    TokenRequest,
+}
+
 impl Shared {
-    /// Injects `fault`; returns how many sockets, channels, tokens or bursts it hit.
+    /// Injects `fault`; returns how many sockets it was sent to, channels it removed or
+    /// tokens it expired, or for a burst how many calls will get it.
+    ///
+    /// The statistics count it as requested now, and as injected only where it lands: a
+    /// socket fault when a socket acts on it, a burst when a call is answered with it.
     pub(crate) fn inject(&self, fault: &Fault) -> Result<usize> {
         fault.validate()?;
+        self.count_requested(fault.kind());
         let applied = match fault {
             Fault::RateLimitBurst {
                 count,
@@ -425,8 +444,20 @@ impl Shared {
                     .push(Burst::ServerError { status }, *count);
                 *count as usize
             }
-            Fault::ExpireTokens => self.expire_all_tokens(),
-            Fault::NoLongerSubscribed { target } => self.remove_channels(target)?,
+            Fault::ExpireTokens => {
+                let expired = self.expire_all_tokens();
+                self.count_hit(FaultKind::ExpireTokens, Landed::Token, expired as u64);
+                expired
+            }
+            Fault::NoLongerSubscribed { target } => {
+                let removed = self.remove_channels(target)?;
+                self.count_hit(
+                    FaultKind::NoLongerSubscribed,
+                    Landed::Channel,
+                    removed as u64,
+                );
+                removed
+            }
             socket_fault => {
                 let target = socket_fault.target().cloned().unwrap_or_default();
                 let mut sent = 0;
@@ -441,7 +472,6 @@ impl Shared {
                 sent
             }
         };
-        self.count_fault(fault.kind());
         log::info!("fault {} injected ({applied} hit)", fault.kind().as_str());
         Ok(applied)
     }
@@ -472,28 +502,41 @@ impl Shared {
                     message: wire::socket_closing(self.random_guid()),
                 }
             }
-            Fault::Garbage { .. } if is_relay => {
-                Control::Send(Message::Binary(vec![0xA5; 17].into()))
-            }
-            Fault::Garbage { .. } => Control::Send(Message::text(
-                "<html><body>502 Bad Gateway</body></html> \u{fffd} not json",
-            )),
+            Fault::Garbage { .. } if is_relay => Control::Send {
+                kind: FaultKind::Garbage,
+                message: Message::Binary(vec![0xA5; 17].into()),
+            },
+            Fault::Garbage { .. } => Control::Send {
+                kind: FaultKind::Garbage,
+                message: Message::text(
+                    "<html><body>502 Bad Gateway</body></html> \u{fffd} not json",
+                ),
+            },
             Fault::TruncatedJson { .. } => {
                 let full = self.sample_notification(user.unwrap_or(0));
                 let mut cut = full.len() / 2;
                 while !full.is_char_boundary(cut) {
                     cut -= 1;
                 }
-                Control::Send(Message::text(&full[..cut]))
+                Control::Send {
+                    kind: FaultKind::TruncatedJson,
+                    message: Message::text(&full[..cut]),
+                }
             }
             Fault::Oversized { bytes, .. } => {
                 let bytes = bytes.unwrap_or(self.config.oversized_message_bytes);
                 if is_relay {
                     // Never a whole number of frames, so it cannot be mistaken for data.
                     let len = if bytes % 16 == 0 { bytes + 1 } else { bytes };
-                    Control::Send(Message::Binary(vec![0xA5; len].into()))
+                    Control::Send {
+                        kind: FaultKind::Oversized,
+                        message: Message::Binary(vec![0xA5; len].into()),
+                    }
                 } else {
-                    Control::Send(Message::text(wire::oversized(bytes)))
+                    Control::Send {
+                        kind: FaultKind::Oversized,
+                        message: Message::text(wire::oversized(bytes)),
+                    }
                 }
             }
             _ => return None,
@@ -516,13 +559,32 @@ impl Shared {
         }
     }
 
-    pub(crate) fn count_fault(&self, kind: FaultKind) {
+    fn count_requested(&self, kind: FaultKind) {
         *self
             .counters
-            .faults_injected
+            .faults_requested
             .lock()
             .entry(kind.as_str())
             .or_insert(0) += 1;
+    }
+
+    /// Counts `n` applications of a fault of `kind` where it `landed`; none when `n` is 0, so
+    /// a kind shows in the statistics only once it hit something.
+    pub(crate) fn count_hit(&self, kind: FaultKind, landed: Landed, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let mut hits = self.counters.fault_hits.lock();
+        let hits = hits.entry(kind.as_str()).or_default();
+        let field = match landed {
+            Landed::ChannelSocket => &mut hits.channel_sockets,
+            Landed::RelaySocket => &mut hits.relay_sockets,
+            Landed::Channel => &mut hits.channels,
+            Landed::Token => &mut hits.tokens,
+            Landed::ApiCall => &mut hits.api_calls,
+            Landed::TokenRequest => &mut hits.token_requests,
+        };
+        *field += n;
     }
 }
 
@@ -668,9 +730,16 @@ mod tests {
         );
         api.push(Burst::ServerError { status: 502 }, 1);
         api.push(Burst::ServerError { status: 503 }, 0);
-        let statuses: Vec<u16> = std::iter::from_fn(|| api.take())
-            .map(|r| r.status().as_u16())
+        let taken: Vec<(FaultKind, u16)> = std::iter::from_fn(|| api.take())
+            .map(|(kind, r)| (kind, r.status().as_u16()))
             .collect();
-        assert_eq!(statuses, [429, 429, 502]);
+        assert_eq!(
+            taken,
+            [
+                (FaultKind::RateLimitBurst, 429),
+                (FaultKind::RateLimitBurst, 429),
+                (FaultKind::ServerErrorBurst, 502)
+            ]
+        );
     }
 }

@@ -70,7 +70,7 @@ mod socket;
 mod wire;
 mod workload;
 
-pub use admin::{ChannelStats, RelayStats, Stats, TruthEntry};
+pub use admin::{ChannelStats, FaultHits, RelayStats, Stats, TruthEntry};
 pub use config::{
     ChannelLimitPolicy, EmulatorConfig, MAX_CHANGE_RATE, MAX_OVERSIZED_BYTES, MAX_USERS, Spelling,
 };

@@ -81,7 +81,10 @@ pub(crate) struct Counters {
     pub(crate) relay_messages_sent: AtomicU64,
     pub(crate) relay_frames_sent: AtomicU64,
     pub(crate) relay_messages_lost: AtomicU64,
-    pub(crate) faults_injected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Faults asked for, by kind.
+    pub(crate) faults_requested: Mutex<BTreeMap<&'static str, u64>>,
+    /// Faults applied, by kind and where.
+    pub(crate) fault_hits: Mutex<BTreeMap<&'static str, admin::FaultHits>>,
 }
 
 /// Everything the tasks and handlers share.

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth;
 use crate::channels::{ChannelCounters, Connection};
-use crate::faults::FaultTarget;
+use crate::faults::{FaultKind, FaultTarget, Landed};
 use crate::server::Shared;
 use crate::wire::{self, ApiError};
 
@@ -68,7 +68,12 @@ pub(crate) enum Control {
         message: String,
     },
     /// Send this message as is (garbage, truncated, oversized).
-    Send(Message),
+    Send {
+        /// The fault it carries, counted once the message is written.
+        kind: FaultKind,
+        /// The message.
+        message: Message,
+    },
 }
 
 /// Checks a WebSocket upgrade request; the `Sec-WebSocket-Accept` value and the upgrade
@@ -275,7 +280,12 @@ impl ChannelSession {
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return (socket, End::Drop),
                     control = self.control.recv() => match control {
-                        Some(Control::Stall | Control::Send(_) | Control::SocketClosing { .. }) => {}
+                        // A stalled socket acts on nothing but its end.
+                        Some(Control::Stall | Control::Send { .. } | Control::SocketClosing { .. }) => {}
+                        Some(Control::Drop) => {
+                            shared.count_hit(FaultKind::DropSocket, Landed::ChannelSocket, 1);
+                            return (socket, End::Drop);
+                        }
                         _ => return (socket, End::Drop),
                     },
                     Some(_) = self.events.recv() => self.lose(1),
@@ -299,18 +309,26 @@ impl ChannelSession {
                         let _ = socket.send(Message::text(message)).await;
                         return (socket, End::Close(CloseCode::Normal, "no longer subscribed"));
                     }
-                    Some(Control::Drop) => return (socket, End::Drop),
-                    Some(Control::Stall) => self.stalled.store(true, Ordering::Relaxed),
+                    Some(Control::Drop) => {
+                        shared.count_hit(FaultKind::DropSocket, Landed::ChannelSocket, 1);
+                        return (socket, End::Drop);
+                    }
+                    Some(Control::Stall) => {
+                        self.stalled.store(true, Ordering::Relaxed);
+                        shared.count_hit(FaultKind::StallSocket, Landed::ChannelSocket, 1);
+                    }
                     Some(Control::SocketClosing { grace, message }) => {
                         if socket.send(Message::text(message)).await.is_err() {
                             return (socket, End::Drop);
                         }
+                        shared.count_hit(FaultKind::SocketClosing, Landed::ChannelSocket, 1);
                         closing_at = Some(Instant::now() + grace);
                     }
-                    Some(Control::Send(message)) => {
+                    Some(Control::Send { kind, message }) => {
                         if socket.send(message).await.is_err() {
                             return (socket, End::Drop);
                         }
+                        shared.count_hit(kind, Landed::ChannelSocket, 1);
                     }
                 },
                 _ = deadline(closing_at) => {
@@ -459,7 +477,12 @@ impl RelaySession {
                 tokio::select! {
                     _ = shared.cancel.cancelled() => return (socket, End::Drop),
                     control = self.control.recv() => match control {
-                        Some(Control::Stall | Control::Send(_) | Control::SocketClosing { .. }) => {}
+                        // A stalled socket acts on nothing but its end.
+                        Some(Control::Stall | Control::Send { .. } | Control::SocketClosing { .. }) => {}
+                        Some(Control::Drop) => {
+                            shared.count_hit(FaultKind::DropSocket, Landed::RelaySocket, 1);
+                            return (socket, End::Drop);
+                        }
                         _ => return (socket, End::Drop),
                     },
                     received = self.frames.recv() => match received {
@@ -479,13 +502,21 @@ impl RelaySession {
                     None | Some(Control::Close { .. }) | Some(Control::Kick) | Some(Control::Gone { .. }) => {
                         return (socket, End::Close(CloseCode::Normal, "closed"));
                     }
-                    Some(Control::Drop) => return (socket, End::Drop),
-                    Some(Control::Stall) => self.stalled = true,
+                    Some(Control::Drop) => {
+                        shared.count_hit(FaultKind::DropSocket, Landed::RelaySocket, 1);
+                        return (socket, End::Drop);
+                    }
+                    Some(Control::Stall) => {
+                        self.stalled = true;
+                        shared.count_hit(FaultKind::StallSocket, Landed::RelaySocket, 1);
+                    }
+                    // A relay has no maintenance warning (never sent to relay sockets).
                     Some(Control::SocketClosing { .. }) => {}
-                    Some(Control::Send(message)) => {
+                    Some(Control::Send { kind, message }) => {
                         if socket.send(message).await.is_err() {
                             return (socket, End::Drop);
                         }
+                        shared.count_hit(kind, Landed::RelaySocket, 1);
                     }
                 },
                 incoming = socket.next() => match incoming {

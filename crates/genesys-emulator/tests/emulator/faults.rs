@@ -359,7 +359,7 @@ async fn chaos_injects_random_faults_at_the_configured_rate() {
         }
     }
     let stats = emu.stats();
-    let total: u64 = stats.faults_injected.values().sum();
+    let total: u64 = stats.faults_requested.values().sum();
     assert!(
         (30..=100).contains(&total),
         "{total} faults in a minute at 60/min"
@@ -368,23 +368,90 @@ async fn chaos_injects_random_faults_at_the_configured_rate() {
         stats.faults_injected.get("garbage").copied().unwrap_or(0),
         garbage
     );
+    assert_eq!(
+        stats.fault_hits.get("garbage").map(|h| h.channel_sockets),
+        Some(garbage)
+    );
     assert!(
         stats
-            .faults_injected
+            .faults_requested
             .keys()
             .all(|k| k == "garbage" || k == "rate_limit_burst")
     );
+    // No API call was made, so no burst was injected, however many were asked for.
+    assert!(stats.faults_requested.contains_key("rate_limit_burst"));
+    assert_eq!(stats.faults_injected.get("rate_limit_burst"), None);
     // Off again through the admin endpoint.
     let off = admin(&emu, "POST", "/emulator/chaos", r#"{"faultsPerMinute":0}"#).await;
     assert_eq!(off.status, 204);
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let before: u64 = emu.stats().faults_injected.values().sum();
+    let before: u64 = emu.stats().faults_requested.values().sum();
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(emu.stats().faults_injected.values().sum::<u64>(), before);
+    assert_eq!(emu.stats().faults_requested.values().sum::<u64>(), before);
     assert_eq!(
         admin(&emu, "POST", "/emulator/chaos", r#"{"faultsPerMinute":-1}"#)
             .await
             .status,
         400
     );
+}
+
+/// A fault counts as injected only when it hit something: a socket that acted on it, a
+/// channel it removed, a live token it expired, a call it answered.
+#[tokio::test]
+async fn a_fault_that_hits_nothing_is_not_counted() {
+    let emu = start(quiet()).await;
+    // Nothing connected, no channel, no token, no call.
+    assert_eq!(emu.drop_sockets(FaultTarget::All).expect("inject"), 0);
+    assert_eq!(emu.stall_sockets(FaultTarget::All).expect("inject"), 0);
+    assert_eq!(emu.send_garbage(FaultTarget::Relay).expect("inject"), 0);
+    assert_eq!(
+        emu.socket_closing(FaultTarget::All, Duration::from_secs(1))
+            .expect("inject"),
+        0
+    );
+    assert_eq!(
+        emu.no_longer_subscribed(FaultTarget::All).expect("inject"),
+        0
+    );
+    assert_eq!(emu.expire_tokens().expect("inject"), 0);
+    emu.rate_limit_burst(1, 1).expect("inject");
+    emu.login_error_burst(1, 503).expect("inject");
+    let stats = emu.stats();
+    assert!(
+        stats.faults_injected.is_empty(),
+        "nothing was hit: {:?}",
+        stats.faults_injected
+    );
+    assert_eq!(
+        stats.faults_requested.len(),
+        8,
+        "{:?}",
+        stats.faults_requested
+    );
+
+    // A stalled socket ignores what is sent to it: the stall counts, the garbage does not.
+    let (emu, token, _, _, _socket) = connected(quiet()).await;
+    emu.stall_sockets(FaultTarget::All).expect("inject");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    emu.send_garbage(FaultTarget::All).expect("inject");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stats = emu.stats();
+    assert_eq!(stats.faults_injected.get("stall_socket"), Some(&1));
+    assert_eq!(stats.faults_injected.get("garbage"), None, "{stats:?}");
+    // A burst counts once a call gets it.
+    emu.rate_limit_burst(1, 1).expect("inject");
+    assert_eq!(emu.stats().faults_injected.get("rate_limit_burst"), None);
+    assert_eq!(api(&emu, &token, "GET", "/api/v2/users").await.status, 429);
+    let stats = emu.stats();
+    assert_eq!(stats.faults_injected.get("rate_limit_burst"), Some(&1));
+    let burst = stats.fault_hits["rate_limit_burst"];
+    assert_eq!((burst.api_calls, burst.total()), (1, 1));
+    assert_eq!(stats.fault_hits["stall_socket"].channel_sockets, 1);
+    // Through the admin endpoint too.
+    let json = admin(&emu, "GET", "/emulator/stats", "").await.json();
+    assert_eq!(json["faultsInjected"]["stall_socket"], 1);
+    assert_eq!(json["faultHits"]["rate_limit_burst"]["apiCalls"], 1);
+    assert!(json["faultsInjected"].get("garbage").is_none());
+    assert_eq!(json["faultsRequested"]["garbage"], 1);
 }
