@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use genesys_auth::{AuthConfig, GenesysClient};
 use parking_lot::Mutex;
-use presence_frame::{Frame, PresenceEvent};
-use presence_registry::{MonotonicClock, Outcome, Registry, RegistryConfig};
+use presence_frame::{Frame, PresenceEvent, UserId};
+use presence_kafka::{KafkaPublisher, RegistrySink, SinkConfig};
+use presence_registry::{Registry, RegistryConfig};
 use presence_sync::{PresenceSink, PresenceSync, RelaySource, SyncConfig, UserSelection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,44 +20,42 @@ use crate::config::{BridgeConfig, SourceConfig};
 use crate::output::Output;
 use crate::state::{AppState, RecentChanges};
 
-/// Where the sync's events go: the registry decides what changed; changes go to Kafka and to
-/// the dashboard's recent list.
+/// The sink type: the registry joined to the Kafka publisher.
+pub(crate) type Join = RegistrySink<Arc<KafkaPublisher>>;
+
+/// Where the sync's events go: through the registry to Kafka (the join, in presence-kafka),
+/// and each changed user to the dashboard's recent list.
 struct BridgeSink {
-    registry: Arc<Registry<MonotonicClock>>,
-    output: Arc<Output>,
+    join: Arc<Join>,
     recent: Arc<Mutex<RecentChanges>>,
     changes: Arc<AtomicU64>,
 }
 
 impl BridgeSink {
-    /// Hands each change the registry reports to Kafka and to the dashboard's recent list.
-    fn apply(&self, apply: impl FnOnce(&mut dyn FnMut(Outcome))) {
-        let received = Instant::now();
-        let mut changed = Vec::new();
-        apply(&mut |outcome| {
-            if let Outcome::Changed(change) = outcome {
-                changed.push(change.current.user);
-                self.output.publish(change.current, received);
-            }
-        });
-        if !changed.is_empty() {
-            self.changes
-                .fetch_add(changed.len() as u64, Ordering::Relaxed);
-            let mut recent = self.recent.lock();
-            for user in changed {
-                recent.push(user, false);
-            }
+    /// Records the users a batch changed, outside the registry's locks.
+    fn changed(&self, users: Vec<UserId>) {
+        if users.is_empty() {
+            return;
+        }
+        self.changes.fetch_add(users.len() as u64, Ordering::Relaxed);
+        let mut recent = self.recent.lock();
+        for user in users {
+            recent.push(user, false);
         }
     }
 }
 
 impl PresenceSink for BridgeSink {
     fn publish(&self, events: &mut Vec<PresenceEvent>) {
-        self.apply(|on_outcome| self.registry.apply_batch(events, on_outcome));
+        let mut changed = Vec::new();
+        self.join.apply_events(events, |user| changed.push(user));
+        self.changed(changed);
     }
 
     fn publish_frames(&self, frames: &[Frame]) {
-        self.apply(|on_outcome| self.registry.apply_frames(frames, on_outcome));
+        let mut changed = Vec::new();
+        self.join.apply_frames(frames, |user| changed.push(user));
+        self.changed(changed);
     }
 }
 
@@ -82,12 +81,16 @@ pub async fn serve(
     let registry =
         Arc::new(Registry::new(RegistryConfig::new(config.ttl)).map_err(|e| anyhow!("{e}"))?);
     let output = Arc::new(Output::start(&config.kafka).await?);
+    let join = Arc::new(RegistrySink::new(
+        Arc::clone(&registry),
+        output.publisher(),
+        SinkConfig::default(),
+    ));
     let recent = Arc::new(Mutex::new(RecentChanges::new(8_192)));
     let changes = Arc::new(AtomicU64::new(0));
     let expired = Arc::new(AtomicU64::new(0));
     let sink = BridgeSink {
-        registry: Arc::clone(&registry),
-        output: Arc::clone(&output),
+        join: Arc::clone(&join),
         recent: Arc::clone(&recent),
         changes: Arc::clone(&changes),
     };
@@ -132,32 +135,32 @@ pub async fn serve(
         changes,
     });
 
-    // Expiry: swept entries become tombstones.
+    // Expiry: swept entries become tombstones (under the registry's locks, in the join), held
+    // back while the source is not healthy.
     let sweeper = {
-        let registry = Arc::clone(&registry);
-        let output = Arc::clone(&output);
+        let join = Arc::clone(&join);
+        let source = state.sync.clone();
         let stop = source_shutdown.clone();
         let every = sweep_interval(config.ttl);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut swept = Vec::new();
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = ticks.tick() => {}
                 }
-                swept.clear();
-                if registry.sweep_into(&mut swept) == 0 {
+                let swept = join.sweep(source.is_ready());
+                if swept.expired.is_empty() {
                     continue;
                 }
-                expired.fetch_add(swept.len() as u64, Ordering::Relaxed);
+                expired.fetch_add(swept.expired.len() as u64, Ordering::Relaxed);
                 let mut recent = recent.lock();
-                for gone in &swept {
-                    output.tombstone(gone.last.user);
-                    recent.push(gone.last.user, true);
+                for &user in &swept.expired {
+                    recent.push(user, true);
                 }
-                log::debug!("expired {} users", swept.len());
+                drop(recent);
+                log::debug!("expired {} users", swept.expired.len());
             }
         })
     };

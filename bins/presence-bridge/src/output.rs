@@ -1,10 +1,10 @@
 //! The one place the binary touches `presence-kafka`: building its config from the flags,
 //! and adapting its counters for the admin server.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use presence_frame::{EventTime, PresenceEvent, UserId};
 use presence_kafka::{KafkaConfig, KafkaPublisher, Publisher, Sasl, SaslMechanism, Tls};
 
 use crate::config::KafkaSettings;
@@ -12,7 +12,7 @@ use crate::state::{KafkaSnapshot, KafkaStatus, LatencySnapshot};
 
 /// The Kafka side of the bridge.
 pub struct Output {
-    publisher: KafkaPublisher,
+    publisher: Arc<KafkaPublisher>,
 }
 
 /// The publisher's configuration for the flags given.
@@ -60,24 +60,19 @@ impl Output {
         let publisher = KafkaPublisher::start(kafka_config(settings)?)
             .await
             .map_err(|e| anyhow!("Kafka at {}: {e}", settings.brokers))?;
-        Ok(Output { publisher })
+        Ok(Output {
+            publisher: Arc::new(publisher),
+        })
+    }
+
+    /// The publisher, for the join between the registry and Kafka.
+    pub fn publisher(&self) -> Arc<KafkaPublisher> {
+        Arc::clone(&self.publisher)
     }
 
     /// Resolves with the reason once the Kafka producer has failed for good.
     pub async fn fatal_error(&self) -> String {
         self.publisher.fatal_error().await
-    }
-
-    /// Hands a change to the publisher (never blocks).
-    pub fn publish(&self, event: PresenceEvent, received: Instant) {
-        let _ = self.publisher.publish(event, received);
-    }
-
-    /// Hands an expiry to the publisher as a tombstone.
-    pub fn tombstone(&self, user: UserId) {
-        let _ = self
-            .publisher
-            .tombstone(user, EventTime::now(), Instant::now());
     }
 
     /// Sends what is pending, within `grace`.

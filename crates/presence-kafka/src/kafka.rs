@@ -29,6 +29,11 @@ use crate::record::{
 use crate::stats::{Health, PublisherStats, StatsSnapshot};
 use crate::topic::{TopicCheck, ensure_topic};
 
+/// At most this many given-up updates wait for [`Publisher::drain_undelivered`]; more are
+/// counted in [`PublisherStats::undelivered_lost`]. A caller drains them every second or so,
+/// and each is one user's newest state after all of librdkafka's retries.
+const UNDELIVERED_MAX: usize = 65_536;
+
 /// How often a repeated warning may be logged.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -66,6 +71,9 @@ pub(crate) struct Shared {
     fatal: CancellationToken,
     /// A client error arrived since the dispatcher last asked the client for a fatal error.
     client_error_seen: AtomicBool,
+    /// Updates given up on (see [`Publisher::drain_undelivered`]), oldest first; at most
+    /// [`UNDELIVERED_MAX`].
+    undelivered: Mutex<Vec<Update>>,
     warn_high: RateLimit,
     warn_full: RateLimit,
     warn_delivery: RateLimit,
@@ -90,6 +98,7 @@ impl Shared {
             flushes: AtomicUsize::new(0),
             fatal: CancellationToken::new(),
             client_error_seen: AtomicBool::new(false),
+            undelivered: Mutex::new(Vec::new()),
             warn_high: RateLimit::new(LOG_EVERY),
             warn_full: RateLimit::new(LOG_EVERY),
             warn_delivery: RateLimit::new(LOG_EVERY),
@@ -168,6 +177,13 @@ impl Shared {
                         "a newer state of the user is queued instead",
                     ),
                     Failure::Dropped => (&self.stats.dropped, "giving up on it"),
+                    Failure::GaveUp(update) => {
+                        self.give_up(update);
+                        (
+                            &self.stats.dropped,
+                            "giving up on it until the user's next confirmation",
+                        )
+                    }
                 };
                 PublisherStats::add(counter, 1);
                 let message = self.scrub(&error.to_string());
@@ -182,6 +198,16 @@ impl Shared {
         }
         self.wake.notify_one();
         self.notify_progress();
+    }
+
+    /// Keeps `update` for [`Publisher::drain_undelivered`], within [`UNDELIVERED_MAX`].
+    fn give_up(&self, update: Update) {
+        let mut undelivered = self.undelivered.lock();
+        if undelivered.len() < UNDELIVERED_MAX {
+            undelivered.push(update);
+        } else {
+            PublisherStats::add(&self.stats.undelivered_lost, 1);
+        }
     }
 
     /// Wakes the flushes waiting for progress, if any.
@@ -538,6 +564,10 @@ impl Publisher for KafkaPublisher {
 
     fn health(&self) -> Health {
         self.shared.health()
+    }
+
+    fn drain_undelivered(&self, out: &mut Vec<Update>) {
+        out.append(&mut self.shared.undelivered.lock());
     }
 }
 

@@ -21,6 +21,12 @@
 //!   failed delivery is retried with the user's newest state, and an older state is never sent
 //!   after a newer one. A fatal producer error is reported by
 //!   [`KafkaPublisher::fatal_error`].
+//! - [`RegistrySink`]: the join between a `presence-registry` [`Registry`](presence_registry::Registry)
+//!   and a [`Publisher`]: each real change the registry reports is published under the user's
+//!   shard lock (so per user the topic follows the registry's order), expiry becomes
+//!   tombstones in the same order, states the publisher could not take are sent again at the
+//!   next confirmation, event times from the future are dropped, and expiry is held back
+//!   while the source is not healthy.
 //! - [`PresenceRecord`]: the JSON value (schema in `docs/schema/presence-record.v1.json`),
 //!   with [`HEADER_EVENT_TIME`] and [`HEADER_SCHEMA_VERSION`] headers; the record timestamp is
 //!   the event time.
@@ -64,6 +70,7 @@ mod publisher;
 mod queue;
 mod ratelimit;
 mod record;
+mod registry_sink;
 mod stats;
 mod topic;
 
@@ -75,6 +82,8 @@ pub use kafka::KafkaPublisher;
 pub use latency::{HistogramSnapshot, LATENCY_BOUNDS, LatencyHistogram};
 pub use presence_frame::{EventTime, PresenceEvent, UserId};
 pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
+pub use queue::Update;
 pub use record::{HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION};
+pub use registry_sink::{RegistrySink, SinkConfig, SinkStats, Sweep};
 pub use stats::{Health, PublisherStats, StatsSnapshot};
 pub use topic::TopicCheck;

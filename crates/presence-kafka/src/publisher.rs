@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use presence_frame::{EventTime, PresenceEvent, UserId};
 
+use crate::queue::Update;
 use crate::stats::Health;
 
 /// A boxed future, so that [`Publisher`] stays object-safe (`Arc<dyn Publisher>`).
@@ -89,6 +90,13 @@ pub trait Publisher: Send + Sync {
 
     /// Whether the brokers are reachable, and the last error.
     fn health(&self) -> Health;
+
+    /// Moves into `out` the updates this publisher accepted and then gave up on for good
+    /// while each was still its user's newest (a delivery failure that retrying cannot cure,
+    /// such as a record over the broker's size limit), oldest first. The caller decides what
+    /// to do with them (the bridge marks the state as not published, so that the next
+    /// confirmation sends it again). Call it regularly: a publisher keeps a bounded number.
+    fn drain_undelivered(&self, out: &mut Vec<Update>);
 }
 
 impl<P: Publisher + ?Sized> Publisher for Arc<P> {
@@ -106,5 +114,9 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
 
     fn health(&self) -> Health {
         (**self).health()
+    }
+
+    fn drain_undelivered(&self, out: &mut Vec<Update>) {
+        (**self).drain_undelivered(out)
     }
 }

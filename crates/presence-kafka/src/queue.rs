@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 use hashbrown::HashTable;
 use presence_frame::{EventTime, PresenceEvent, PresenceState, Source, UserId};
 
-/// What to publish for a user.
+/// What to publish for a user: a state or a tombstone. Also what
+/// [`Publisher::drain_undelivered`](crate::Publisher::drain_undelivered) hands back.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Update {
+pub enum Update {
     /// The user's current state.
     State(PresenceEvent),
     /// The user expired: a tombstone, stamped with the expiry time.
@@ -28,14 +29,16 @@ pub(crate) enum Update {
 }
 
 impl Update {
-    pub(crate) fn user(&self) -> UserId {
+    /// Whose update it is.
+    pub fn user(&self) -> UserId {
         match self {
             Update::State(event) => event.user,
             Update::Tombstone { user, .. } => *user,
         }
     }
 
-    pub(crate) fn time(&self) -> EventTime {
+    /// The event time of the state, or the time of the tombstone.
+    pub fn time(&self) -> EventTime {
         match self {
             Update::State(event) => event.time,
             Update::Tombstone { time, .. } => *time,
@@ -67,15 +70,19 @@ pub(crate) enum Push {
 }
 
 /// What [`Queue::failed`] did with a record whose delivery failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Failure {
     /// The record was still the user's newest state: queued again, after a backoff.
     Retried,
     /// A newer state of the user is pending: the failed record is dropped, the newer one will
     /// be sent (after the backoff).
     Superseded,
-    /// Dropped for good: the error cannot be cured by retrying, or the queue is closed.
+    /// Dropped: the report is for a record the queue no longer tracks (an older state).
     Dropped,
+    /// Given up for good, although it was the user's newest state: the error cannot be cured
+    /// by retrying, or the queue is closed. The update is handed back so that the caller can
+    /// see to it that the state is sent again later.
+    GaveUp(Update),
 }
 
 /// Where a pending state waits.
@@ -551,7 +558,7 @@ impl Queue {
             }
             None => {
                 self.remove(i);
-                Failure::Dropped
+                Failure::GaveUp(record.update)
             }
         }
     }
@@ -703,7 +710,10 @@ mod tests {
         let mut q = Queue::new(10, BACKOFF);
         q.push(state(1, 1), now);
         let sent = q.pop(now).unwrap();
-        assert_eq!(q.failed(sent, false, now), Failure::Dropped);
+        assert!(matches!(
+            q.failed(sent, false, now),
+            Failure::GaveUp(Update::State(_))
+        ));
         assert_eq!((q.pending(), q.in_flight(), q.users()), (0, 0, 0));
     }
 

@@ -34,6 +34,10 @@ pub struct PublisherStats {
     /// Failed records given up for good (an error retrying cannot cure, such as a record over
     /// the broker's size limit, or a failure during shutdown).
     pub dropped: AtomicU64,
+    /// Given-up updates that could not be kept for
+    /// [`Publisher::drain_undelivered`](crate::Publisher::drain_undelivered) because too many
+    /// were waiting (nobody drained them).
+    pub undelivered_lost: AtomicU64,
     /// Delivery latency, from receipt by the bridge to the broker's acknowledgement, of every
     /// delivered record.
     pub latency: LatencyHistogram,
@@ -70,6 +74,8 @@ pub struct StatsSnapshot {
     pub superseded: u64,
     /// See [`PublisherStats::dropped`].
     pub dropped: u64,
+    /// See [`PublisherStats::undelivered_lost`].
+    pub undelivered_lost: u64,
     /// Users with a pending state now (gauge).
     pub queue_depth: usize,
     /// The queue's capacity in users.
@@ -98,6 +104,7 @@ impl StatsSnapshot {
             retried: get(&stats.retried),
             superseded: get(&stats.superseded),
             dropped: get(&stats.dropped),
+            undelivered_lost: get(&stats.undelivered_lost),
             queue_depth,
             queue_capacity,
             in_flight,

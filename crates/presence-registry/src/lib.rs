@@ -62,7 +62,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-pub use presence_frame::{Frame, PresenceEvent, PresenceState, Status, UserId};
+pub use presence_frame::{EventTime, Frame, PresenceEvent, PresenceState, Status, UserId};
 
 pub use clock::{Clock, ManualClock, MonotonicClock};
 use shard::{Incoming, Keyed, Now, Shard};
@@ -310,18 +310,20 @@ impl<C: Clock> Registry<C> {
             .sum()
     }
 
-    /// Records that the state `event` (as a change reported it) never reached its
-    /// destination: if `event`'s user still holds exactly that state and event time, the next
-    /// repeat of it (a stream event or a resync) is reported as [`Outcome::Changed`] rather
-    /// than [`Outcome::Refreshed`], so that it is handed on again. Returns whether the entry
-    /// was marked; a user that has moved on (or expired) is left as it is, since the newer
-    /// state (or its tombstone) is handed on by its own outcome.
-    pub fn mark_unpublished(&self, event: &PresenceEvent) -> bool {
-        let hash = event.user.mix64();
+    /// Records that the state of `user` at event time `time`, as a change reported it, never
+    /// reached its destination: if the user's entry still holds a state of that event time,
+    /// the next repeat of it (a stream event or a resync) is reported as
+    /// [`Outcome::Changed`] rather than [`Outcome::Refreshed`], so that it is handed on again.
+    /// Returns whether the entry was marked. A user that has moved on to a later time (or
+    /// expired) is left as it is: the newer state, or its tombstone, is handed on by its own
+    /// outcome. (Another state at the very same time, which won the tie, is marked too: it
+    /// costs at most one needless repeat downstream.)
+    pub fn mark_unpublished(&self, user: UserId, time: EventTime) -> bool {
+        let hash = user.mix64();
         self.shards[self.shard_index(hash)]
             .0
             .lock()
-            .mark_unpublished(event, hash)
+            .mark_unpublished(user, time.0, hash)
     }
 
     /// Calls `f` if `user` has no entry (not even an expired one not yet swept), with the

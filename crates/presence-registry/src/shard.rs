@@ -416,18 +416,17 @@ impl Shard {
         changed((!expired).then_some(previous), event)
     }
 
-    /// Marks `event`'s user as not published when the entry still holds exactly `event`'s
-    /// time and state; returns whether it did.
-    pub(crate) fn mark_unpublished(&mut self, event: &PresenceEvent, hash: u64) -> bool {
-        let Some(at) = self.find(event.user, hash) else {
+    /// Marks `user` as not published when its entry still holds event time `time`; returns
+    /// whether it did.
+    pub(crate) fn mark_unpublished(&mut self, user: UserId, time: i64, hash: u64) -> bool {
+        let Some(at) = self.find(user, hash) else {
             return false;
         };
-        let slot = at as usize;
-        let hot = self.hot[slot];
-        if hot.time != event.time.0 || !hot.cmp_state(|| &self.extra[slot], event).is_eq() {
+        let hot = &mut self.hot[at as usize];
+        if hot.time != time {
             return false;
         }
-        self.hot[slot].published = false;
+        hot.published = false;
         true
     }
 

@@ -283,7 +283,7 @@ fn a_state_marked_unpublished_is_reported_again_on_its_next_repeat() {
     let first = event(1, 200, Status::AVAILABLE);
     let _ = registry.apply(first.clone());
     assert_eq!(registry.apply(first.clone()), Outcome::Refreshed);
-    assert!(registry.mark_unpublished(&first));
+    assert!(registry.mark_unpublished(first.user, first.time));
     assert_eq!(
         registry.apply(first.clone()),
         Outcome::Changed(Change {
@@ -296,10 +296,10 @@ fn a_state_marked_unpublished_is_reported_again_on_its_next_repeat() {
     // A mark for a state the user no longer holds changes nothing.
     let newer = event(1, 300, Status::BUSY);
     let _ = registry.apply(newer.clone());
-    assert!(!registry.mark_unpublished(&first));
+    assert!(!registry.mark_unpublished(first.user, first.time));
     assert_eq!(registry.apply(newer), Outcome::Refreshed);
     assert!(
-        !registry.mark_unpublished(&event(2, 1, Status::BUSY)),
+        !registry.mark_unpublished(UserId::Relay(2), EventTime(1)),
         "unknown user"
     );
 }
