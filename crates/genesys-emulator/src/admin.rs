@@ -164,6 +164,13 @@ pub struct Stats {
     pub events_delivered: u64,
     /// Presence notifications lost (summed over channels, including removed ones).
     pub events_lost: u64,
+    /// Presence changes of subscribed users that reached no socket: every channel subscribed
+    /// to the user had no socket connected, a stalled one or a full queue. Unlike
+    /// `events_lost`, a change that another channel's socket took is not counted (a client
+    /// that rolls over to a new channel has both subscribed for a while), so this is what the
+    /// clients watching those users missed. A change queued on a socket that then ended
+    /// unwritten is counted in `events_lost` only.
+    pub events_unreached: u64,
     /// Heartbeats sent.
     pub heartbeats_sent: u64,
     /// `/api/v2` calls received.
@@ -252,6 +259,7 @@ impl Shared {
             events_generated: c.events_generated.load(Ordering::Relaxed),
             events_delivered: c.events_delivered.load(Ordering::Relaxed),
             events_lost: c.events_lost.load(Ordering::Relaxed),
+            events_unreached: c.events_unreached.load(Ordering::Relaxed),
             heartbeats_sent: c.heartbeats_sent.load(Ordering::Relaxed),
             api_requests: c.api_requests.load(Ordering::Relaxed),
             api_rate_limited: c.api_rate_limited.load(Ordering::Relaxed),

@@ -74,6 +74,7 @@ pub(crate) struct Counters {
     pub(crate) events_generated: AtomicU64,
     pub(crate) events_delivered: AtomicU64,
     pub(crate) events_lost: AtomicU64,
+    pub(crate) events_unreached: AtomicU64,
     pub(crate) heartbeats_sent: AtomicU64,
     pub(crate) api_requests: AtomicU64,
     pub(crate) api_rate_limited: AtomicU64,
@@ -216,11 +217,13 @@ impl Shared {
             return;
         }
         let mut lost = 0u64;
+        let mut unreached = 0u64;
         for change in changes {
             let subscribers = table.subscribers(change.user);
             if subscribers.is_empty() {
                 continue;
             }
+            let mut reached = false;
             // Formatted once per change, and only when some socket will take it.
             let mut text: Option<Utf8Bytes> = None;
             for id in subscribers {
@@ -245,13 +248,21 @@ impl Shared {
                     }
                     _ => false,
                 };
-                if !delivered {
+                if delivered {
+                    reached = true;
+                } else {
                     channel.counters.lost.fetch_add(1, Ordering::Relaxed);
                     lost += 1;
                 }
             }
+            if !reached {
+                unreached += 1;
+            }
         }
         self.counters.events_lost.fetch_add(lost, Ordering::Relaxed);
+        self.counters
+            .events_unreached
+            .fetch_add(unreached, Ordering::Relaxed);
     }
 }
 

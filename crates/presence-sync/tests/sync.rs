@@ -282,6 +282,7 @@ async fn socket_closing_rolls_over_with_no_lost_event() {
         .resyncs
         .load(std::sync::atomic::Ordering::Relaxed);
     let old = h.status.channels()[0].channel_id.clone();
+    let unreached_before = h.emulator.stats().events_unreached;
     h.emulator
         .socket_closing(FaultTarget::All, Duration::from_secs(3))
         .expect("closing");
@@ -295,6 +296,19 @@ async fn socket_closing_rolls_over_with_no_lost_event() {
     assert_ne!(h.status.channels()[0].channel_id, old, "a new channel");
     tokio::time::sleep(Duration::from_secs(4)).await; // past the grace: the old socket is closed
     h.converge(Duration::from_secs(10)).await;
+    // The final state alone would hide a lost event that a later change of the same user
+    // covered. The emulator counts every change that reached no socket of the sync; its
+    // `events_lost` is not the measure here, since it also counts what the new channel
+    // (subscribed before its socket connects) and the old one (still subscribed after its
+    // socket closed) missed while the other channel's socket took it.
+    let stats = h.emulator.stats();
+    assert_eq!(
+        stats.events_unreached - unreached_before,
+        0,
+        "changes that reached no socket across the rollover; channels {:?}",
+        stats.channels
+    );
+    assert!(stats.events_delivered > 0);
     // No gap, so no resync was needed to get there.
     assert_eq!(
         h.status
@@ -530,30 +544,48 @@ async fn converges_under_random_faults() {
     e.expire_tokens().expect("fault");
     tokio::time::sleep(pause).await;
     e.no_longer_subscribed(FaultTarget::All).expect("fault");
+    // Applied to the sync's channels, sockets, tokens or calls: the emulator counts a fault
+    // only where it landed, never when it was merely asked for.
+    let applied = |stats: &genesys_emulator::Stats, kind: FaultKind| {
+        stats
+            .fault_hits
+            .get(kind.as_str())
+            .map_or(0, |hits| hits.on_channel_clients())
+    };
     let started = tokio::time::Instant::now();
-    while e.stats().events_generated < 20_000 || started.elapsed() < Duration::from_secs(8) {
+    loop {
+        let stats = e.stats();
+        let missing: Vec<&str> = FaultKind::ALL
+            .into_iter()
+            .filter(|k| applied(&stats, *k) == 0)
+            .map(FaultKind::as_str)
+            .collect();
+        if stats.events_generated >= 20_000
+            && started.elapsed() >= Duration::from_secs(8)
+            && missing.is_empty()
+        {
+            break;
+        }
         assert!(
             started.elapsed() < Duration::from_secs(40),
-            "workload too slow: {}",
-            e.stats().events_generated
+            "after 40 s: {} changes, kinds never applied {missing:?}; hits {:?}",
+            stats.events_generated,
+            stats.fault_hits
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     e.set_chaos(ChaosConfig::new(0.0)).expect("calm");
     let stats = e.stats();
     eprintln!(
-        "faults injected: {:?}; events generated {}",
-        stats.faults_injected, stats.events_generated
+        "faults applied: {:?}; events generated {}",
+        stats.fault_hits, stats.events_generated
     );
     for kind in FaultKind::ALL {
         assert!(
-            stats
-                .faults_injected
-                .get(kind.as_str())
-                .is_some_and(|n| *n > 0),
-            "{} injected: {:?}",
+            applied(&stats, kind) > 0,
+            "{} applied to the sync: {:?}",
             kind.as_str(),
-            stats.faults_injected
+            stats.fault_hits
         );
     }
     assert!(stats.events_generated >= 20_000);
@@ -657,6 +689,12 @@ async fn relay_source_converges_on_frames() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(status.stats().reconnects_of(ReconnectCause::Closed) >= 1);
+    let hits = emulator.stats().fault_hits;
+    assert!(
+        hits.get("drop_socket")
+            .is_some_and(|h| h.relay_sockets >= 1),
+        "the drop landed on the relay socket: {hits:?}"
+    );
     assert!(
         frames.load(Ordering::Relaxed) >= 500,
         "the relay's frames reach the sink as frames"
@@ -667,6 +705,9 @@ async fn relay_source_converges_on_frames() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_requires_a_valid_token_in_the_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
     let emulator = start_emulator(EmulatorConfig::default().users(5)).await;
     let err = RelaySource::new(
         &format!("{}?access_token=x", emulator.relay_url()),
@@ -675,4 +716,140 @@ async fn relay_requires_a_valid_token_in_the_header() {
         |_: &mut Vec<PresenceEvent>| {},
     );
     assert!(err.is_err(), "a token in the URL is refused");
+
+    // The header is sent: a listener records each upgrade request and refuses it (401).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (heads_tx, mut heads) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let recorder = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = heads_tx.send(String::from_utf8_lossy(&head).into_owned());
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let client = client_for(&emulator, 300);
+    let first_token = client.token().await.expect("token").bearer();
+    let relay = RelaySource::new(
+        &format!("ws://{addr}/relay"),
+        client,
+        fast_sync(),
+        |_: &mut Vec<PresenceEvent>| {},
+    )
+    .expect("relay");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let mut authorization = Vec::new();
+    for _ in 0..2 {
+        let head = tokio::time::timeout(Duration::from_secs(10), heads.recv())
+            .await
+            .expect("an upgrade request within 10 s")
+            .expect("recorded");
+        let request_line = head.lines().next().unwrap_or_default();
+        assert_eq!(request_line, "GET /relay HTTP/1.1", "no token in the URL");
+        let header = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("authorization")
+                    .then(|| value.trim().to_owned())
+            })
+            .unwrap_or_else(|| panic!("no Authorization header in {head:?}"));
+        assert!(header.starts_with("Bearer "), "{header}");
+        authorization.push(header);
+    }
+    assert_eq!(
+        authorization[0], first_token,
+        "the client's token, in the header"
+    );
+    assert_ne!(
+        authorization[1], first_token,
+        "after a 401 the relay asks for a new token"
+    );
+    shutdown.cancel();
+    assert!(matches!(task.await, Ok(Ok(()))));
+    recorder.abort();
+
+    // A wrong token is refused by the relay: directly, and through the source.
+    let request = |bearer: Option<&str>| {
+        let mut request = emulator.relay_url().into_client_request().expect("request");
+        if let Some(bearer) = bearer {
+            request
+                .headers_mut()
+                .insert("Authorization", bearer.parse().expect("header value"));
+        }
+        request
+    };
+    let status_of = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("unexpected error {other}"),
+    };
+    let good = client_for(&emulator, 300)
+        .token()
+        .await
+        .expect("token")
+        .bearer();
+    assert_eq!(
+        status_of(tokio_tungstenite::connect_async(request(None)).await),
+        401
+    );
+    assert_eq!(
+        status_of(tokio_tungstenite::connect_async(request(Some("Bearer not-a-token"))).await),
+        401
+    );
+    assert_eq!(
+        status_of(tokio_tungstenite::connect_async(request(Some(&good))).await),
+        101
+    );
+    // A token from another emulator (valid there, unknown here): never connected, retried.
+    let other = start_emulator(EmulatorConfig::default().users(5).seed(99)).await;
+    let sent_before = emulator.stats().relay.messages_sent;
+    let events = Arc::new(AtomicU64::new(0));
+    let seen = Arc::clone(&events);
+    let relay = RelaySource::new(
+        &emulator.relay_url(),
+        client_for(&other, 300),
+        fast_sync(),
+        move |batch: &mut Vec<PresenceEvent>| {
+            seen.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
+        },
+    )
+    .expect("relay");
+    let status = relay.status();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status.stats().reconnects_of(ReconnectCause::ConnectFailed) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusals: {:?}",
+            status.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    assert!(matches!(task.await, Ok(Ok(()))));
+    let stats = emulator.stats();
+    assert_eq!(
+        stats.relay.messages_sent, sent_before,
+        "nothing sent to a wrong token"
+    );
+    assert_eq!(events.load(Ordering::Relaxed), 0);
+    other.shutdown().await;
+    emulator.shutdown().await;
 }

@@ -120,6 +120,8 @@ async fn events_while_disconnected_are_lost_and_counted() {
     assert!(channel.lost > 50);
     assert_eq!(channel.delivered, 0);
     assert_eq!(stats.events_lost, channel.lost);
+    // The only channel of these users: every change lost there reached no socket at all.
+    assert_eq!(stats.events_unreached, stats.events_lost);
     // Nothing is replayed on connect.
     let mut socket = connect(&uri).await;
     assert!(matches!(
@@ -160,4 +162,35 @@ async fn dropping_the_handle_stops_the_emulator() {
     })
     .await;
     assert!(refused);
+}
+
+/// A change that one channel's socket took is not unreached, though a second channel of the
+/// same users, subscribed but not connected (as during a rollover to a new channel), lost it.
+#[tokio::test]
+async fn a_change_another_socket_took_is_lost_there_but_not_unreached() {
+    let emu = start(quiet().users(20).change_rate(0.0).skew(0.0)).await;
+    let token = token(&emu).await;
+    let users = emu.user_ids();
+    let (live, uri) = create_channel(&emu, &token).await;
+    let (idle, _) = create_channel(&emu, &token).await;
+    let mut socket = connect(&uri).await;
+    assert!(
+        eventually(Duration::from_secs(5), || emu
+            .stats()
+            .channels
+            .iter()
+            .any(|c| c.connected))
+        .await
+    );
+    subscribe(&emu, &token, &live, &users).await;
+    subscribe(&emu, &token, &idle, &users).await;
+    emu.set_change_rate(2_000.0).expect("rate");
+    assert!(eventually(Duration::from_secs(5), || emu.stats().events_lost > 50).await);
+    emu.quiesce().await;
+    let stats = emu.stats();
+    let lost_on = |id: &str| stats.channels.iter().find(|c| c.id == id).map(|c| c.lost);
+    assert_eq!(lost_on(&idle), Some(stats.events_lost));
+    assert_eq!(lost_on(&live), Some(0));
+    assert_eq!(stats.events_unreached, 0, "{stats:?}");
+    let _ = socket.close(None).await;
 }
