@@ -66,7 +66,8 @@ pub enum Error {
         #[source]
         source: Box<ureq::Error>,
     },
-    /// A successful response whose body is not what the API documents.
+    /// A successful response whose body is not what the API documents. Transient: a body
+    /// cut short or garbled on its way (a proxy, a gateway) may be right the next time.
     #[error("{method} {path}: unexpected response body: {source}")]
     Decode {
         /// The HTTP method.
@@ -111,10 +112,11 @@ impl Error {
         }
     }
 
-    /// Whether trying again later may succeed (network trouble, 429, 5xx).
+    /// Whether trying again later may succeed (network trouble, 429, 5xx, a malformed body).
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Transport { .. }
+            | Error::Decode { .. }
             | Error::RetriesExhausted { .. }
             | Error::RetryAfterTooLong { .. } => true,
             Error::Api { status, .. } | Error::Token { status, .. } => {

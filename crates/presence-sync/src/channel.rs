@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{Channel, channel_exists, create_channel};
 use crate::backoff::full_jitter;
@@ -46,6 +47,9 @@ pub(crate) struct ChannelContext {
     /// channel until the old socket is dropped, so that concurrent rollovers never push each
     /// other's new, not yet connected channel out under the channel limit.
     pub(crate) rollover_slots: Arc<tokio::sync::Semaphore>,
+    /// The sync's tasks: the drains of old sockets after a rollover join them, so that the
+    /// sync's `run` returns only once none of them can reach the sink any more.
+    pub(crate) tasks: TaskTracker,
 }
 
 /// A new channel with its socket connected, holding a rollover slot until adopted.
@@ -325,7 +329,7 @@ impl ChannelContext {
                             if let Some((task, cause)) = pending
                                 && let Ok(Ok(Ok(new))) = timeout(config.connect_timeout, task).await
                             {
-                                self.adopt(index, &mut channel, &mut ws, new, cause, &mut context);
+                                self.adopt(index, &mut channel, &mut ws, new, cause, &mut context, cancel);
                                 last_message = Instant::now();
                                 ping_sent = None;
                                 self.status.set_state(index, ChannelState::Resyncing);
@@ -392,7 +396,7 @@ impl ChannelContext {
                     let cause = replacement.take().map_or(ReconnectCause::Expiring, |(_, c)| c);
                     match outcome {
                         Ok(Ok(new)) => {
-                            self.adopt(index, &mut channel, &mut ws, new, cause, &mut context);
+                            self.adopt(index, &mut channel, &mut ws, new, cause, &mut context, cancel);
                             last_message = Instant::now();
                             ping_sent = None;
                         }
@@ -449,8 +453,10 @@ impl ChannelContext {
         Control::None
     }
 
-    /// Switches the session to a replacement channel and socket; the old socket is closed
-    /// in the background.
+    /// Switches the session to a replacement channel and socket; the old socket is drained
+    /// and closed in the background, by a task of the sync's tracker that stops (closing the
+    /// old socket without forwarding anything more) as soon as the sync is cancelled.
+    #[allow(clippy::too_many_arguments)]
     fn adopt(
         &self,
         index: usize,
@@ -459,6 +465,7 @@ impl ChannelContext {
         new: Replacement,
         cause: ReconnectCause,
         context: &mut String,
+        cancel: &CancellationToken,
     ) {
         let Replacement {
             channel: new_channel,
@@ -469,7 +476,8 @@ impl ChannelContext {
         let decoder = Arc::clone(&self.decoder);
         let sink = Arc::clone(&self.sink);
         let old_context = context.clone();
-        tokio::spawn(async move {
+        let cancel = cancel.clone();
+        self.tasks.spawn(async move {
             // Events sent to the old socket just before the new one connected may still be on
             // their way: read both for a moment (duplicates are harmless, last write wins),
             // then close, still reading what the server sends before its close frame.
@@ -481,22 +489,33 @@ impl ChannelContext {
                     batch.clear();
                 }
             };
-            let _ = timeout(ROLLOVER_OVERLAP, async {
-                while let Some(Ok(message)) = old.next().await {
-                    forward(message);
-                }
-            })
-            .await;
-            let _ = old.close(None).await;
-            // Only once the server has finished the close is the old channel unconnected as
-            // far as it knows, and only then may the next rollover create a channel that is
-            // allowed to replace it.
-            let _ = timeout(Duration::from_secs(5), async {
-                while let Some(Ok(message)) = old.next().await {
-                    forward(message);
-                }
-            })
-            .await;
+            let drain = async {
+                let _ = timeout(ROLLOVER_OVERLAP, async {
+                    while let Some(Ok(message)) = old.next().await {
+                        forward(message);
+                    }
+                })
+                .await;
+                let _ = old.close(None).await;
+                // Only once the server has finished the close is the old channel unconnected
+                // as far as it knows, and only then may the next rollover create a channel
+                // that is allowed to replace it.
+                let _ = timeout(Duration::from_secs(5), async {
+                    while let Some(Ok(message)) = old.next().await {
+                        forward(message);
+                    }
+                })
+                .await;
+            };
+            let cancelled = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => true,
+                _ = drain => false,
+            };
+            if cancelled {
+                // The sync is stopping: nothing more goes to the sink; say goodbye briefly.
+                let _ = timeout(Duration::from_secs(1), old.close(None)).await;
+            }
             drop(slot);
         });
         log::info!(

@@ -9,7 +9,7 @@ use presence_frame::{Frame, GroupMask, PresenceEvent};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::full_jitter;
@@ -24,10 +24,18 @@ use crate::stats::{ChannelSlot, ChannelState, ReconnectCause, SyncStatus, bump};
 /// a token in the URL, where it would leak into logs), decodes batched frames, applies the
 /// group filter, and reconnects with the same backoff policy as the Genesys sync.
 ///
-/// Uses from [`SyncConfig`]: `allowed` (frames carry the group bits 0 to 7), `max_message_bytes`, `idle_before_ping`,
-/// `pong_timeout`, `connect_timeout`, `backoff`, `healthy_after`.
+/// The bearer token is a Genesys token, so the URL must be `wss://`; plain `ws://` is taken
+/// only for loopback hosts (`127.0.0.0/8`, `::1`, `localhost`), as for a relay on the same
+/// machine. A URL with userinfo (`user:password@host`) is refused. The URL's query is used to
+/// connect but never shown: logs, errors and [`SyncStatus`] carry
+/// [`display_url`](RelaySource::display_url), the URL without its query and fragment.
+///
+/// Uses from [`SyncConfig`]: `allowed` (frames carry the group bits 0 to 7),
+/// `max_message_bytes`, `idle_before_ping`, `pong_timeout`, `connect_timeout`, `backoff`,
+/// `healthy_after`.
 pub struct RelaySource {
     url: String,
+    display: String,
     client: GenesysClient,
     config: SyncConfig,
     sink: Arc<dyn PresenceSink>,
@@ -35,7 +43,8 @@ pub struct RelaySource {
 }
 
 impl RelaySource {
-    /// A relay source; the token comes from `client`.
+    /// A relay source; the token comes from `client`. The URL is checked as
+    /// [`check_url`](RelaySource::check_url) does.
     pub fn new(
         url: &str,
         client: GenesysClient,
@@ -43,23 +52,10 @@ impl RelaySource {
         sink: impl PresenceSink,
     ) -> Result<RelaySource> {
         config.validate()?;
-        if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-            return Err(Error::Config {
-                option: "relay-url",
-                reason: format!("{url:?} must start with ws:// or wss://"),
-            });
-        }
-        if url.contains("access_token=") || url.contains("token=") {
-            return Err(Error::Config {
-                option: "relay-url",
-                reason:
-                    "must not carry a token; the bearer token is sent in the Authorization header"
-                        .into(),
-            });
-        }
+        let display = RelaySource::check_url(url)?;
         let status = SyncStatus::default();
         *status.channels.lock() = vec![ChannelSlot {
-            channel_id: Some(url.to_owned()),
+            channel_id: Some(display.clone()),
             state: ChannelState::Setup,
             users: 0,
             reconnects: 0,
@@ -67,11 +63,84 @@ impl RelaySource {
         }];
         Ok(RelaySource {
             url: url.to_owned(),
+            display,
             client,
             config,
             sink: Arc::new(sink),
             status,
         })
+    }
+
+    /// Checks a relay URL without building a source (for configuration checks at start) and
+    /// returns the form that may be shown: scheme, host, port and path, without the query.
+    ///
+    /// Refused, with [`Error::Config`] for option `relay-url` (whose reason never repeats the
+    /// query or userinfo): anything but `ws://` or `wss://`; `ws://` to a host that is not
+    /// loopback; userinfo; a token in the query.
+    ///
+    /// ```
+    /// use presence_sync::RelaySource;
+    ///
+    /// assert_eq!(
+    ///     RelaySource::check_url("wss://relay.example.com/frames?tenant=7").unwrap(),
+    ///     "wss://relay.example.com/frames"
+    /// );
+    /// assert!(RelaySource::check_url("ws://127.0.0.1:9000/frames").is_ok());
+    /// assert!(RelaySource::check_url("ws://relay.example.com/frames").is_err());
+    /// assert!(RelaySource::check_url("wss://me:pw@relay.example.com/").is_err());
+    /// ```
+    pub fn check_url(url: &str) -> Result<String> {
+        let bad = |reason: String| Error::Config {
+            option: "relay-url",
+            reason,
+        };
+        let uri: Uri = url
+            .trim()
+            .parse()
+            .map_err(|_| bad("is not a valid ws:// or wss:// URL".into()))?;
+        let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+        let authority = uri
+            .authority()
+            .ok_or_else(|| bad("has no host; expected wss://host[:port]/path".into()))?;
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "must not carry a user name or password (user:password@host); the bearer token is sent in the Authorization header".into(),
+            ));
+        }
+        let host = authority.host();
+        let port = authority
+            .port()
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        let display = format!("{scheme}://{host}{port}{}", uri.path());
+        match scheme.as_str() {
+            "wss" => {}
+            "ws" if is_loopback(host) => {}
+            "ws" => {
+                return Err(bad(format!(
+                    "{display}: plain ws:// would send the Genesys token unencrypted; use wss:// (ws:// is taken only for loopback hosts)"
+                )));
+            }
+            _ => {
+                return Err(bad(format!(
+                    "{display} must start with wss:// (or ws:// to a loopback host)"
+                )));
+            }
+        }
+        if uri
+            .query()
+            .is_some_and(|q| q.contains("access_token=") || q.contains("token="))
+        {
+            return Err(bad(format!(
+                "{display}: must not carry a token; the bearer token is sent in the Authorization header"
+            )));
+        }
+        Ok(display)
+    }
+
+    /// The relay URL as it may be shown (logs, status, dashboards): without its query.
+    pub fn display_url(&self) -> &str {
+        &self.display
     }
 
     /// A live view of counters and the connection state (one "channel").
@@ -121,7 +190,7 @@ impl RelaySource {
                 } else {
                     "connected"
                 },
-                self.url
+                self.display
             );
             connected_once = true;
             self.status.set_state(0, ChannelState::Streaming);
@@ -148,6 +217,7 @@ impl RelaySource {
         Ok(())
     }
 
+    /// Connects; errors never carry the URL (tungstenite's errors do not).
     async fn open(&self) -> std::result::Result<crate::channel::Ws, String> {
         let token = self.client.token().await.map_err(|e| e.to_string())?;
         let mut request = self
@@ -221,6 +291,55 @@ impl RelaySource {
                     let _ = timeout(self.config.pong_timeout, ws.send(Message::Ping(Default::default()))).await;
                 }
             }
+        }
+    }
+}
+
+/// Whether a URL host is this machine: `localhost`, `127.0.0.0/8`, `::1` (also as an
+/// IPv4-mapped address).
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(std::net::IpAddr::V6(v6)) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for host in [
+            "localhost",
+            "LOCALHOST",
+            "127.0.0.1",
+            "127.255.0.9",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+        ] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in [
+            "localhost.example.com",
+            "128.0.0.1",
+            "10.0.0.1",
+            "[::2]",
+            "example.com",
+            "0.0.0.0",
+        ] {
+            assert!(!is_loopback(host), "{host}");
         }
     }
 }

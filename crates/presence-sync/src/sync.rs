@@ -62,7 +62,10 @@ impl PresenceSync {
     }
 
     /// Runs until `shutdown` is cancelled (then returns `Ok`), or until something retrying
-    /// cannot fix: credentials refused, too many users for the channel limits.
+    /// cannot fix: credentials refused, too many users for the channel limits. Everything else
+    /// during discovery (network trouble, 429, 5xx, a malformed page) is retried with the
+    /// reconnect backoff. Once it has returned, nothing more reaches the sink: every channel,
+    /// the resync task and the drains of rolled-over sockets have ended.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let started = Instant::now();
         let mut attempt = 0u32;
@@ -145,12 +148,15 @@ impl PresenceSync {
             sink: Arc::clone(&self.sink),
             status: self.status.clone(),
             resync: resync_tx.clone(),
+            tasks: tracker.clone(),
         });
         let all_users: Arc<[Guid]> = plan.channels().iter().flatten().copied().collect();
         for (index, users) in plan.channels().iter().enumerate() {
             let users: Arc<[Guid]> = users.as_slice().into();
             tracker.spawn(Arc::clone(&context).run(index, users, shutdown.clone()));
         }
+        // Closed, but still taking the drain tasks of rollovers: `wait` returns once every
+        // channel, the resync task and every drain have ended.
         tracker.close();
         self.status.ready.store(true, Ordering::Relaxed);
 
