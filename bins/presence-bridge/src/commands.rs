@@ -23,12 +23,45 @@ macro_rules! say {
     }};
 }
 
+/// tungstenite traces a client handshake's whole request, `Authorization: Bearer` and URL
+/// query included (`RUST_LOG=trace`): that one target never logs below debug.
+const HANDSHAKE_TARGET: &str = "tungstenite::handshake";
+
+/// `env_logger` as `RUST_LOG` says (by default `info`), without the handshake trace.
+struct NoHandshakeTrace(env_logger::Logger);
+
+impl log::Log for NoHandshakeTrace {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        !(metadata.level() == log::Level::Trace && metadata.target().starts_with(HANDSHAKE_TARGET))
+            && self.0.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            self.0.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.0.flush();
+    }
+}
+
+fn install_logger() {
+    let logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let max = logger.filter();
+    if log::set_boxed_logger(Box::new(NoHandshakeTrace(logger))).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
 /// The whole program for parsed flags: installs the logger, runs the command on a
 /// multi-threaded runtime, and turns the result into an exit code (0 on a clean shutdown, 1
 /// with a one-line reason otherwise). `main` and the load tool's bridge process both call it.
 pub fn main(cli: Cli) -> ExitCode {
     crate::alloc::tune();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    install_logger();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -262,4 +295,26 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
         .await
         .ok();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use log::Log as _;
+
+    use super::*;
+
+    #[test]
+    fn the_handshake_trace_with_the_bearer_token_is_never_logged() {
+        let logger = NoHandshakeTrace(
+            env_logger::Builder::new()
+                .filter_level(log::LevelFilter::Trace)
+                .build(),
+        );
+        let at = |level, target| {
+            logger.enabled(&log::Metadata::builder().level(level).target(target).build())
+        };
+        assert!(!at(log::Level::Trace, "tungstenite::handshake::client"));
+        assert!(at(log::Level::Debug, "tungstenite::handshake::client"));
+        assert!(at(log::Level::Trace, "presence_sync::relay"));
+    }
 }

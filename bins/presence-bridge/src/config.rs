@@ -225,8 +225,15 @@ impl BridgeConfig {
 
         let source = match pick(args.relay_url.clone(), file.relay_url) {
             Some(url) => {
-                if !(url.starts_with("ws://") || url.starts_with("wss://")) {
-                    bail!("invalid --relay-url {url:?}: must start with ws:// or wss://");
+                // wss:// (ws:// only to loopback), no userinfo, no token; never echoes the
+                // query or a password.
+                if let Err(e) = presence_sync::RelaySource::check_url(&url) {
+                    match e {
+                        presence_sync::Error::Config { reason, .. } => {
+                            bail!("invalid --relay-url: {reason}")
+                        }
+                        other => bail!("invalid --relay-url: {other}"),
+                    }
                 }
                 if !groups.is_empty() {
                     bail!(
