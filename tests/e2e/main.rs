@@ -24,3 +24,4 @@ mod groups;
 mod outage;
 mod relay;
 mod sasl;
+mod source_outage;
