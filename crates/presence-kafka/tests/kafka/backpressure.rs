@@ -211,3 +211,45 @@ async fn flush_delivers_everything_well_within_its_deadline() {
     assert_eq!(report.delivered, 2_000);
     assert_eq!(common::read_topic(&broker, &topic).len(), 2_000);
 }
+
+/// Issue 15, item 2: a record the broker refuses for good (here: over the topic's
+/// `max.message.bytes`) used to be dropped with a log line saying it would come back "at the
+/// next change or a resync", which nothing arranged. The publisher now hands it back through
+/// `drain_undelivered`, so that the bridge can send the state again at the next confirmation;
+/// a record of the same user that fits still lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_broker_refuses_for_good_is_handed_back() {
+    let Some(broker) = broker() else { return };
+    let config = broker
+        .config("undelivered")
+        .topic_property("max.message.bytes", "2048");
+    let topic = config.topic_name().to_owned();
+    let publisher = KafkaPublisher::start(config).await.unwrap();
+    let mut big = common::relay_event(1, 1_700_000_000_000, Status::AVAILABLE);
+    // Random text: compression must not bring it under the limit.
+    let text: String = (0..8_192).map(|_| fastrand::alphanumeric()).collect();
+    big.state = big.state.with_message(&text);
+    let small = common::relay_event(2, 1_700_000_000_000, Status::BUSY);
+    assert_eq!(
+        publisher.publish(big.clone(), Instant::now()),
+        Enqueue::Queued
+    );
+    assert_eq!(publisher.publish(small, Instant::now()), Enqueue::Queued);
+    let report = publisher.flush(Duration::from_secs(30)).await;
+    assert!(report.is_complete(), "{report:?}");
+
+    let mut undelivered = Vec::new();
+    publisher.drain_undelivered(&mut undelivered);
+    assert!(
+        undelivered == [presence_kafka::Update::State(big)],
+        "{} handed back",
+        undelivered.len()
+    );
+    publisher.drain_undelivered(&mut undelivered);
+    assert_eq!(undelivered.len(), 1, "handed back once");
+    let stats = publisher.snapshot();
+    assert_eq!((stats.dropped, stats.delivered), (1, 1), "{stats:?}");
+    let messages = tokio::task::block_in_place(|| common::read_topic(&broker, &topic));
+    assert_eq!(messages.len(), 1);
+    assert_eq!(common::key(&messages[0]), "2");
+}
