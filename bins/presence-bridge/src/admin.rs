@@ -1,7 +1,12 @@
 //! The admin HTTP server: health, readiness, Prometheus metrics, the JSON query API, the
 //! live dashboard and its event stream.
+//!
+//! None of it may slow the event path: `/v1/presence` pages through a sorted snapshot of the
+//! registry rebuilt at most once a second (not a copy and sort per request), the event
+//! stream takes a bounded number of clients, each reading the recent changes with a short
+//! copy under their lock, and `/readyz` never waits behind a token request.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +17,68 @@ use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::Stream;
+use parking_lot::Mutex;
 use presence_frame::{PresenceEvent, Status, UserId};
-use serde::{Deserialize, Serialize};
+use presence_registry::{MonotonicClock, Registry};
+use serde::Serialize;
 use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
-use crate::state::AppState;
+use crate::state::{AppState, RecentChanges};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
-/// The admin router over shared state.
+/// Default of [`AdminOptions::max_event_streams`].
+pub const DEFAULT_MAX_EVENT_STREAMS: usize = 16;
+
+/// How long `/v1/presence` serves one snapshot of the registry before taking a new one.
+pub const PRESENCE_SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// How long `/readyz` waits for the token state before answering from the last one seen:
+/// longer means a token request is under way (it holds the client's token lock while it
+/// retries).
+const TOKEN_PROBE_WAIT: Duration = Duration::from_millis(20);
+
+/// Settings of the admin server.
+#[derive(Clone, Debug)]
+pub struct AdminOptions {
+    /// Most `/v1/events` (dashboard) clients at once; more get 503. By default, 16.
+    pub max_event_streams: usize,
+}
+
+impl Default for AdminOptions {
+    fn default() -> AdminOptions {
+        AdminOptions {
+            max_event_streams: DEFAULT_MAX_EVENT_STREAMS,
+        }
+    }
+}
+
+/// What the handlers share: the bridge's state and the admin server's own.
+struct Admin {
+    app: Arc<AppState>,
+    /// One permit per event-stream client.
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    presence: PresenceCache,
+    token: TokenProbe,
+}
+
+/// The admin router over shared state, with the default [`AdminOptions`].
 pub fn router(state: Arc<AppState>) -> Router {
+    router_with(state, AdminOptions::default())
+}
+
+/// The admin router over shared state.
+pub fn router_with(state: Arc<AppState>, options: AdminOptions) -> Router {
+    let admin = Arc::new(Admin {
+        app: state,
+        streams: Arc::new(Semaphore::new(options.max_event_streams)),
+        max_streams: options.max_event_streams,
+        presence: PresenceCache::default(),
+        token: TokenProbe::default(),
+    });
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
@@ -31,7 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/presence", get(list_presence))
         .route("/v1/presence/{user_id}", get(one_presence))
         .route("/v1/events", get(events))
-        .with_state(state)
+        .with_state(admin)
 }
 
 async fn dashboard() -> Html<&'static str> {
@@ -55,10 +112,51 @@ impl IntoResponse for Json {
     }
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+/// The token state as `/readyz` last saw it. `GenesysClient::has_valid_token` waits for the
+/// client's token lock, which a token request holds while it retries (seconds, with backoff);
+/// readiness must not wait with it.
+#[derive(Default)]
+struct TokenProbe {
+    /// Whether a valid token was held, and when that was seen.
+    last: Mutex<Option<(bool, Instant)>>,
+}
+
+/// How long a "valid" seen before a token request started is trusted while that request
+/// runs: the client refreshes at least this long before expiry (its default margin), so
+/// the old token is still valid meanwhile.
+const TOKEN_TRUSTED_DURING_REFRESH: Duration = Duration::from_secs(30);
+
+impl TokenProbe {
+    /// Whether a valid token is held, and whether a token request is in progress, in at most
+    /// about [`TOKEN_PROBE_WAIT`].
+    async fn check(&self, client: &genesys_auth::GenesysClient) -> (bool, bool) {
+        match tokio::time::timeout(TOKEN_PROBE_WAIT, client.has_valid_token()).await {
+            Ok(valid) => {
+                *self.last.lock() = Some((valid, Instant::now()));
+                (valid, false)
+            }
+            Err(_) => {
+                let trusted = self.last.lock().is_some_and(|(valid, seen)| {
+                    valid && seen.elapsed() < TOKEN_TRUSTED_DURING_REFRESH
+                });
+                (trusted, true)
+            }
+        }
+    }
+}
+
+async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    let state = &admin.app;
     let mut waiting = Vec::new();
-    if !state.client.has_valid_token().await {
-        waiting.push(json!({"part": "genesys-token", "reason": "no valid OAuth token held"}));
+    match admin.token.check(&state.client).await {
+        (true, _) => {}
+        (false, false) => {
+            waiting.push(json!({"part": "genesys-token", "reason": "no valid OAuth token held"}))
+        }
+        (false, true) => waiting.push(json!({
+            "part": "genesys-token",
+            "reason": "no valid OAuth token held; a token request is in progress (retrying)"
+        })),
     }
     if !state.sync.is_ready() {
         let not_streaming: Vec<_> = state
@@ -85,8 +183,8 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    match crate::metrics::render(&state) {
+async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
+    match crate::metrics::render(&admin.app) {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,
@@ -141,12 +239,12 @@ fn error(status: StatusCode, message: String) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 
-async fn one_presence(State(state): State<Arc<AppState>>, Path(user_id): Path<String>) -> Response {
+async fn one_presence(State(admin): State<Arc<Admin>>, Path(user_id): Path<String>) -> Response {
     let user: UserId = match user_id.parse() {
         Ok(user) => user,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match state.registry.get(user) {
+    match admin.app.registry.get(user) {
         Some(event) => {
             Json(serde_json::to_value(PresenceView::of(&event)).unwrap_or_default()).into_response()
         }
@@ -157,60 +255,190 @@ async fn one_presence(State(state): State<Arc<AppState>>, Path(user_id): Path<St
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// Largest `pageSize` of `/v1/presence`.
+pub const MAX_PAGE_SIZE: usize = 5_000;
+
+/// The checked query of `/v1/presence`.
+#[derive(Debug)]
 struct ListQuery {
-    status: Option<String>,
-    page: Option<usize>,
-    page_size: Option<usize>,
+    status: Option<Status>,
+    page: usize,
+    page_size: usize,
 }
 
-const MAX_PAGE_SIZE: usize = 5_000;
+impl ListQuery {
+    /// Checks every parameter; the error says which one and what is allowed.
+    fn parse(params: &HashMap<String, String>) -> Result<ListQuery, String> {
+        for name in params.keys() {
+            if !["status", "page", "pageSize"].contains(&name.as_str()) {
+                return Err(format!(
+                    "unknown query parameter {name:?}: expected status, page or pageSize"
+                ));
+            }
+        }
+        let page = match params.get("page") {
+            None => 1,
+            Some(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|p| *p >= 1)
+                .ok_or_else(|| format!("invalid page {text:?}: expected a whole number from 1"))?,
+        };
+        let page_size = match params.get("pageSize") {
+            None => 100,
+            Some(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
+                .ok_or_else(|| {
+                    format!("invalid pageSize {text:?}: expected a whole number from 1 to {MAX_PAGE_SIZE}")
+                })?,
+        };
+        let status = match params.get("status").map(String::as_str) {
+            None | Some("") => None,
+            Some(text) => match Status::from_system_presence(text) {
+                s if s == Status::UNKNOWN && !text.eq_ignore_ascii_case("unknown") => {
+                    return Err(format!("unknown status {text:?}"));
+                }
+                s => Some(s),
+            },
+        };
+        Ok(ListQuery {
+            status,
+            page,
+            page_size,
+        })
+    }
+}
+
+/// Every live registry entry at one moment, sorted by user, with an index by status: what
+/// `/v1/presence` pages through.
+struct PresenceSnapshot {
+    taken: Instant,
+    events: Vec<PresenceEvent>,
+    /// Positions in `events` by status code, ascending.
+    by_status: HashMap<u8, Vec<u32>>,
+}
+
+impl PresenceSnapshot {
+    fn take(registry: &Registry<MonotonicClock>) -> PresenceSnapshot {
+        let mut events = registry.snapshot();
+        events.sort_unstable_by_key(|e| e.user);
+        let mut by_status: HashMap<u8, Vec<u32>> = HashMap::new();
+        for (at, event) in events.iter().enumerate() {
+            let at = u32::try_from(at).unwrap_or(u32::MAX);
+            by_status
+                .entry(event.state.status.code())
+                .or_default()
+                .push(at);
+        }
+        PresenceSnapshot {
+            taken: Instant::now(),
+            events,
+            by_status,
+        }
+    }
+
+    /// Entries with `status` (all when `None`) on `page`, and how many there are in all.
+    fn page(
+        &self,
+        status: Option<Status>,
+        page: usize,
+        page_size: usize,
+    ) -> (Vec<&PresenceEvent>, usize) {
+        let window = |total: usize| {
+            let start = (page - 1).saturating_mul(page_size).min(total);
+            start..start.saturating_add(page_size).min(total)
+        };
+        match status {
+            None => {
+                let total = self.events.len();
+                (self.events[window(total)].iter().collect(), total)
+            }
+            Some(status) => {
+                let positions = self
+                    .by_status
+                    .get(&status.code())
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let total = positions.len();
+                let page = positions[window(total)]
+                    .iter()
+                    .filter_map(|at| self.events.get(*at as usize))
+                    .collect();
+                (page, total)
+            }
+        }
+    }
+}
+
+/// The snapshot `/v1/presence` serves, taken again at most once per
+/// [`PRESENCE_SNAPSHOT_MAX_AGE`] and only when asked for.
+#[derive(Default)]
+struct PresenceCache {
+    current: Mutex<Option<Arc<PresenceSnapshot>>>,
+    /// Held while a new snapshot is taken, so that concurrent requests take one between them.
+    taking: tokio::sync::Mutex<()>,
+}
+
+impl PresenceCache {
+    fn fresh(&self) -> Option<Arc<PresenceSnapshot>> {
+        self.current
+            .lock()
+            .as_ref()
+            .filter(|s| s.taken.elapsed() < PRESENCE_SNAPSHOT_MAX_AGE)
+            .cloned()
+    }
+
+    async fn get(&self, registry: &Arc<Registry<MonotonicClock>>) -> Arc<PresenceSnapshot> {
+        if let Some(snapshot) = self.fresh() {
+            return snapshot;
+        }
+        let _taking = self.taking.lock().await;
+        if let Some(snapshot) = self.fresh() {
+            return snapshot;
+        }
+        // Copying and sorting every entry takes milliseconds at scale: off the async workers.
+        let source = Arc::clone(registry);
+        let snapshot =
+            match tokio::task::spawn_blocking(move || PresenceSnapshot::take(&source)).await {
+                Ok(snapshot) => snapshot,
+                Err(_) => PresenceSnapshot::take(registry),
+            };
+        let snapshot = Arc::new(snapshot);
+        *self.current.lock() = Some(Arc::clone(&snapshot));
+        snapshot
+    }
+}
 
 async fn list_presence(
-    State(state): State<Arc<AppState>>,
-    Query(query): Query<ListQuery>,
+    State(admin): State<Arc<Admin>>,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let page = query.page.unwrap_or(1).max(1);
-    let page_size = query.page_size.unwrap_or(100);
-    if page_size == 0 || page_size > MAX_PAGE_SIZE {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("pageSize must be 1 to {MAX_PAGE_SIZE}"),
-        );
-    }
-    let wanted = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(text) => match Status::from_system_presence(text) {
-            s if s == Status::UNKNOWN && !text.eq_ignore_ascii_case("unknown") => {
-                return error(StatusCode::BAD_REQUEST, format!("unknown status {text:?}"));
-            }
-            s => Some(s),
-        },
+    let query = match ListQuery::parse(&params) {
+        Ok(query) => query,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let mut all = Vec::new();
-    state.registry.for_each(|event| {
-        if wanted.is_none_or(|s| event.state.status == s) {
-            all.push(event.clone());
-        }
-    });
-    all.sort_unstable_by_key(|e| e.user);
-    let total = all.len();
-    let start = (page - 1).saturating_mul(page_size).min(total);
-    let end = (start + page_size).min(total);
-    let entities: Vec<PresenceView> = all[start..end].iter().map(PresenceView::of).collect();
+    let snapshot = admin.presence.get(&admin.app.registry).await;
+    let (entries, total) = snapshot.page(query.status, query.page, query.page_size);
+    let end = (query.page - 1)
+        .saturating_mul(query.page_size)
+        .saturating_add(entries.len());
+    let entities: Vec<PresenceView> = entries.into_iter().map(PresenceView::of).collect();
     Json(json!({
         "entities": entities,
-        "page": page,
-        "pageSize": page_size,
+        "page": query.page,
+        "pageSize": query.page_size,
         "total": total,
-        "nextPage": (end < total).then_some(page + 1),
+        "nextPage": (end < total).then(|| query.page.checked_add(1)).flatten(),
     }))
     .into_response()
 }
 
-async fn stats(State(state): State<Arc<AppState>>) -> Response {
-    Json(stats_json(&state)).into_response()
+async fn stats(State(admin): State<Arc<Admin>>) -> Response {
+    Json(stats_json(&admin.app)).into_response()
 }
 
 /// What `/v1/stats` and the dashboard's `stats` events carry.
@@ -267,8 +495,20 @@ pub fn stats_json(state: &AppState) -> serde_json::Value {
 
 /// Server-sent events for the dashboard: every second a `stats` event, the users changed
 /// since the last one (`changes`, their current state), and the users expired (`expired`).
-async fn events(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let stream = event_stream(state);
+/// At most [`AdminOptions::max_event_streams`] clients at once; more get 503.
+async fn events(State(admin): State<Arc<Admin>>) -> Response {
+    let Ok(permit) = Arc::clone(&admin.streams).try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            Json(json!({"error": format!(
+                "too many event-stream clients: at most {} at once (--admin-max-event-streams)",
+                admin.max_streams
+            )})),
+        )
+            .into_response();
+    };
+    let stream = event_stream(Arc::clone(&admin.app), permit);
     (
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -276,34 +516,43 @@ async fn events(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         ],
         axum::body::Body::from_stream(stream),
     )
+        .into_response()
 }
 
-fn event_stream(state: Arc<AppState>) -> impl Stream<Item = Result<String, Infallible>> {
+/// One client's stream; `permit` is its place under the cap, given back when the client
+/// goes (the stream is dropped).
+fn event_stream(
+    state: Arc<AppState>,
+    permit: OwnedSemaphorePermit,
+) -> impl Stream<Item = Result<String, Infallible>> {
     let cursor = state.recent.lock().cursor();
-    futures_util::stream::unfold((state, cursor, true), |(state, cursor, first)| async move {
-        if !first {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let (changed, expired, next) = state.recent.lock().since(cursor);
-        let mut out = format!("event: stats\ndata: {}\n\n", stats_json(&state));
-        let views: Vec<PresenceView> = changed
-            .iter()
-            .filter_map(|u| state.registry.get(*u))
-            .map(|e| PresenceView::of(&e))
-            .collect();
-        if !views.is_empty() {
-            out.push_str(&format!(
-                "event: changes\ndata: {}\n\n",
-                serde_json::to_string(&views).unwrap_or_default()
-            ));
-        }
-        if !expired.is_empty() {
-            let ids: Vec<String> = expired.iter().map(UserId::to_string).collect();
-            out.push_str(&format!(
-                "event: expired\ndata: {}\n\n",
-                serde_json::to_string(&ids).unwrap_or_default()
-            ));
-        }
-        Some((Ok(out), (state, next, false)))
-    })
+    futures_util::stream::unfold(
+        (state, cursor, true, permit),
+        |(state, cursor, first, permit)| async move {
+            if !first {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let (changed, expired, next) = RecentChanges::read_shared(&state.recent, cursor);
+            let mut out = format!("event: stats\ndata: {}\n\n", stats_json(&state));
+            let views: Vec<PresenceView> = changed
+                .iter()
+                .filter_map(|u| state.registry.get(*u))
+                .map(|e| PresenceView::of(&e))
+                .collect();
+            if !views.is_empty() {
+                out.push_str(&format!(
+                    "event: changes\ndata: {}\n\n",
+                    serde_json::to_string(&views).unwrap_or_default()
+                ));
+            }
+            if !expired.is_empty() {
+                let ids: Vec<String> = expired.iter().map(UserId::to_string).collect();
+                out.push_str(&format!(
+                    "event: expired\ndata: {}\n\n",
+                    serde_json::to_string(&ids).unwrap_or_default()
+                ));
+            }
+            Some((Ok(out), (state, next, false, permit)))
+        },
+    )
 }

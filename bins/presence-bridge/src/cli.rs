@@ -106,8 +106,9 @@ pub struct RunArgs {
     #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_name = "PROTOCOL")]
     pub kafka_security_protocol: Option<String>,
 
-    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. [default: SCRAM-SHA-512 when a
-    /// sasl_* protocol is chosen]
+    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. SASL settings under a protocol
+    /// without SASL (and TLS files under one without TLS) are refused at start.
+    /// [default: SCRAM-SHA-512 when a sasl_* protocol is chosen]
     #[arg(long, env = "KAFKA_SASL_MECHANISM", value_name = "MECHANISM")]
     pub kafka_sasl_mechanism: Option<String>,
 
@@ -132,7 +133,7 @@ pub struct RunArgs {
     pub kafka_key_file: Option<PathBuf>,
 
     /// Time-to-live: a user not confirmed (by an event or a resync) for this long is expired
-    /// and a tombstone published. [default: 1h]
+    /// and a tombstone published; 1s to 365d. [default: 1h]
     #[arg(long, env = "PRESENCE_TTL", value_name = "DURATION")]
     pub ttl: Option<String>,
 
@@ -146,7 +147,12 @@ pub struct RunArgs {
     #[arg(long, env = "ADMIN_ADDR", value_name = "HOST:PORT")]
     pub admin_addr: Option<String>,
 
-    /// How long shutdown may spend flushing Kafka. [default: 10s]
+    /// Most dashboard event-stream clients (`GET /v1/events`) at once; more get 503 (0
+    /// turns the stream off). [default: 16]
+    #[arg(long, env = "ADMIN_MAX_EVENT_STREAMS", value_name = "N")]
+    pub admin_max_event_streams: Option<String>,
+
+    /// How long shutdown may spend flushing Kafka; at most 1h. [default: 10s]
     #[arg(long, env = "SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
 }

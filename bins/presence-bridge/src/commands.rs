@@ -191,6 +191,8 @@ fn fault_kinds(names: &[String]) -> Result<Vec<FaultKind>> {
         .collect()
 }
 
+/// The emulator's configuration for these flags, not yet validated (callers may set more;
+/// then [`validate_emulator`]).
 fn emulator_config(
     users: u32,
     rate: f64,
@@ -203,11 +205,35 @@ fn emulator_config(
         .change_rate(rate)
         .seed(seed);
     let kinds = fault_kinds(faults)?;
+    if !(chaos.is_finite() && chaos >= 0.0) {
+        return Err(anyhow!(
+            "invalid --chaos {chaos}: expected faults per minute, 0 or more"
+        ));
+    }
     if chaos > 0.0 {
         config = config.chaos(ChaosConfig::new(chaos).kinds(kinds));
     }
-    config.validate().map_err(|e| anyhow!("{e}"))?;
     Ok(config)
+}
+
+/// Validates the emulator's configuration, naming the flag that set a bad value.
+fn validate_emulator(config: &EmulatorConfig) -> Result<()> {
+    config.validate().map_err(|e| match &e {
+        genesys_emulator::Error::InvalidConfig { field, reason, .. } => {
+            let option = match *field {
+                "users" => "users",
+                "change_rate" => "rate",
+                "heartbeat_interval" => "heartbeat",
+                "channel_lifetime" => "channel-lifetime",
+                "token_lifetime" => "token-lifetime",
+                "rate_limit_per_minute" => "rate-limit",
+                field if field.starts_with("chaos") => "chaos",
+                _ => return anyhow!("{e}"),
+            };
+            anyhow!("invalid --{option}: {reason}")
+        }
+        _ => anyhow!("{e}"),
+    })
 }
 
 fn print_emulator(emulator: &EmulatorHandle) {
@@ -229,6 +255,7 @@ pub async fn emulate(args: &EmulateArgs) -> Result<()> {
         .channel_lifetime(args.channel_lifetime.into())
         .token_lifetime(args.token_lifetime.into())
         .rate_limit_per_minute(args.rate_limit);
+    validate_emulator(&config)?;
     let emulator = Emulator::start(config, args.addr)
         .await
         .map_err(|e| anyhow!("cannot start the emulator on --addr {}: {e}", args.addr))?;
@@ -245,6 +272,7 @@ pub async fn emulate(args: &EmulateArgs) -> Result<()> {
 pub async fn demo(args: &DemoArgs) -> Result<()> {
     let e = &args.emulator;
     let config = emulator_config(e.users, e.rate, e.seed, e.chaos, &e.faults)?;
+    validate_emulator(&config)?;
     let emulator = Emulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
         .map_err(|e| anyhow!("cannot start the emulator: {e}"))?;

@@ -10,6 +10,7 @@ use genesys_auth::{Endpoints, Secret};
 use presence_frame::{GroupMask, Guid};
 use serde::Deserialize;
 
+use crate::admin::{AdminOptions, DEFAULT_MAX_EVENT_STREAMS};
 use crate::cli::RunArgs;
 
 /// Default Kafka topic.
@@ -42,6 +43,7 @@ struct FileConfig {
     ttl: Option<String>,
     resync_interval: Option<String>,
     admin_addr: Option<String>,
+    admin_max_event_streams: Option<String>,
     shutdown_grace: Option<String>,
 }
 
@@ -106,6 +108,8 @@ pub struct BridgeConfig {
     pub resync_interval: Option<Duration>,
     /// Admin HTTP address.
     pub admin_addr: SocketAddr,
+    /// Admin server limits.
+    pub admin: AdminOptions,
     /// Deadline of the Kafka flush at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -114,9 +118,27 @@ fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
     flag.or(file)
 }
 
-fn duration(option: &str, text: &str) -> Result<Duration> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| anyhow!("invalid --{option} {text:?}: {e} (examples: 30s, 15m, 1h)"))
+/// The longest `--ttl` and `--resync-interval` accepted: a year. Longer values could not be
+/// added to a clock reading without overflow somewhere down the line, and mean "never".
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// The longest `--shutdown-grace` accepted: an hour (supervisors stop waiting long before).
+pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(60 * 60);
+
+/// The most `--admin-max-event-streams` accepted.
+pub const MAX_EVENT_STREAMS: usize = 10_000;
+
+/// Parses a duration flag, refusing anything longer than `max` (so that no later
+/// `Instant + duration` can overflow and panic).
+fn duration(option: &str, text: &str, max: Duration) -> Result<Duration> {
+    let value = humantime::parse_duration(text.trim())
+        .map_err(|e| anyhow!("invalid --{option} {text:?}: {e} (examples: 30s, 15m, 1h)"))?;
+    if value > max {
+        bail!(
+            "invalid --{option} {text:?}: at most {}",
+            humantime::format_duration(max)
+        );
+    }
+    Ok(value)
 }
 
 fn read_secret_file(option: &str, path: &Path) -> Result<Secret> {
@@ -151,6 +173,40 @@ pub fn parse_mask(option: &str, text: &str) -> Result<GroupMask> {
     parsed
         .map(GroupMask)
         .map_err(|_| anyhow!("invalid --{option} {text:?}: expected a number like 5 or 0x0f"))
+}
+
+/// Refuses SASL settings under a protocol without SASL and TLS files under one without TLS:
+/// librdkafka would ignore them, and the operator would believe them in force. `sasl` and
+/// `tls` list each option with whether it was given (flag, environment or file).
+fn check_protocol_settings(
+    protocol: &str,
+    sasl: &[(&str, bool)],
+    tls: &[(&str, bool)],
+) -> Result<()> {
+    let given = |options: &[(&str, bool)]| -> Vec<String> {
+        options
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(name, _)| format!("--{name}"))
+            .collect()
+    };
+    let stray_sasl = given(sasl);
+    if !protocol.starts_with("sasl") && !stray_sasl.is_empty() {
+        bail!(
+            "invalid {}: SASL settings have no effect under --kafka-security-protocol {protocol}; \
+             use sasl_plaintext or sasl_ssl, or remove them",
+            stray_sasl.join(", ")
+        );
+    }
+    let stray_tls = given(tls);
+    if !protocol.ends_with("ssl") && !stray_tls.is_empty() {
+        bail!(
+            "invalid {}: TLS files have no effect under --kafka-security-protocol {protocol}; \
+             use ssl or sasl_ssl, or remove them",
+            stray_tls.join(", ")
+        );
+    }
+    Ok(())
 }
 
 impl BridgeConfig {
@@ -258,9 +314,12 @@ impl BridgeConfig {
             );
         }
         let sasl = security_protocol.starts_with("sasl");
+        // An empty value (an environment variable set to "") counts as not given.
         let sasl_mechanism = pick(args.kafka_sasl_mechanism.clone(), file.kafka_sasl_mechanism)
-            .map(|m| m.to_ascii_uppercase())
-            .or_else(|| sasl.then(|| "SCRAM-SHA-512".into()));
+            .filter(|m| !m.trim().is_empty())
+            .map(|m| m.trim().to_ascii_uppercase());
+        let explicit_mechanism = sasl_mechanism.is_some();
+        let sasl_mechanism = sasl_mechanism.or_else(|| sasl.then(|| "SCRAM-SHA-512".into()));
         if let Some(m) = &sasl_mechanism
             && !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str())
         {
@@ -268,13 +327,36 @@ impl BridgeConfig {
                 "invalid --kafka-sasl-mechanism {m:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
             );
         }
-        let sasl_username = pick(args.kafka_sasl_username.clone(), file.kafka_sasl_username);
-        let sasl_password = match pick(
+        let sasl_username = pick(args.kafka_sasl_username.clone(), file.kafka_sasl_username)
+            .filter(|u| !u.trim().is_empty());
+        let sasl_password_file = pick(
             args.kafka_sasl_password_file.clone(),
             file.kafka_sasl_password_file,
-        ) {
+        );
+        let ca_file = pick(args.kafka_ca_file.clone(), file.kafka_ca_file);
+        let cert_file = pick(args.kafka_cert_file.clone(), file.kafka_cert_file);
+        let key_file = pick(args.kafka_key_file.clone(), file.kafka_key_file);
+        check_protocol_settings(
+            &security_protocol,
+            &[
+                ("kafka-sasl-mechanism", explicit_mechanism),
+                ("kafka-sasl-username", sasl_username.is_some()),
+                ("kafka-sasl-password-file", sasl_password_file.is_some()),
+            ],
+            &[
+                ("kafka-ca-file", ca_file.is_some()),
+                ("kafka-cert-file", cert_file.is_some()),
+                ("kafka-key-file", key_file.is_some()),
+            ],
+        )?;
+        if cert_file.is_some() != key_file.is_some() {
+            bail!("invalid --kafka-cert-file/--kafka-key-file: give both or neither");
+        }
+        let sasl_password = match sasl_password_file {
             Some(path) => Some(read_secret_file("kafka-sasl-password-file", &path)?),
-            None => env_secret("KAFKA_SASL_PASSWORD"),
+            // The variable alone (no user name, no mechanism) is not taken as a request for
+            // SASL: shells that ran `scripts/kafka.sh env` export it for every test.
+            None => env_secret("KAFKA_SASL_PASSWORD").filter(|_| sasl),
         };
         if sasl && (sasl_username.is_none() || sasl_password.is_none()) {
             bail!(
@@ -286,12 +368,12 @@ impl BridgeConfig {
                 .unwrap_or_else(|| "localhost:9092".into()),
             topic: pick(args.topic.clone(), file.topic).unwrap_or_else(|| DEFAULT_TOPIC.into()),
             security_protocol,
-            sasl_mechanism: sasl_mechanism.filter(|_| sasl),
+            sasl_mechanism,
             sasl_username,
             sasl_password,
-            ca_file: pick(args.kafka_ca_file.clone(), file.kafka_ca_file),
-            cert_file: pick(args.kafka_cert_file.clone(), file.kafka_cert_file),
-            key_file: pick(args.kafka_key_file.clone(), file.kafka_key_file),
+            ca_file,
+            cert_file,
+            key_file,
         };
         if kafka.brokers.trim().is_empty() {
             bail!("invalid --kafka-brokers: empty");
@@ -303,6 +385,7 @@ impl BridgeConfig {
         let ttl = duration(
             "ttl",
             &pick(args.ttl.clone(), file.ttl).unwrap_or_else(|| "1h".into()),
+            MAX_TTL,
         )?;
         if ttl < Duration::from_secs(1) {
             bail!("invalid --ttl: at least 1s");
@@ -311,7 +394,7 @@ impl BridgeConfig {
             .unwrap_or_else(|| "15m".into());
         let resync_interval = match resync_text.trim() {
             "off" | "never" | "0" => None,
-            text => Some(duration("resync-interval", text)?),
+            text => Some(duration("resync-interval", text, MAX_TTL)?),
         };
         if let Some(interval) = resync_interval {
             if interval >= ttl {
@@ -332,9 +415,26 @@ impl BridgeConfig {
                 "invalid --admin-addr {admin_text:?}: expected HOST:PORT such as 127.0.0.1:9464"
             )
         })?;
+        let max_event_streams = match pick(
+            args.admin_max_event_streams.clone(),
+            file.admin_max_event_streams,
+        ) {
+            None => DEFAULT_MAX_EVENT_STREAMS,
+            Some(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n <= MAX_EVENT_STREAMS)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "invalid --admin-max-event-streams {text:?}: expected 0 to {MAX_EVENT_STREAMS}"
+                    )
+                })?,
+        };
         let shutdown_grace = duration(
             "shutdown-grace",
             &pick(args.shutdown_grace.clone(), file.shutdown_grace).unwrap_or_else(|| "10s".into()),
+            MAX_SHUTDOWN_GRACE,
         )?;
 
         Ok(BridgeConfig {
@@ -348,6 +448,7 @@ impl BridgeConfig {
             ttl,
             resync_interval,
             admin_addr,
+            admin: AdminOptions { max_event_streams },
             shutdown_grace,
         })
     }

@@ -73,55 +73,130 @@ impl LatencySnapshot {
     }
 }
 
+/// One entry of [`RecentChanges`]: a user changed (`expired` false) or expired.
+#[derive(Clone, Copy, Debug)]
+struct Recent {
+    user: UserId,
+    expired: bool,
+}
+
+/// Entries per sealed chunk of [`RecentChanges`]: what a reader copies at most under the lock.
+const CHUNK: usize = 256;
+
 /// Users changed or expired recently, for the dashboard's live table. Bounded: a client that
 /// falls more than `capacity` changes behind misses some (its table refreshes on reload).
+///
+/// Shared as `Arc<Mutex<RecentChanges>>` between the event path (writers) and the dashboard's
+/// event streams (readers). Writers call [`push`](RecentChanges::push) under the lock: an
+/// append, and every [`CHUNK`] entries one small allocation. Readers call
+/// [`read_shared`](RecentChanges::read_shared), which holds the lock only to take reference
+/// counts on the sealed chunks and to copy the open one (at most `CHUNK` entries), and does
+/// the rest (de-duplication) after releasing it; so no reader holds up the event path for
+/// longer than a short copy, however many entries it reads.
 #[derive(Debug)]
 pub struct RecentChanges {
-    entries: VecDeque<(u64, UserId, bool)>,
+    /// Full chunks, oldest first, each with the sequence number of its first entry. Readers
+    /// share them by reference count; they are never modified once sealed.
+    sealed: VecDeque<(u64, Arc<[Recent]>)>,
+    /// The chunk being filled.
+    open: Vec<Recent>,
+    /// The sequence number of `open[0]`.
+    open_first: u64,
+    /// How many sealed chunks are kept.
+    max_sealed: usize,
+}
+
+/// What a reader took from [`RecentChanges`]: references to sealed chunks and a copy of the
+/// open one, read after the lock is released.
+#[derive(Debug)]
+pub struct RecentRead {
+    /// Sealed chunks (oldest first) with how many of their first entries precede the cursor.
+    sealed: Vec<(Arc<[Recent]>, usize)>,
+    /// Entries of the open chunk at or after the cursor.
+    open: Vec<Recent>,
+    /// Where the reader continues next time.
     next: u64,
-    capacity: usize,
 }
 
 impl RecentChanges {
-    /// An empty buffer of `capacity` entries.
+    /// An empty buffer that keeps at least `capacity` entries (whole chunks of 256).
     pub fn new(capacity: usize) -> RecentChanges {
         RecentChanges {
-            entries: VecDeque::with_capacity(capacity),
-            next: 0,
-            capacity: capacity.max(1),
+            sealed: VecDeque::new(),
+            open: Vec::with_capacity(CHUNK),
+            open_first: 0,
+            max_sealed: capacity.div_ceil(CHUNK).max(1),
         }
     }
 
-    /// Records a change (`expired` false) or an expiry of `user`.
+    /// Records a change (`expired` false) or an expiry of `user`. This is the writer side:
+    /// call it under the shared lock (`recent.lock().push(user, expired)`).
     pub fn push(&mut self, user: UserId, expired: bool) {
-        if self.entries.len() == self.capacity {
-            self.entries.pop_front();
+        self.open.push(Recent { user, expired });
+        if self.open.len() >= CHUNK {
+            if self.sealed.len() >= self.max_sealed {
+                self.sealed.pop_front();
+            }
+            self.sealed
+                .push_back((self.open_first, Arc::from(self.open.as_slice())));
+            self.open_first += self.open.len() as u64;
+            self.open.clear();
         }
-        self.entries.push_back((self.next, user, expired));
-        self.next += 1;
     }
 
     /// Where a new reader starts.
     pub fn cursor(&self) -> u64 {
-        self.next
+        self.open_first + self.open.len() as u64
     }
 
-    /// Users changed and expired since `cursor` (each once), and the next cursor.
-    pub fn since(&self, cursor: u64) -> (Vec<UserId>, Vec<UserId>, u64) {
+    /// What a reader at `cursor` has not seen yet, taken cheaply: sealed chunks by reference
+    /// count, the open chunk (at most 256 entries) by copy. Meant to be called under the
+    /// lock, which is then released before [`RecentRead::users`].
+    pub fn read_since(&self, cursor: u64) -> RecentRead {
+        let sealed = self
+            .sealed
+            .iter()
+            .filter(|(first, chunk)| first + chunk.len() as u64 > cursor)
+            .map(|(first, chunk)| (Arc::clone(chunk), cursor.saturating_sub(*first) as usize))
+            .collect();
+        let skip = cursor.saturating_sub(self.open_first) as usize;
+        RecentRead {
+            sealed,
+            open: self.open.get(skip..).unwrap_or_default().to_vec(),
+            next: self.cursor(),
+        }
+    }
+
+    /// The reader side: users changed and expired since `cursor` (each once, by its latest
+    /// entry, newest first) and the next cursor. Holds `shared`'s lock only for
+    /// [`read_since`](RecentChanges::read_since).
+    pub fn read_shared(
+        shared: &Mutex<RecentChanges>,
+        cursor: u64,
+    ) -> (Vec<UserId>, Vec<UserId>, u64) {
+        let read = shared.lock().read_since(cursor);
+        read.users()
+    }
+}
+
+impl RecentRead {
+    /// Users changed and expired (each once, by its latest entry, newest first) and the next
+    /// cursor.
+    pub fn users(&self) -> (Vec<UserId>, Vec<UserId>, u64) {
         let mut changed = Vec::new();
         let mut expired = Vec::new();
         let mut seen = HashSet::new();
-        for (_, user, gone) in self
-            .entries
+        let sealed = self
+            .sealed
             .iter()
             .rev()
-            .take_while(|(seq, _, _)| *seq >= cursor)
-        {
-            if seen.insert(*user) {
-                if *gone {
-                    expired.push(*user)
+            .flat_map(|(chunk, skip)| chunk.get(*skip..).unwrap_or_default().iter().rev());
+        for entry in self.open.iter().rev().chain(sealed) {
+            if seen.insert(entry.user) {
+                if entry.expired {
+                    expired.push(entry.user);
                 } else {
-                    changed.push(*user)
+                    changed.push(entry.user);
                 }
             }
         }
@@ -155,21 +230,67 @@ mod tests {
 
     #[test]
     fn recent_changes_dedup_and_bound() {
-        let mut recent = RecentChanges::new(3);
-        let start = recent.cursor();
-        recent.push(UserId::Relay(1), false);
-        recent.push(UserId::Relay(1), false);
-        recent.push(UserId::Relay(2), true);
-        let (changed, expired, next) = recent.since(start);
+        let shared = Mutex::new(RecentChanges::new(3));
+        let start = shared.lock().cursor();
+        shared.lock().push(UserId::Relay(1), false);
+        shared.lock().push(UserId::Relay(1), false);
+        shared.lock().push(UserId::Relay(2), true);
+        let (changed, expired, next) = RecentChanges::read_shared(&shared, start);
         assert_eq!(
             (changed, expired),
             (vec![UserId::Relay(1)], vec![UserId::Relay(2)])
         );
-        recent.push(UserId::Relay(3), false);
-        recent.push(UserId::Relay(4), false);
-        recent.push(UserId::Relay(5), false);
-        let (changed, _, _) = recent.since(next);
-        assert_eq!(changed.len(), 3, "bounded to the last three");
+        for user in 3..6 {
+            shared.lock().push(UserId::Relay(user), false);
+        }
+        let (changed, _, next) = RecentChanges::read_shared(&shared, next);
+        assert_eq!(changed.len(), 3);
+        // Bounded: a reader far behind sees at most the kept chunks (and the open one).
+        for user in 0..10_000 {
+            shared
+                .lock()
+                .push(UserId::Relay(user), user.is_multiple_of(7));
+        }
+        let (changed, expired, last) = RecentChanges::read_shared(&shared, next);
+        assert!(changed.len() + expired.len() <= 2 * CHUNK, "bounded");
+        assert_eq!(changed[0], UserId::Relay(9_999), "newest first");
+        assert_eq!(last, next + 10_000);
+        let (changed, expired, _) = RecentChanges::read_shared(&shared, last);
+        assert!(changed.is_empty() && expired.is_empty());
+    }
+
+    #[test]
+    fn a_reader_sees_each_entry_after_its_cursor_once_across_chunks() {
+        let shared = Mutex::new(RecentChanges::new(4 * CHUNK));
+        let mut cursor = shared.lock().cursor();
+        let mut next_user = 0u32;
+        for round in 1..40usize {
+            let n = round * 37 % (CHUNK + 50);
+            for _ in 0..n {
+                shared
+                    .lock()
+                    .push(UserId::Relay(next_user), next_user.is_multiple_of(5));
+                next_user += 1;
+            }
+            let (changed, expired, next) = RecentChanges::read_shared(&shared, cursor);
+            let mut seen: Vec<u32> = changed
+                .iter()
+                .chain(&expired)
+                .map(|u| match u {
+                    UserId::Relay(n) => *n,
+                    UserId::Genesys(_) => u32::MAX,
+                })
+                .collect();
+            seen.sort_unstable();
+            let want: Vec<u32> = (next_user - n as u32..next_user).collect();
+            assert_eq!(seen, want, "round {round}");
+            assert!(
+                expired
+                    .iter()
+                    .all(|u| matches!(u, UserId::Relay(n) if n.is_multiple_of(5)))
+            );
+            cursor = next;
+        }
     }
 
     #[test]

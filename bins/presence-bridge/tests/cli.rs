@@ -258,6 +258,11 @@ fn a_config_file_is_read_and_flags_win() {
 fn a_fatal_config_error_exits_1_with_one_line() {
     let out = Command::new(BIN)
         .args(["run", "--ttl", "soon"])
+        // `scripts/kafka.sh env` exports a SASL user for the SASL tests: under the default
+        // plaintext protocol it would be the (first) error instead of --ttl.
+        .env_remove("KAFKA_SASL_USERNAME")
+        .env_remove("KAFKA_SASL_MECHANISM")
+        .env_remove("KAFKA_SECURITY_PROTOCOL")
         .env_remove("GENESYS_CLIENT_ID")
         .env("GENESYS_CLIENT_ID", "id")
         .env("GENESYS_CLIENT_SECRET", "very-secret-value")
@@ -307,5 +312,284 @@ fn sigterm_ends_the_emulator_with_exit_0() {
         }
         assert!(Instant::now() < deadline, "did not stop");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The configuration for `args`, with a client secret from a file of its own (tests run in
+/// parallel: one shared file could be read while another test rewrites it).
+fn config_of(args: RunArgs) -> anyhow::Result<BridgeConfig> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("pb-cli-ok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let secret = dir.join(format!("secret-{call}"));
+    if !secret.exists() {
+        std::fs::write(&secret, "s3cret-value").expect("secret");
+    }
+    BridgeConfig::from_args(&RunArgs {
+        client_secret_file: args.client_secret_file.clone().or(Some(secret)),
+        ..args
+    })
+}
+
+/// Issue 15, item 9: a TLS file under a protocol without TLS, or a SASL setting under a
+/// protocol without SASL, would be ignored; it is an error naming the option and the
+/// protocol instead.
+#[test]
+fn tls_and_sasl_settings_under_the_wrong_protocol_are_errors() {
+    let dir = std::env::temp_dir().join(format!("pb-cli-wrong-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let password = dir.join("kafka-password");
+    std::fs::write(&password, "kafka-s3cret").expect("password");
+    let pem = dir.join("file.pem");
+    std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").expect("pem");
+    let protocol = |p: &str| Some(p.to_owned());
+    let cases: Vec<(RunArgs, &str, &str)> = vec![
+        (
+            RunArgs {
+                kafka_ca_file: Some(pem.clone()),
+                ..args()
+            },
+            "--kafka-ca-file",
+            "plaintext",
+        ),
+        (
+            RunArgs {
+                kafka_security_protocol: protocol("sasl_plaintext"),
+                kafka_sasl_username: Some("u".into()),
+                kafka_sasl_password_file: Some(password.clone()),
+                kafka_cert_file: Some(pem.clone()),
+                kafka_key_file: Some(pem.clone()),
+                ..args()
+            },
+            "--kafka-cert-file",
+            "sasl_plaintext",
+        ),
+        (
+            RunArgs {
+                kafka_key_file: Some(pem.clone()),
+                ..args()
+            },
+            "--kafka-key-file",
+            "plaintext",
+        ),
+        (
+            RunArgs {
+                kafka_sasl_mechanism: Some("PLAIN".into()),
+                ..args()
+            },
+            "--kafka-sasl-mechanism",
+            "plaintext",
+        ),
+        (
+            RunArgs {
+                kafka_security_protocol: protocol("ssl"),
+                kafka_sasl_username: Some("u".into()),
+                ..args()
+            },
+            "--kafka-sasl-username",
+            "ssl",
+        ),
+        (
+            RunArgs {
+                kafka_sasl_password_file: Some(password.clone()),
+                ..args()
+            },
+            "--kafka-sasl-password-file",
+            "plaintext",
+        ),
+    ];
+    for (args, option, protocol) in cases {
+        let text = match config_of(args) {
+            Ok(config) => panic!("{option} under {protocol} accepted: {:?}", config.kafka),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(text.contains(option), "{option}: {text}");
+        assert!(text.contains(protocol), "{protocol}: {text}");
+        assert!(!text.contains("kafka-s3cret"), "secret leaked: {text}");
+    }
+    // The same settings under their protocol are fine.
+    let ok = config_of(RunArgs {
+        kafka_security_protocol: protocol("sasl_ssl"),
+        kafka_sasl_mechanism: Some("PLAIN".into()),
+        kafka_sasl_username: Some("u".into()),
+        kafka_sasl_password_file: Some(password.clone()),
+        kafka_ca_file: Some(pem.clone()),
+        kafka_cert_file: Some(pem.clone()),
+        kafka_key_file: Some(pem.clone()),
+        ..args()
+    })
+    .expect("valid under sasl_ssl");
+    assert_eq!(ok.kafka.sasl_mechanism.as_deref(), Some("PLAIN"));
+    assert_eq!(ok.kafka.ca_file.as_deref(), Some(pem.as_path()));
+}
+
+/// Issue 15, item 10: a duration that the process cannot add to a clock reading (an
+/// enormous `--shutdown-grace`, `--ttl` or `--resync-interval`) is refused at start with the
+/// option's name, instead of panicking later (`Instant + Duration` overflows).
+#[test]
+fn enormous_durations_are_refused_naming_the_option() {
+    let huge = "500000000000y";
+    for (args, option) in [
+        (
+            RunArgs {
+                shutdown_grace: Some(huge.into()),
+                ..args()
+            },
+            "--shutdown-grace",
+        ),
+        (
+            RunArgs {
+                ttl: Some(huge.into()),
+                resync_interval: Some("off".into()),
+                ..args()
+            },
+            "--ttl",
+        ),
+        (
+            RunArgs {
+                ttl: Some(huge.into()),
+                resync_interval: Some("400000000000y".into()),
+                ..args()
+            },
+            "--ttl",
+        ),
+    ] {
+        let text = match config_of(args) {
+            Ok(config) => panic!(
+                "{option} {huge} accepted: ttl {:?}, shutdown grace {:?}",
+                config.ttl, config.shutdown_grace
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(text.contains(option), "{option}: {text}");
+    }
+}
+
+/// The values a duration flag might be given: numbers of every size with every unit,
+/// composites, and junk.
+fn duration_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let unit = prop::sample::select(vec![
+        "ns", "us", "ms", "s", "sec", "m", "min", "h", "hours", "d", "days", "w", "M", "y",
+        "years", "",
+    ]);
+    let number = prop_oneof![0u64..100_000, any::<u64>(), Just(u64::MAX)];
+    prop_oneof![
+        (number.clone(), unit.clone()).prop_map(|(n, u)| format!("{n}{u}")),
+        (number.clone(), unit.clone(), number, unit)
+            .prop_map(|(a, u, b, v)| format!("{a}{u} {b}{v}")),
+        "\\PC{0,12}",
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Every duration flag, whatever its text: either a clear error naming the option, or a
+    /// value that can be added to any clock reading of this process (a year of uptime and
+    /// more) and whose milliseconds fit in a u64. Never a panic.
+    #[test]
+    fn duration_flags_never_yield_an_unusable_value(
+        text in duration_text(),
+        which in 0usize..3,
+    ) {
+        let (args, option) = match which {
+            0 => (RunArgs { shutdown_grace: Some(text.clone()), ..args() }, "--shutdown-grace"),
+            1 => (
+                RunArgs { ttl: Some(text.clone()), resync_interval: Some("off".into()), ..args() },
+                "--ttl",
+            ),
+            _ => (
+                RunArgs { resync_interval: Some(text.clone()), ttl: Some("300d".into()), ..args() },
+                "--resync-interval",
+            ),
+        };
+        match config_of(args) {
+            Ok(config) => {
+                let later = std::time::Instant::now() + Duration::from_secs(400 * 86_400);
+                let tokio_later = tokio::time::Instant::now() + Duration::from_secs(400 * 86_400);
+                for d in [Some(config.ttl), Some(config.shutdown_grace), config.resync_interval]
+                    .into_iter()
+                    .flatten()
+                {
+                    proptest::prop_assert!(later.checked_add(d).is_some(), "{option} {text:?}: {d:?}");
+                    proptest::prop_assert!(
+                        tokio_later.checked_add(d).is_some(),
+                        "{option} {text:?}: {d:?}"
+                    );
+                    proptest::prop_assert!(u64::try_from(d.as_millis()).is_ok());
+                }
+            }
+            Err(e) => {
+                let e = format!("{e:#}");
+                proptest::prop_assert!(e.contains(option), "{option} {text:?}: {e}");
+            }
+        }
+    }
+
+    /// The mask parser never panics, and reads back any u64 in decimal or hex.
+    #[test]
+    fn masks_parse_or_fail_cleanly(n in proptest::prelude::any::<u64>(), junk in "\\PC{0,24}") {
+        use presence_bridge::config::parse_mask;
+        proptest::prop_assert_eq!(parse_mask("allowed-groups", &n.to_string()).ok().map(|m| m.0), Some(n));
+        proptest::prop_assert_eq!(parse_mask("allowed-groups", &format!("{n:#x}")).ok().map(|m| m.0), Some(n));
+        if let Err(e) = parse_mask("allowed-groups", &junk) {
+            proptest::prop_assert!(e.to_string().contains("--allowed-groups"));
+        }
+    }
+}
+
+/// Issue 15, item 10, the emulator's duration and number flags: an enormous or meaningless
+/// value ends `emulate` with one line naming the flag, not the listening address, and never
+/// starts an emulator that silently ignores it.
+#[test]
+fn emulate_refuses_enormous_durations_naming_the_flag() {
+    for (flag, value) in [
+        ("--heartbeat", "500000000000y"),
+        ("--channel-lifetime", "18446744073709551615s"),
+        ("--token-lifetime", "2y"),
+        ("--rate", "NaN"),
+        ("--chaos", "NaN"),
+        ("--chaos", "inf"),
+    ] {
+        let mut child = Command::new(BIN)
+            .args([
+                "emulate",
+                "--addr",
+                "127.0.0.1:0",
+                "--users",
+                "10",
+                flag,
+                value,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("emulate {flag} {value} started instead of failing");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read");
+        assert_eq!(status.code(), Some(1), "{flag} {value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid {flag}")),
+            "{flag} {value}: {stderr}"
+        );
     }
 }
