@@ -11,7 +11,20 @@
 //! Removal shifts the following entries of the cluster back (no tombstones), so probe lengths
 //! depend only on the load, which stays at most 4/5.
 
-use crate::shard::prefetch;
+/// Asks the CPU to start loading the cache line of `value`, without waiting for it.
+#[inline(always)]
+pub(crate) fn prefetch<T>(value: &T) {
+    // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it never
+    // faults and never changes memory, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (value as *const T).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
 
 /// An empty bucket. No real bucket equals it: slot `u32::MAX` is never used.
 const EMPTY: u64 = u64::MAX;

@@ -27,7 +27,7 @@ use presence_frame::{
     UserId,
 };
 
-use crate::index::Index;
+use crate::index::{Index, prefetch};
 use crate::{Change, Expired, Outcome};
 
 /// A change of the user of `event`, from `previous`. Built in one place, where the previous
@@ -38,21 +38,6 @@ fn changed(previous: Option<PresenceEvent>, event: &impl Incoming) -> Outcome {
         previous,
         current: event.to_event(),
     })
-}
-
-/// Asks the CPU to start loading the cache line of `value`, without waiting for it.
-#[inline(always)]
-pub(crate) fn prefetch<T>(value: &T) {
-    // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it never
-    // faults and never changes memory, whatever the address.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (value as *const T).cast(),
-        );
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }
 
 /// No slot: the end of the list.
