@@ -1,21 +1,20 @@
-//! How a publisher is set up: brokers, topic, producer tuning, the coalescing queue, TLS and
-//! SASL, and the librdkafka properties that are always set.
+//! How a publisher is set up: [`KafkaConfig`], the builder of every setting (brokers, topic,
+//! producer tuning, the coalescing queue, the topic check, TLS and SASL, raw librdkafka
+//! properties) and its validation, which names the option at fault. The TLS and SASL types
+//! live in `security.rs`, the librdkafka properties a config becomes in `client_config.rs`.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-
 use crate::error::{Error, Result};
+use crate::security::{Sasl, Tls, security_protocol};
 
 /// The topic used when none is configured.
 pub const DEFAULT_TOPIC: &str = "genesys.presence.updates";
 
 /// Properties this crate always sets and a raw [`KafkaConfig::property`] may not override:
 /// the delivery guarantees and key placement other clients rely on.
-const FIXED_PROPERTIES: [(&str, &str); 3] = [
+pub(crate) const FIXED_PROPERTIES: [(&str, &str); 3] = [
     // No duplicates or reordering from librdkafka's own retries.
     ("enable.idempotence", "true"),
     ("acks", "all"),
@@ -26,40 +25,6 @@ const FIXED_PROPERTIES: [(&str, &str); 3] = [
 
 /// Aliases of the fixed properties that librdkafka also accepts.
 const FIXED_ALIASES: [&str; 2] = ["request.required.acks", "topic.partitioner"];
-
-/// A password or key passphrase. It never appears in `Debug` or `Display` output, so it stays
-/// out of logs and error messages; only the client connection sees it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<Arc<str>>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself. Call only where it is handed to the client.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the secret is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// Record batch compression (librdkafka `compression.type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -92,120 +57,12 @@ impl Compression {
     }
 }
 
-/// Where the broker's TLS certificate is checked against.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CaRoots {
-    /// The system's trust store (librdkafka probes the usual locations).
-    System,
-    /// A PEM file of CA certificates.
-    File(PathBuf),
-}
-
-/// TLS to the brokers. Setting it selects `SSL` (or `SASL_SSL` with [`Sasl`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tls {
-    ca: CaRoots,
-    client_cert: Option<(PathBuf, PathBuf)>,
-    key_password: Option<Secret>,
-}
-
-impl Tls {
-    /// TLS trusting the system's CA certificates (most managed Kafka services).
-    pub fn system_roots() -> Tls {
-        Tls {
-            ca: CaRoots::System,
-            client_cert: None,
-            key_password: None,
-        }
-    }
-
-    /// TLS trusting the CA certificates in a PEM file.
-    pub fn ca_file(path: impl Into<PathBuf>) -> Tls {
-        Tls {
-            ca: CaRoots::File(path.into()),
-            client_cert: None,
-            key_password: None,
-        }
-    }
-
-    /// Authenticates this client with a certificate and private key (PEM files), for brokers
-    /// that require mutual TLS. By default, no client certificate.
-    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Tls {
-        self.client_cert = Some((cert.into(), key.into()));
-        self
-    }
-
-    /// The passphrase of an encrypted private key. By default, none.
-    pub fn key_password(mut self, password: Secret) -> Tls {
-        self.key_password = Some(password);
-        self
-    }
-
-    /// The CA certificates the broker is checked against.
-    pub fn ca(&self) -> &CaRoots {
-        &self.ca
-    }
-}
-
-/// A SASL mechanism.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SaslMechanism {
-    /// `PLAIN`: the password crosses the wire, so use it only with TLS.
-    Plain,
-    /// `SCRAM-SHA-256`.
-    ScramSha256,
-    /// `SCRAM-SHA-512`.
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    /// The Kafka spelling (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
-/// SASL username/password authentication. Setting it selects `SASL_PLAINTEXT` (or `SASL_SSL`
-/// with [`Tls`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sasl {
-    mechanism: SaslMechanism,
-    username: String,
-    password: Secret,
-}
-
-impl Sasl {
-    /// Credentials for a mechanism.
-    pub fn new(mechanism: SaslMechanism, username: impl Into<String>, password: Secret) -> Sasl {
-        Sasl {
-            mechanism,
-            username: username.into(),
-            password,
-        }
-    }
-
-    /// The mechanism.
-    pub fn mechanism(&self) -> SaslMechanism {
-        self.mechanism
-    }
-
-    /// The username.
-    pub fn username(&self) -> &str {
-        &self.username
-    }
-}
-
 /// A raw librdkafka property. Values of properties whose names suggest a secret (`password`,
 /// `secret`, private keys) are hidden in `Debug` output and error messages.
 #[derive(Clone, PartialEq, Eq)]
-struct RawProperty {
-    key: String,
-    value: String,
+pub(crate) struct RawProperty {
+    pub(crate) key: String,
+    pub(crate) value: String,
 }
 
 impl RawProperty {
@@ -254,7 +111,7 @@ pub struct KafkaConfig {
     pub(crate) retry_backoff_max: Duration,
     pub(crate) tls: Option<Tls>,
     pub(crate) sasl: Option<Sasl>,
-    properties: Vec<RawProperty>,
+    pub(crate) properties: Vec<RawProperty>,
     pub(crate) check_topic: bool,
     pub(crate) create_topic: bool,
     pub(crate) partitions: i32,
@@ -531,21 +388,10 @@ impl KafkaConfig {
             return bad("statistics_interval", "must be at least 100 ms".into());
         }
         if let Some(tls) = &self.tls {
-            if let CaRoots::File(path) = &tls.ca {
-                check_file("tls.ca_file", path)?;
-            }
-            if let Some((cert, key)) = &tls.client_cert {
-                check_file("tls.client_cert", cert)?;
-                check_file("tls.client_key", key)?;
-            }
+            tls.validate()?;
         }
         if let Some(sasl) = &self.sasl {
-            if sasl.username.is_empty() {
-                return bad("sasl.username", "must not be empty".into());
-            }
-            if sasl.password.is_empty() {
-                return bad("sasl.password", "must not be empty".into());
-            }
+            sasl.validate()?;
         }
         for property in &self.properties {
             let key = property.key.trim();
@@ -574,91 +420,16 @@ impl KafkaConfig {
 
     /// The security protocol that TLS and SASL settings select.
     pub(crate) fn security_protocol(&self) -> &'static str {
-        match (self.tls.is_some(), self.sasl.is_some()) {
-            (false, false) => "plaintext",
-            (true, false) => "ssl",
-            (false, true) => "sasl_plaintext",
-            (true, true) => "sasl_ssl",
-        }
-    }
-
-    /// The librdkafka configuration shared by the producer and the admin client. Never log
-    /// it: it holds the secrets.
-    pub(crate) fn client_config(&self) -> ClientConfig {
-        self.config_with(&[])
-    }
-
-    /// The producer's configuration: the client's plus batching, timeouts and the fixed
-    /// delivery guarantees.
-    pub(crate) fn producer_config(&self) -> ClientConfig {
-        let producer = [
-            ("compression.type", self.compression.as_str().to_owned()),
-            ("linger.ms", self.linger.as_millis().to_string()),
-            (
-                "message.timeout.ms",
-                self.delivery_timeout.as_millis().to_string(),
-            ),
-            // Above our own in-flight limit, so librdkafka's queue never refuses a record.
-            (
-                "queue.buffering.max.messages",
-                (self.max_in_flight + 1000).max(100_000).to_string(),
-            ),
-        ];
-        let mut config = self.config_with(&producer);
-        for (key, value) in FIXED_PROPERTIES {
-            config.set(key, value);
-        }
-        config
-    }
-
-    /// Connection and security settings, then `extra`, then the raw properties (which win).
-    fn config_with(&self, extra: &[(&str, String)]) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", self.brokers.trim())
-            .set("client.id", &self.client_id)
-            .set("security.protocol", self.security_protocol())
-            .set("allow.auto.create.topics", "false")
-            .set(
-                "statistics.interval.ms",
-                self.statistics_interval.as_millis().to_string(),
-            );
-        if let Some(tls) = &self.tls {
-            match &tls.ca {
-                CaRoots::System => config.set("ssl.ca.location", "probe"),
-                CaRoots::File(path) => config.set("ssl.ca.location", path.to_string_lossy()),
-            };
-            if let Some((cert, key)) = &tls.client_cert {
-                config
-                    .set("ssl.certificate.location", cert.to_string_lossy())
-                    .set("ssl.key.location", key.to_string_lossy());
-            }
-            if let Some(password) = &tls.key_password {
-                config.set("ssl.key.password", password.expose());
-            }
-        }
-        if let Some(sasl) = &self.sasl {
-            config
-                .set("sasl.mechanism", sasl.mechanism.as_str())
-                .set("sasl.username", &sasl.username)
-                .set("sasl.password", sasl.password.expose());
-        }
-        for (key, value) in extra {
-            config.set(*key, value);
-        }
-        for property in &self.properties {
-            config.set(property.key.trim(), &property.value);
-        }
-        config
+        security_protocol(self.tls.as_ref(), self.sasl.as_ref())
     }
 
     /// Every secret in this configuration, to scrub from messages that echo config values.
     pub(crate) fn secrets(&self) -> Vec<String> {
         let mut secrets = Vec::new();
         if let Some(sasl) = &self.sasl {
-            secrets.push(sasl.password.expose().to_owned());
+            secrets.push(sasl.password().expose().to_owned());
         }
-        if let Some(Some(password)) = self.tls.as_ref().map(|t| t.key_password.as_ref()) {
+        if let Some(password) = self.tls.as_ref().and_then(Tls::key_passphrase) {
             secrets.push(password.expose().to_owned());
         }
         for property in self.properties.iter().filter(|p| p.is_sensitive()) {
@@ -702,35 +473,11 @@ fn check_topic_name(topic: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn check_file(option: &str, path: &Path) -> Result<()> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_file() => Ok(()),
-        Ok(_) => Err(Error::Config {
-            option: option.to_owned(),
-            reason: format!("{} is not a file", path.display()),
-        }),
-        Err(e) => Err(Error::Config {
-            option: option.to_owned(),
-            reason: format!("{}: {e}", path.display()),
-        }),
-    }
-}
-
-/// Replaces every occurrence of a secret in `text` with `<redacted>`.
-pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_owned();
-    for secret in secrets {
-        if !secret.is_empty() {
-            text = text.replace(secret.as_str(), "<redacted>");
-        }
-    }
-    text
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
+    use crate::security::{SaslMechanism, Secret, redact};
 
     fn option_of(config: &KafkaConfig) -> String {
         match config.validate() {
@@ -814,43 +561,6 @@ mod tests {
             option_of(&KafkaConfig::default().topic_property("cleanup.policy", "delete")),
             "topic_property cleanup.policy"
         );
-    }
-
-    #[test]
-    fn fixed_properties_are_always_set() {
-        let config = KafkaConfig::new("b:9092")
-            .compression(Compression::Zstd)
-            .property("socket.keepalive.enable", "true")
-            .property("linger.ms", "50")
-            .producer_config();
-        assert_eq!(config.get("enable.idempotence"), Some("true"));
-        assert_eq!(config.get("acks"), Some("all"));
-        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
-        assert_eq!(config.get("compression.type"), Some("zstd"));
-        assert_eq!(config.get("allow.auto.create.topics"), Some("false"));
-        assert_eq!(config.get("socket.keepalive.enable"), Some("true"));
-        assert_eq!(config.get("linger.ms"), Some("50"), "raw properties win");
-        assert_eq!(config.get("security.protocol"), Some("plaintext"));
-    }
-
-    #[test]
-    fn security_protocol_follows_tls_and_sasl() {
-        let sasl = Sasl::new(SaslMechanism::ScramSha512, "u", Secret::new("p"));
-        let base = KafkaConfig::default();
-        assert_eq!(
-            base.clone().tls(Tls::system_roots()).security_protocol(),
-            "ssl"
-        );
-        assert_eq!(
-            base.clone().sasl(sasl.clone()).security_protocol(),
-            "sasl_plaintext"
-        );
-        let both = base.tls(Tls::system_roots()).sasl(sasl);
-        assert_eq!(both.security_protocol(), "sasl_ssl");
-        let config = both.client_config();
-        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
-        assert_eq!(config.get("ssl.ca.location"), Some("probe"));
-        assert_eq!(both.producer_config().get("sasl.password"), Some("p"));
     }
 
     #[test]

@@ -17,7 +17,8 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{KafkaConfig, redact};
+use crate::client_config::{client_config, producer_config};
+use crate::config::KafkaConfig;
 use crate::error::{Error, Result};
 use crate::publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
 use crate::queue::{Backoff, Failure, Pending, Push, Queue, Update};
@@ -26,6 +27,7 @@ use crate::record::{
     HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, SCHEMA_VERSION_TEXT, record_timestamp, write_json,
     write_key,
 };
+use crate::security::redact;
 use crate::stats::{Health, PublisherStats, StatsSnapshot};
 use crate::topic::{TopicCheck, ensure_topic};
 
@@ -420,8 +422,7 @@ impl KafkaPublisher {
         let context = PublisherContext {
             shared: Arc::clone(&shared),
         };
-        let producer: Rdkafka = config
-            .producer_config()
+        let producer: Rdkafka = producer_config(&config)
             .create_with_context(context)
             .map_err(|e| client_error("producer", &e, &shared.secrets))?;
         let topic_check = if config.check_topic {
@@ -824,10 +825,10 @@ pub(crate) fn admin_client(
     config: &KafkaConfig,
     shared: &Arc<Shared>,
 ) -> Result<rdkafka::admin::AdminClient<PublisherContext>> {
-    let mut client_config = config.client_config();
+    let mut admin_config = client_config(config);
     // Nobody polls the admin client's own event queue: no statistics for it.
-    client_config.set("statistics.interval.ms", "0");
-    client_config
+    admin_config.set("statistics.interval.ms", "0");
+    admin_config
         .create_with_context(PublisherContext {
             shared: Arc::clone(shared),
         })

@@ -62,6 +62,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod client_config;
 mod config;
 mod error;
 mod kafka;
@@ -71,12 +72,11 @@ mod queue;
 mod ratelimit;
 mod record;
 mod registry_sink;
+mod security;
 mod stats;
 mod topic;
 
-pub use config::{
-    CaRoots, Compression, DEFAULT_TOPIC, KafkaConfig, Sasl, SaslMechanism, Secret, Tls,
-};
+pub use config::{Compression, DEFAULT_TOPIC, KafkaConfig};
 pub use error::{Error, Result};
 pub use kafka::KafkaPublisher;
 pub use latency::{HistogramSnapshot, LATENCY_BOUNDS, LatencyHistogram};
@@ -85,5 +85,6 @@ pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
 pub use queue::Update;
 pub use record::{HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION};
 pub use registry_sink::{RegistrySink, SinkConfig, SinkStats, Sweep};
+pub use security::{CaRoots, Sasl, SaslMechanism, Secret, Tls};
 pub use stats::{Health, PublisherStats, StatsSnapshot};
 pub use topic::TopicCheck;
