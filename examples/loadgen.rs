@@ -40,7 +40,7 @@ const BRIDGE_ARG: &str = "__bridge";
 
 /// Every environment variable `presence-bridge run` reads, removed from the bridge's
 /// environment so that only the flags given here configure it.
-const BRIDGE_ENV: [&str; 22] = [
+const BRIDGE_ENV: [&str; 24] = [
     "PRESENCE_BRIDGE_CONFIG",
     "GENESYS_REGION",
     "GENESYS_API_URL",
@@ -60,8 +60,10 @@ const BRIDGE_ENV: [&str; 22] = [
     "KAFKA_CERT_FILE",
     "KAFKA_KEY_FILE",
     "PRESENCE_TTL",
+    "MAX_EVENT_SKEW",
     "RESYNC_INTERVAL",
     "ADMIN_ADDR",
+    "ADMIN_MAX_EVENT_STREAMS",
     "SHUTDOWN_GRACE",
 ];
 

@@ -116,10 +116,13 @@ async fn an_unreachable_source_deletes_nobody() {
     assert!(dropped > 0, "the bridge's sockets were dropped");
     let outage = Instant::now();
     let mut saw_not_ready = false;
+    let mut saw_expiry_held = false;
     while outage.elapsed() < Duration::from_secs(8) {
         bridge.assert_running().await;
-        if let Ok((503, _)) = bridge.admin_json("/readyz").await {
+        if let Ok((503, body)) = bridge.admin_json("/readyz").await {
             saw_not_ready = true;
+            let parts = body["notReady"].as_array().cloned().unwrap_or_default();
+            saw_expiry_held |= parts.iter().any(|p| p["part"] == "expiry");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -168,6 +168,17 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             .collect();
         waiting.push(json!({"part": "channels", "reason": "not every channel is connected and resynced", "channels": not_streaming}));
     }
+    if let Some(from_ms) = state.registry.expiry_held_from() {
+        let held_for = state.registry.now_ms().saturating_sub(from_ms);
+        waiting.push(json!({
+            "part": "expiry",
+            "reason": format!(
+                "expiry held back for {:.0} s: the presence source is not healthy, so nobody is deleted for its silence; {} users past their time-to-live are kept until it has resynced",
+                held_for as f64 / 1000.0,
+                state.sink.expiry_held_back.load(std::sync::atomic::Ordering::Relaxed)
+            )
+        }));
+    }
     let kafka = state.kafka.snapshot();
     if !kafka.healthy {
         waiting.push(json!({"part": "kafka", "reason": kafka.last_error.unwrap_or_else(|| "no answer from the brokers yet".into())}));
@@ -473,7 +484,7 @@ pub fn stats_json(state: &AppState) -> serde_json::Value {
         },
         "filteredOut": load(&sync.filtered_out),
         "decodeErrors": sync.decode_errors_total(),
-        "expired": load(&state.expired),
+        "expired": load(&state.sink.expired),
         "kafka": {
             "healthy": kafka.healthy,
             "lastError": kafka.last_error,

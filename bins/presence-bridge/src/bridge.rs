@@ -3,7 +3,6 @@
 //! shutdown sequence (stop taking events, flush Kafka within the grace, close, exit).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -28,7 +27,6 @@ pub(crate) type Join = RegistrySink<Arc<KafkaPublisher>>;
 struct BridgeSink {
     join: Arc<Join>,
     recent: Arc<Mutex<RecentChanges>>,
-    changes: Arc<AtomicU64>,
 }
 
 impl BridgeSink {
@@ -37,7 +35,6 @@ impl BridgeSink {
         if users.is_empty() {
             return;
         }
-        self.changes.fetch_add(users.len() as u64, Ordering::Relaxed);
         let mut recent = self.recent.lock();
         for user in users {
             recent.push(user, false);
@@ -84,15 +81,12 @@ pub async fn serve(
     let join = Arc::new(RegistrySink::new(
         Arc::clone(&registry),
         output.publisher(),
-        SinkConfig::default(),
+        SinkConfig::default().max_future_skew(config.max_event_skew),
     ));
     let recent = Arc::new(Mutex::new(RecentChanges::new(8_192)));
-    let changes = Arc::new(AtomicU64::new(0));
-    let expired = Arc::new(AtomicU64::new(0));
     let sink = BridgeSink {
         join: Arc::clone(&join),
         recent: Arc::clone(&recent),
-        changes: Arc::clone(&changes),
     };
 
     let sync_config = SyncConfig::default()
@@ -131,8 +125,7 @@ pub async fn serve(
         kafka: Arc::clone(&output) as Arc<dyn crate::state::KafkaStatus>,
         started,
         recent: Arc::clone(&recent),
-        expired: Arc::clone(&expired),
-        changes,
+        sink: Arc::clone(join.stats()),
     });
 
     // Expiry: swept entries become tombstones (under the registry's locks, in the join), held
@@ -154,7 +147,6 @@ pub async fn serve(
                 if swept.expired.is_empty() {
                     continue;
                 }
-                expired.fetch_add(swept.expired.len() as u64, Ordering::Relaxed);
                 let mut recent = recent.lock();
                 for &user in &swept.expired {
                     recent.push(user, true);
@@ -168,7 +160,7 @@ pub async fn serve(
     let server_stop = CancellationToken::new();
     let server = {
         let stop = server_stop.clone();
-        let router = crate::admin::router(Arc::clone(&state));
+        let router = crate::admin::router_with(Arc::clone(&state), config.admin.clone());
         tokio::spawn(async move {
             axum::serve(admin, router)
                 .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -137,6 +137,12 @@ pub struct RunArgs {
     #[arg(long, env = "PRESENCE_TTL", value_name = "DURATION")]
     pub ttl: Option<String>,
 
+    /// How far ahead of this machine's clock an event time may be: an event dated later is
+    /// dropped, counted and logged (it would win last-write-wins against every real event
+    /// until its time came, and the broker refuses such timestamps); 1s to 1h. [default: 5m]
+    #[arg(long, env = "MAX_EVENT_SKEW", value_name = "DURATION")]
+    pub max_event_skew: Option<String>,
+
     /// Resynchronise every user over REST this often, confirming live users; must be shorter
     /// than --ttl. "off" disables it. [default: 15m]
     #[arg(long, env = "RESYNC_INTERVAL", value_name = "DURATION")]

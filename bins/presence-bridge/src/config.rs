@@ -41,6 +41,7 @@ struct FileConfig {
     kafka_cert_file: Option<PathBuf>,
     kafka_key_file: Option<PathBuf>,
     ttl: Option<String>,
+    max_event_skew: Option<String>,
     resync_interval: Option<String>,
     admin_addr: Option<String>,
     admin_max_event_streams: Option<String>,
@@ -104,6 +105,8 @@ pub struct BridgeConfig {
     pub kafka: KafkaSettings,
     /// Registry time-to-live.
     pub ttl: Duration,
+    /// How far ahead of this machine's clock an event time may be.
+    pub max_event_skew: Duration,
     /// Periodic full resync, if any.
     pub resync_interval: Option<Duration>,
     /// Admin HTTP address.
@@ -121,6 +124,9 @@ fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
 /// The longest `--ttl` and `--resync-interval` accepted: a year. Longer values could not be
 /// added to a clock reading without overflow somewhere down the line, and mean "never".
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// The longest `--max-event-skew` accepted: an hour, the broker's own limit on record
+/// timestamps ahead of its clock (`log.message.timestamp.after.max.ms`, Kafka 4's default).
+pub const MAX_EVENT_SKEW: Duration = Duration::from_secs(60 * 60);
 /// The longest `--shutdown-grace` accepted: an hour (supervisors stop waiting long before).
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(60 * 60);
 
@@ -390,6 +396,14 @@ impl BridgeConfig {
         if ttl < Duration::from_secs(1) {
             bail!("invalid --ttl: at least 1s");
         }
+        let max_event_skew = duration(
+            "max-event-skew",
+            &pick(args.max_event_skew.clone(), file.max_event_skew).unwrap_or_else(|| "5m".into()),
+            MAX_EVENT_SKEW,
+        )?;
+        if max_event_skew < Duration::from_secs(1) {
+            bail!("invalid --max-event-skew: at least 1s (clocks are never that close)");
+        }
         let resync_text = pick(args.resync_interval.clone(), file.resync_interval)
             .unwrap_or_else(|| "15m".into());
         let resync_interval = match resync_text.trim() {
@@ -446,6 +460,7 @@ impl BridgeConfig {
             allowed,
             kafka,
             ttl,
+            max_event_skew,
             resync_interval,
             admin_addr,
             admin: AdminOptions { max_event_streams },

@@ -217,15 +217,41 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
             counts.iter().map(|(st, n)| (st.to_string(), n as f64)),
         ),
     );
+    let sink = &state.sink;
     s.counter(
         "changes",
         "Real changes of state handed to the publisher",
-        load(&state.changes),
+        load(&sink.changes),
     );
     s.counter(
         "expired",
         "Users expired by the time-to-live (tombstones)",
-        load(&state.expired),
+        load(&sink.expired),
+    );
+    s.counter(
+        "events_from_the_future",
+        "Events dropped because their event time was further ahead of this machine's clock than --max-event-skew",
+        load(&sink.future_dropped),
+    );
+    s.counter(
+        "republish_marked",
+        "States the publisher could not take or gave up on, marked to be sent again at the user's next confirmation",
+        load(&sink.unpublished),
+    );
+    s.counter(
+        "tombstones_retried",
+        "Tombstones sent again after the publisher's queue had been full",
+        load(&sink.tombstones_retried),
+    );
+    s.counter(
+        "expiry_holds",
+        "Times expiry was held back because the presence source was not healthy",
+        load(&sink.expiry_holds),
+    );
+    s.gauge(
+        "expiry_held_back_users",
+        "Users past their time-to-live kept because expiry is held back (the source is not healthy)",
+        load(&sink.expiry_held_back) as f64,
     );
     s.gauge(
         "kafka_up",

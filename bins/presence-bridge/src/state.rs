@@ -2,12 +2,12 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use genesys_auth::GenesysClient;
 use parking_lot::Mutex;
 use presence_frame::UserId;
+use presence_kafka::SinkStats;
 use presence_registry::{MonotonicClock, Registry};
 use presence_sync::SyncStatus;
 
@@ -218,10 +218,9 @@ pub struct AppState {
     pub started: Instant,
     /// Recent changes for the dashboard (shared with the sink and the sweeper).
     pub recent: Arc<Mutex<RecentChanges>>,
-    /// Entries expired so far.
-    pub expired: Arc<AtomicU64>,
-    /// Registry changes so far (what was handed to the publisher).
-    pub changes: Arc<AtomicU64>,
+    /// What the join between the registry and Kafka has done: changes, expiries, states
+    /// sent again, events from the future, expiry held back.
+    pub sink: Arc<SinkStats>,
 }
 
 #[cfg(test)]

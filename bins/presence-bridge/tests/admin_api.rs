@@ -58,8 +58,7 @@ fn state(client: GenesysClient, registry: Arc<Registry<MonotonicClock>>) -> Arc<
         kafka: Arc::new(Healthy),
         started: std::time::Instant::now(),
         recent: Arc::new(Mutex::new(RecentChanges::new(8_192))),
-        expired: Arc::new(AtomicU64::new(0)),
-        changes: Arc::new(AtomicU64::new(0)),
+        sink: Arc::default(),
     })
 }
 

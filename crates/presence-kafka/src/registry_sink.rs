@@ -126,7 +126,7 @@ pub struct RegistrySink<P, C: Clock = MonotonicClock> {
     registry: Arc<Registry<C>>,
     publisher: P,
     skew_ms: i64,
-    stats: SinkStats,
+    stats: Arc<SinkStats>,
     retry_tombstones: Mutex<Vec<(UserId, EventTime)>>,
     hold: Mutex<Hold>,
     warn_future: RateLimit,
@@ -141,7 +141,7 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
             registry,
             publisher,
             skew_ms: i64::try_from(config.max_future_skew.as_millis()).unwrap_or(i64::MAX),
-            stats: SinkStats::default(),
+            stats: Arc::default(),
             retry_tombstones: Mutex::new(Vec::new()),
             hold: Mutex::new(Hold {
                 last_healthy_ms,
@@ -163,8 +163,8 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
         &self.publisher
     }
 
-    /// The counters.
-    pub fn stats(&self) -> &SinkStats {
+    /// The counters (shared: an admin server may keep them).
+    pub fn stats(&self) -> &Arc<SinkStats> {
         &self.stats
     }
 
