@@ -64,8 +64,10 @@
 
 mod client_config;
 mod config;
+mod context;
+mod dispatcher;
 mod error;
-mod kafka;
+mod kafka_publisher;
 mod latency;
 mod publisher;
 mod queue;
@@ -73,12 +75,13 @@ mod ratelimit;
 mod record;
 mod registry_sink;
 mod security;
+mod shared;
 mod stats;
 mod topic;
 
 pub use config::{Compression, DEFAULT_TOPIC, KafkaConfig};
 pub use error::{Error, Result};
-pub use kafka::KafkaPublisher;
+pub use kafka_publisher::KafkaPublisher;
 pub use latency::{HistogramSnapshot, LATENCY_BOUNDS, LatencyHistogram};
 pub use presence_frame::{EventTime, PresenceEvent, UserId};
 pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher};

@@ -10,8 +10,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::Producer;
 
 use crate::config::KafkaConfig;
+use crate::context::{Rdkafka, admin_client};
 use crate::error::{Error, Result};
-use crate::kafka::{Rdkafka, Shared, admin_client};
+use crate::shared::Shared;
 
 /// What the topic check at start found.
 #[derive(Clone, Debug, PartialEq, Eq)]
