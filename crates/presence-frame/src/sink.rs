@@ -1,0 +1,73 @@
+//! Where decoded presence goes: the one interface between the sources of events (a Genesys
+//! sync, a relay, a test) and what consumes them (a registry joined to a publisher, a channel).
+
+use crate::{Frame, PresenceEvent};
+
+/// Receives decoded, group-filtered events from a source.
+///
+/// Called from socket and resync tasks: it must not block for long (apply to a registry,
+/// push to a bounded queue). `events` is drained by the callee or cleared afterwards.
+///
+/// Any `Fn(&mut Vec<PresenceEvent>)` closure is a sink:
+///
+/// ```
+/// use presence_frame::{Frame, Location, PresenceEvent, PresenceSink, Status};
+///
+/// let sink = |events: &mut Vec<PresenceEvent>| {
+///     assert_eq!(events.len(), 1);
+///     events.clear();
+/// };
+/// let frame = Frame { time_ms: 1, user_id: 7, status: Status::BUSY, location: Location::DESK,
+///                     groups: 1 };
+/// sink.publish_frames(&[frame]);
+/// ```
+pub trait PresenceSink: Send + Sync + 'static {
+    /// Takes a batch of events, in arrival order per socket.
+    fn publish(&self, events: &mut Vec<PresenceEvent>);
+
+    /// Takes the frames of one relay message that passed the group filter, in order: events
+    /// of [`Source::Relay`](crate::Source::Relay) not yet built, so that a sink that can use
+    /// them as they are (such as a registry's `apply_frames`) skips building them. By default
+    /// each becomes its [`Frame::to_event`] and goes to [`publish`](Self::publish).
+    fn publish_frames(&self, frames: &[Frame]) {
+        let mut events = frames.iter().map(Frame::to_event).collect();
+        self.publish(&mut events);
+    }
+}
+
+impl<F> PresenceSink for F
+where
+    F: Fn(&mut Vec<PresenceEvent>) + Send + Sync + 'static,
+{
+    fn publish(&self, events: &mut Vec<PresenceEvent>) {
+        self(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Location, Status, UserId};
+
+    #[test]
+    fn frames_reach_a_sink_without_publish_frames_as_their_events() {
+        let frames = [7u32, 8].map(|user_id| Frame {
+            time_ms: 1_000,
+            user_id,
+            status: Status::BUSY,
+            location: Location::DESK,
+            groups: 3,
+        });
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let into = std::sync::Arc::clone(&seen);
+        let sink = move |events: &mut Vec<PresenceEvent>| {
+            into.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .append(events);
+        };
+        PresenceSink::publish_frames(&sink, &frames);
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(seen, frames.map(|f| f.to_event()));
+        assert_eq!(seen[1].user, UserId::Relay(8));
+    }
+}
