@@ -12,6 +12,7 @@
 //!   [`FrameBatch::filter`] applies the group filter without decoding rejected frames.
 //! - [`Payload`]: tells JSON from frames (a text message, or a binary one starting with `{`).
 //! - [`decode_notification`]: a Genesys notification to a typed [`Notification`].
+//! - [`PresenceSink`]: where decoded events go, the interface between sources and consumers.
 //! - [`Error`]: everything that can be wrong with input. Nothing here panics on any input.
 //!
 //! ```
@@ -39,6 +40,7 @@ mod error;
 mod event;
 mod frame;
 mod json;
+mod sink;
 
 pub use error::{Error, Result};
 pub use event::{
@@ -49,3 +51,4 @@ pub use json::{
     GenesysPresence, Notification, PresenceDefinitionRef, RoutingStatusEvent, SystemMessage,
     SystemTopicType, decode_notification, presence_topic,
 };
+pub use sink::PresenceSink;

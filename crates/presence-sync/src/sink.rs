@@ -1,33 +1,9 @@
 //! Where decoded events go.
 
-use presence_frame::{Frame, PresenceEvent};
-
-/// Receives decoded, group-filtered events from a sync or a relay source.
-///
-/// Called from the socket and resync tasks: it must not block for long (apply to a registry,
-/// push to a bounded queue). `events` is drained by the callee or cleared afterwards.
-pub trait PresenceSink: Send + Sync + 'static {
-    /// Takes a batch of events, in arrival order per socket.
-    fn publish(&self, events: &mut Vec<PresenceEvent>);
-
-    /// Takes the frames of one relay message that passed the group filter, in order: events
-    /// of [`Source::Relay`](presence_frame::Source::Relay) not yet built, so that a sink that
-    /// can use them as they are (such as `Registry::apply_frames`) skips building them. By
-    /// default each becomes its [`Frame::to_event`] and goes to [`publish`](Self::publish).
-    fn publish_frames(&self, frames: &[Frame]) {
-        let mut events = frames.iter().map(Frame::to_event).collect();
-        self.publish(&mut events);
-    }
-}
-
-impl<F> PresenceSink for F
-where
-    F: Fn(&mut Vec<PresenceEvent>) + Send + Sync + 'static,
-{
-    fn publish(&self, events: &mut Vec<PresenceEvent>) {
-        self(events)
-    }
-}
+use presence_frame::PresenceEvent;
+/// The trait lives in `presence-frame`, beside the event type, so that consumers (such as
+/// `presence-kafka`'s `RegistrySink`) implement it without depending on this crate.
+pub use presence_frame::PresenceSink;
 
 /// A sink that forwards every event into a tokio channel, for callers that want a stream.
 /// When the channel is full, events are dropped and counted rather than blocking the socket.
@@ -64,33 +40,5 @@ impl PresenceSink for ChannelSink {
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use presence_frame::{Location, Status, UserId};
-
-    #[test]
-    fn frames_reach_a_sink_without_publish_frames_as_their_events() {
-        let frames = [7u32, 8].map(|user_id| Frame {
-            time_ms: 1_000,
-            user_id,
-            status: Status::BUSY,
-            location: Location::DESK,
-            groups: 3,
-        });
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let into = std::sync::Arc::clone(&seen);
-        let sink = move |events: &mut Vec<PresenceEvent>| {
-            into.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .append(events);
-        };
-        PresenceSink::publish_frames(&sink, &frames);
-        let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        assert_eq!(seen, frames.map(|f| f.to_event()));
-        assert_eq!(seen[1].user, UserId::Relay(8));
     }
 }
