@@ -7,19 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use presence_frame::EventTime;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer};
+use rdkafka::producer::Producer;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Rdkafka;
 use crate::error::{Error, Result};
-use crate::queue::{Pending, Update};
-use crate::record::{
-    HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, SCHEMA_VERSION_TEXT, record_timestamp, write_json,
-    write_key,
-};
+use crate::queue::Pending;
+use crate::record::{Buffers, WallClock, build_record};
 use crate::shared::Shared;
 use crate::stats::PublisherStats;
 
@@ -130,35 +125,6 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The wall clock and the monotonic clock read together, once per batch of records: a
-/// record's `receivedAt` is the wall time minus how long it waited.
-#[derive(Clone, Copy)]
-struct WallClock {
-    wall: EventTime,
-    at: Instant,
-}
-
-impl WallClock {
-    fn now() -> WallClock {
-        WallClock {
-            wall: EventTime::now(),
-            at: Instant::now(),
-        }
-    }
-
-    fn wall_time_of(self, instant: Instant) -> EventTime {
-        let waited = self.at.saturating_duration_since(instant);
-        EventTime(self.wall.as_millis() - i64::try_from(waited.as_millis()).unwrap_or(i64::MAX))
-    }
-}
-
-/// The dispatcher's reused buffers (librdkafka copies key, value and headers).
-#[derive(Default)]
-struct Buffers {
-    key: Vec<u8>,
-    value: Vec<u8>,
-}
-
 /// Hands one record to librdkafka. Gives the record back when librdkafka's queue is full.
 fn send(
     shared: &Shared,
@@ -167,39 +133,7 @@ fn send(
     buffers: &mut Buffers,
     clock: WallClock,
 ) -> std::result::Result<(), Box<Pending>> {
-    let time = record.update.time();
-    write_key(&mut buffers.key, record.update.user());
-    let has_value = match &record.update {
-        Update::State(event) => {
-            write_json(
-                &mut buffers.value,
-                event,
-                clock.wall_time_of(record.received),
-            );
-            true
-        }
-        Update::Tombstone { .. } => false,
-    };
-    let mut time_text = itoa::Buffer::new();
-    let headers = OwnedHeaders::new_with_capacity(2)
-        .insert(Header {
-            key: HEADER_EVENT_TIME,
-            value: Some(time_text.format(time.as_millis())),
-        })
-        .insert(Header {
-            key: HEADER_SCHEMA_VERSION,
-            value: Some(SCHEMA_VERSION_TEXT),
-        });
-    let mut base: BaseRecord<'_, [u8], [u8], Box<Pending>> =
-        BaseRecord::with_opaque_to(&shared.topic, Box::new(record))
-            .key(buffers.key.as_slice())
-            .headers(headers);
-    if has_value {
-        base = base.payload(buffers.value.as_slice());
-    }
-    if let Some(timestamp) = record_timestamp(time) {
-        base = base.timestamp(timestamp);
-    }
+    let base = build_record(&shared.topic, record, clock, buffers);
     match producer.send(base) {
         Ok(()) => {
             PublisherStats::add(&shared.stats.sent, 1);

@@ -1,14 +1,21 @@
-//! The Kafka record of a presence change: its JSON value (schema version 1, described by
-//! `docs/schema/presence-record.v1.json`), key and headers.
+//! The Kafka record of a presence change: its JSON value ([`PresenceRecord`], schema version
+//! 1, described by `docs/schema/presence-record.v1.json`), and [`build_record`], which makes
+//! the whole record of a queued update (key, value, headers, timestamp) without allocating.
+
+use std::time::Instant;
 
 use presence_frame::{EventTime, Guid, PresenceEvent, UserId};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
 use serde::{Deserialize, Serialize};
+
+use crate::queue::{Pending, Update};
 
 /// The version of the value's JSON schema, also sent in the [`HEADER_SCHEMA_VERSION`] header.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// [`SCHEMA_VERSION`] as the text of its header.
-pub(crate) const SCHEMA_VERSION_TEXT: &str = "1";
+const SCHEMA_VERSION_TEXT: &str = "1";
 
 /// Header holding the event time in Unix milliseconds as decimal text (on tombstones too).
 pub const HEADER_EVENT_TIME: &str = "event-time-ms";
@@ -104,9 +111,85 @@ impl PresenceRecord {
     }
 }
 
+/// The whole Kafka record of a queued update, for `topic`: the key (the user id as text), the
+/// JSON value with its `receivedAt` read from `clock` (none for a tombstone), the
+/// [`HEADER_EVENT_TIME`] and [`HEADER_SCHEMA_VERSION`] headers, and the event time as the
+/// timestamp (broker time before 1970). Key and value are written into `buffers`; the update
+/// rides along as the delivery opaque, for the delivery report.
+pub(crate) fn build_record<'a>(
+    topic: &'a str,
+    record: Pending,
+    clock: WallClock,
+    buffers: &'a mut Buffers,
+) -> BaseRecord<'a, [u8], [u8], Box<Pending>> {
+    let time = record.update.time();
+    write_key(&mut buffers.key, record.update.user());
+    let has_value = match &record.update {
+        Update::State(event) => {
+            write_json(
+                &mut buffers.value,
+                event,
+                clock.wall_time_of(record.received),
+            );
+            true
+        }
+        Update::Tombstone { .. } => false,
+    };
+    let mut time_text = itoa::Buffer::new();
+    let headers = OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: HEADER_EVENT_TIME,
+            value: Some(time_text.format(time.as_millis())),
+        })
+        .insert(Header {
+            key: HEADER_SCHEMA_VERSION,
+            value: Some(SCHEMA_VERSION_TEXT),
+        });
+    let mut base: BaseRecord<'_, [u8], [u8], Box<Pending>> =
+        BaseRecord::with_opaque_to(topic, Box::new(record))
+            .key(buffers.key.as_slice())
+            .headers(headers);
+    if has_value {
+        base = base.payload(buffers.value.as_slice());
+    }
+    if let Some(timestamp) = record_timestamp(time) {
+        base = base.timestamp(timestamp);
+    }
+    base
+}
+
+/// The wall clock and the monotonic clock read together, once per batch of records: a
+/// record's `receivedAt` is the wall time minus how long it waited.
+#[derive(Clone, Copy)]
+pub(crate) struct WallClock {
+    wall: EventTime,
+    at: Instant,
+}
+
+impl WallClock {
+    pub(crate) fn now() -> WallClock {
+        WallClock {
+            wall: EventTime::now(),
+            at: Instant::now(),
+        }
+    }
+
+    fn wall_time_of(self, instant: Instant) -> EventTime {
+        let waited = self.at.saturating_duration_since(instant);
+        EventTime(self.wall.as_millis() - i64::try_from(waited.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// The dispatcher's reused buffers (librdkafka copies key, value and headers).
+#[derive(Default)]
+pub(crate) struct Buffers {
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
 /// Writes the record key of `user` (its GUID or decimal number: the `userId` of the value)
 /// into `out`, cleared first.
-pub(crate) fn write_key(out: &mut Vec<u8>, user: UserId) {
+fn write_key(out: &mut Vec<u8>, user: UserId) {
     out.clear();
     write_user_id(out, user);
 }
@@ -129,7 +212,7 @@ fn write_user_id(out: &mut Vec<u8>, user: UserId) {
 /// Writes the JSON value of `event`, received at `received_at`, into `out` (cleared first):
 /// byte for byte what `serde_json` makes of [`PresenceRecord::new`] (a test holds the two
 /// together), without building the record's strings first. The dispatcher's hot path.
-pub(crate) fn write_json(out: &mut Vec<u8>, event: &PresenceEvent, received_at: EventTime) {
+fn write_json(out: &mut Vec<u8>, event: &PresenceEvent, received_at: EventTime) {
     let state = &event.state;
     let mut numbers = itoa::Buffer::new();
     out.clear();
@@ -269,7 +352,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 /// The Kafka record timestamp for an event time: the time itself, or `None` (broker time) for
 /// a time before 1970, which Kafka cannot carry.
-pub(crate) fn record_timestamp(time: EventTime) -> Option<i64> {
+fn record_timestamp(time: EventTime) -> Option<i64> {
     (time.as_millis() >= 0).then_some(time.as_millis())
 }
 
@@ -300,6 +383,64 @@ mod tests {
         assert_eq!(record.source, "resync");
         let parsed: PresenceRecord = serde_json::from_slice(&record.to_json()).unwrap();
         assert_eq!(parsed, record);
+    }
+
+    #[test]
+    fn a_record_has_key_value_headers_and_timestamp() {
+        use rdkafka::message::Headers;
+        let event = PresenceEvent {
+            user: UserId::Relay(42),
+            time: EventTime(1_764_320_597_067),
+            state: PresenceState::new(Status::ON_QUEUE, Location::DESK, GroupMask(5)),
+            source: Source::Relay,
+        };
+        let received = Instant::now();
+        let clock = WallClock {
+            wall: EventTime(1_764_320_597_100),
+            at: received,
+        };
+        let mut buffers = Buffers::default();
+        let pending = |update| Pending {
+            seq: 1,
+            update,
+            received,
+        };
+        let record = build_record(
+            "t",
+            pending(Update::State(event.clone())),
+            clock,
+            &mut buffers,
+        );
+        assert_eq!(record.topic, "t");
+        assert_eq!(record.key, Some(&b"42"[..]));
+        let value: PresenceRecord = serde_json::from_slice(record.payload.unwrap()).unwrap();
+        assert_eq!(
+            value,
+            PresenceRecord::new(&event, EventTime(1_764_320_597_100))
+        );
+        assert_eq!(record.timestamp, Some(1_764_320_597_067));
+        let headers = record.headers.as_ref().unwrap();
+        let header = |i: usize| {
+            let header = headers.get(i);
+            (header.key, header.value.unwrap().to_vec())
+        };
+        assert_eq!(header(0), (HEADER_EVENT_TIME, b"1764320597067".to_vec()));
+        assert_eq!(header(1), (HEADER_SCHEMA_VERSION, b"1".to_vec()));
+        drop(record);
+
+        let tombstone = build_record(
+            "t",
+            pending(Update::Tombstone {
+                user: UserId::Relay(7),
+                time: EventTime(-5),
+            }),
+            clock,
+            &mut buffers,
+        );
+        assert_eq!(tombstone.key, Some(&b"7"[..]));
+        assert_eq!(tombstone.payload, None, "a tombstone has no value");
+        assert_eq!(tombstone.timestamp, None, "broker time before 1970");
+        assert_eq!(tombstone.headers.as_ref().unwrap().count(), 2);
     }
 
     #[test]
