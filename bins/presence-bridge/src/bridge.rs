@@ -8,53 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use genesys_auth::{AuthConfig, GenesysClient};
 use parking_lot::Mutex;
-use presence_frame::{Frame, PresenceEvent, UserId};
-use presence_kafka::{KafkaPublisher, RegistrySink, SinkConfig};
+use presence_frame::UserId;
+use presence_kafka::{RegistrySink, SinkConfig};
 use presence_registry::{Registry, RegistryConfig};
-use presence_sync::{PresenceSink, PresenceSync, RelaySource, SyncConfig, UserSelection};
+use presence_sync::{PresenceSync, RelaySource, SyncConfig, UserSelection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BridgeConfig, SourceConfig};
 use crate::output::Output;
 use crate::state::{AppState, RecentChanges};
-
-/// The sink type: the registry joined to the Kafka publisher.
-pub(crate) type Join = RegistrySink<Arc<KafkaPublisher>>;
-
-/// Where the sync's events go: through the registry to Kafka (the join, in presence-kafka),
-/// and each changed user to the dashboard's recent list.
-struct BridgeSink {
-    join: Arc<Join>,
-    recent: Arc<Mutex<RecentChanges>>,
-}
-
-impl BridgeSink {
-    /// Records the users a batch changed, outside the registry's locks.
-    fn changed(&self, users: Vec<UserId>) {
-        if users.is_empty() {
-            return;
-        }
-        let mut recent = self.recent.lock();
-        for user in users {
-            recent.push(user, false);
-        }
-    }
-}
-
-impl PresenceSink for BridgeSink {
-    fn publish(&self, events: &mut Vec<PresenceEvent>) {
-        let mut changed = Vec::new();
-        self.join.apply_events(events, |user| changed.push(user));
-        self.changed(changed);
-    }
-
-    fn publish_frames(&self, frames: &[Frame]) {
-        let mut changed = Vec::new();
-        self.join.apply_frames(frames, |user| changed.push(user));
-        self.changed(changed);
-    }
-}
 
 /// How often expired entries are swept (and tombstoned): a fraction of the TTL, between
 /// 100 ms and 1 s.
@@ -78,16 +41,24 @@ pub async fn serve(
     let registry =
         Arc::new(Registry::new(RegistryConfig::new(config.ttl)).map_err(|e| anyhow!("{e}"))?);
     let output = Arc::new(Output::start(&config.kafka).await?);
-    let join = Arc::new(RegistrySink::new(
+    // The dashboard's list of recent changes hears of each batch's changes and each sweep's
+    // expiries from the join, outside the registry's locks.
+    let recent = Arc::new(Mutex::new(RecentChanges::new(8_192)));
+    let join = RegistrySink::new(
         Arc::clone(&registry),
         output.publisher(),
-        SinkConfig::default().max_future_skew(config.max_event_skew),
-    ));
-    let recent = Arc::new(Mutex::new(RecentChanges::new(8_192)));
-    let sink = BridgeSink {
-        join: Arc::clone(&join),
-        recent: Arc::clone(&recent),
-    };
+        SinkConfig::default()
+            .max_future_skew(config.max_event_skew)
+            .observer({
+                let recent = Arc::clone(&recent);
+                move |users: &[UserId], expired: bool| {
+                    let mut recent = recent.lock();
+                    for &user in users {
+                        recent.push(user, expired);
+                    }
+                }
+            }),
+    );
 
     let sync_config = SyncConfig::default()
         .group_bits(config.group_bits.clone())
@@ -101,15 +72,16 @@ pub async fn serve(
             } else {
                 UserSelection::Groups(groups.clone())
             };
-            let sync = PresenceSync::new(client.clone(), sync_config.users(selection), sink)
-                .map_err(|e| anyhow!("{e}"))?;
+            let sync =
+                PresenceSync::new(client.clone(), sync_config.users(selection), join.clone())
+                    .map_err(|e| anyhow!("{e}"))?;
             (
                 sync.status(),
                 tokio::spawn(sync.run(source_shutdown.clone())),
             )
         }
         SourceConfig::Relay { url } => {
-            let relay = RelaySource::new(url, client.clone(), sync_config, sink)
+            let relay = RelaySource::new(url, client.clone(), sync_config, join.clone())
                 .map_err(|e| anyhow!("{e}"))?;
             (
                 relay.status(),
@@ -131,7 +103,7 @@ pub async fn serve(
     // Expiry: swept entries become tombstones (under the registry's locks, in the join), held
     // back while the source is not healthy.
     let sweeper = {
-        let join = Arc::clone(&join);
+        let join = join.clone();
         let source = state.sync.clone();
         let stop = source_shutdown.clone();
         let every = sweep_interval(config.ttl);
@@ -144,15 +116,9 @@ pub async fn serve(
                     _ = ticks.tick() => {}
                 }
                 let swept = join.sweep(source.is_ready());
-                if swept.expired.is_empty() {
-                    continue;
+                if !swept.expired.is_empty() {
+                    log::debug!("expired {} users", swept.expired.len());
                 }
-                let mut recent = recent.lock();
-                for &user in &swept.expired {
-                    recent.push(user, true);
-                }
-                drop(recent);
-                log::debug!("expired {} users", swept.expired.len());
             }
         })
     };

@@ -87,7 +87,7 @@ pub use presence_frame::{EventTime, PresenceEvent, UserId};
 pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
 pub use queue::Update;
 pub use record::{HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION};
-pub use registry_sink::{RegistrySink, SinkConfig, SinkStats, Sweep};
+pub use registry_sink::{Observer, RegistrySink, SinkConfig, SinkStats, Sweep};
 pub use security::{CaRoots, Sasl, SaslMechanism, Secret, Tls};
 pub use stats::{Health, PublisherStats, StatsSnapshot};
 pub use topic::TopicCheck;

@@ -2,14 +2,7 @@
 //! publisher gets exactly that, in the registry's order per user. Expiry (the sweep and its
 //! tombstones) lives here too, because a tombstone must be ordered against the user's events
 //! just as a change is.
-//!
-//! Lock order, the one rule that keeps this correct and free of deadlocks: a registry shard's
-//! lock is taken first, the publisher's queue lock inside it (every `publish` and `tombstone`
-//! call happens under the shard lock of its user, from the registry's outcome and expiry
-//! callbacks). Nothing takes a shard lock while holding the queue lock: the publisher's own
-//! delivery reports only take the queue lock, and what they give up on is handed back through
-//! [`Publisher::drain_undelivered`], which [`RegistrySink::sweep`] reads with no lock held.
-//! The rate-limited warnings of the publisher may be logged under a shard lock.
+//! The lock order is documented on [`RegistrySink`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,24 +10,39 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use parking_lot::Mutex;
-use presence_frame::{EventTime, Frame, PresenceEvent, UserId};
+use presence_frame::{EventTime, Frame, PresenceEvent, PresenceSink, UserId};
 use presence_registry::{Clock, MonotonicClock, Outcome, Registry};
 
 use crate::publisher::{Enqueue, Publisher};
 use crate::queue::Update;
 use crate::ratelimit::RateLimit;
 
+/// Told of the users a batch changed (`false`) or a sweep expired (`true`), outside every
+/// lock: for a dashboard's list of recent changes, say.
+pub type Observer = Arc<dyn Fn(&[UserId], bool) + Send + Sync>;
+
 /// How a [`RegistrySink`] treats event times and expiry.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SinkConfig {
     max_future_skew: Duration,
+    observer: Option<Observer>,
 }
 
 impl Default for SinkConfig {
     fn default() -> SinkConfig {
         SinkConfig {
             max_future_skew: Duration::from_secs(5 * 60),
+            observer: None,
         }
+    }
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("max_future_skew", &self.max_future_skew)
+            .field("observer", &self.observer.is_some())
+            .finish()
     }
 }
 
@@ -46,6 +54,13 @@ impl SinkConfig {
     /// `log.message.timestamp.after.max.ms` is one hour). By default, 5 minutes.
     pub fn max_future_skew(mut self, skew: Duration) -> SinkConfig {
         self.max_future_skew = skew;
+        self
+    }
+
+    /// Who is told of each batch's changed users and each sweep's expired users (see
+    /// [`Observer`]); called outside every lock, so it may take its own. By default, nobody.
+    pub fn observer(mut self, observer: impl Fn(&[UserId], bool) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Arc::new(observer));
         self
     }
 }
@@ -110,7 +125,16 @@ struct Hold {
 const RETRY_TOMBSTONES_MAX: usize = 1 << 20;
 
 /// Applies events to a [`Registry`] and hands each real change to a [`Publisher`]; sweeps
-/// expired users into tombstones. See the [module docs](self) for the lock order.
+/// expired users into tombstones. A cheap handle: clones share one join (give one to the
+/// source as its [`PresenceSink`], keep one for the sweep).
+///
+/// Lock order, the one rule that keeps it correct and free of deadlocks: a registry shard's
+/// lock is taken first, the publisher's queue lock inside it (every `publish` and `tombstone`
+/// call happens under the shard lock of its user, from the registry's outcome and expiry
+/// callbacks). Nothing takes a shard lock while holding the queue lock: the publisher's own
+/// delivery reports only take the queue lock, and what they give up on is handed back through
+/// [`Publisher::drain_undelivered`], which [`sweep`](RegistrySink::sweep) reads with no lock
+/// held. The publisher's rate-limited warnings may be logged under a shard lock.
 ///
 /// The guarantees, per user:
 /// - The publisher gets the registry's changes in the registry's order, and an expiry's
@@ -123,7 +147,115 @@ const RETRY_TOMBSTONES_MAX: usize = 1 << 20;
 ///   nobody expires: silence from a source that cannot be reached says nothing about the
 ///   users. Expiry resumes once it is healthy again (reconnected and resynced).
 pub struct RegistrySink<P, C: Clock = MonotonicClock> {
+    join: Arc<Join<P, C>>,
+}
+
+impl<P, C: Clock> Clone for RegistrySink<P, C> {
+    fn clone(&self) -> Self {
+        RegistrySink {
+            join: Arc::clone(&self.join),
+        }
+    }
+}
+
+impl<P: Publisher, C: Clock> RegistrySink<P, C> {
+    /// A sink from `registry` to `publisher`.
+    pub fn new(registry: Arc<Registry<C>>, publisher: P, config: SinkConfig) -> Self {
+        RegistrySink {
+            join: Arc::new(Join::new(registry, publisher, config)),
+        }
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Arc<Registry<C>> {
+        &self.join.registry
+    }
+
+    /// The publisher.
+    pub fn publisher(&self) -> &P {
+        &self.join.publisher
+    }
+
+    /// The counters (shared: an admin server may keep them).
+    pub fn stats(&self) -> &Arc<SinkStats> {
+        &self.join.stats
+    }
+
+    /// Applies `events` (left empty) and publishes the changes; `on_change` then sees each
+    /// changed user (outside any lock). Returns how many changed.
+    pub fn apply_events(
+        &self,
+        events: &mut Vec<PresenceEvent>,
+        on_change: impl FnMut(UserId),
+    ) -> usize {
+        self.join.apply_events(events, on_change)
+    }
+
+    /// Applies the frames of a relay message and publishes the changes, like
+    /// [`apply_events`](RegistrySink::apply_events).
+    pub fn apply_frames(&self, frames: &[Frame], on_change: impl FnMut(UserId)) -> usize {
+        self.join.apply_frames(frames, on_change)
+    }
+
+    /// One round of expiry, to be called regularly (every second or so):
+    /// - what the publisher gave up on is marked for sending again;
+    /// - while `source_healthy` is false expiry is held back (from the last time the source was
+    ///   seen healthy), and it resumes when it is true again;
+    /// - tombstones that found the publisher's queue full are tried again, if their users are
+    ///   still absent;
+    /// - expired users are removed and tombstoned, each under its shard's lock.
+    ///
+    /// The observer, if any, is then told of the expired users.
+    pub fn sweep(&self, source_healthy: bool) -> Sweep {
+        let swept = self.join.sweep(source_healthy);
+        if let Some(observer) = &self.join.observer
+            && !swept.expired.is_empty()
+        {
+            observer(&swept.expired, true);
+        }
+        swept
+    }
+
+    /// Since when expiry has been held back, if it is.
+    pub fn expiry_held_since(&self) -> Option<Instant> {
+        self.join.hold.lock().since
+    }
+
+    /// Applies a batch with the observer (if any) told of the changed users.
+    fn apply_observed(&self, apply: impl FnOnce(&Join<P, C>, &mut Vec<UserId>)) {
+        let mut changed = Vec::new();
+        apply(&self.join, &mut changed);
+        if let Some(observer) = &self.join.observer
+            && !changed.is_empty()
+        {
+            observer(&changed, false);
+        }
+    }
+}
+
+/// The source's side: a [`RegistrySink`] takes events and frames as they are decoded.
+impl<P, C> PresenceSink for RegistrySink<P, C>
+where
+    P: Publisher + 'static,
+    C: Clock + 'static,
+{
+    fn publish(&self, events: &mut Vec<PresenceEvent>) {
+        self.apply_observed(|join, changed| {
+            join.apply_events(events, |user| changed.push(user));
+        });
+    }
+
+    fn publish_frames(&self, frames: &[Frame]) {
+        self.apply_observed(|join, changed| {
+            join.apply_frames(frames, |user| changed.push(user));
+        });
+    }
+}
+
+/// What the handles share.
+struct Join<P, C: Clock> {
     registry: Arc<Registry<C>>,
+    observer: Option<Observer>,
     publisher: P,
     skew_ms: i64,
     stats: Arc<SinkStats>,
@@ -133,12 +265,12 @@ pub struct RegistrySink<P, C: Clock = MonotonicClock> {
     warn_tombstones: RateLimit,
 }
 
-impl<P: Publisher, C: Clock> RegistrySink<P, C> {
-    /// A sink from `registry` to `publisher`.
-    pub fn new(registry: Arc<Registry<C>>, publisher: P, config: SinkConfig) -> Self {
+impl<P: Publisher, C: Clock> Join<P, C> {
+    fn new(registry: Arc<Registry<C>>, publisher: P, config: SinkConfig) -> Self {
         let last_healthy_ms = registry.now_ms();
-        RegistrySink {
+        Join {
             registry,
+            observer: config.observer,
             publisher,
             skew_ms: i64::try_from(config.max_future_skew.as_millis()).unwrap_or(i64::MAX),
             stats: Arc::default(),
@@ -151,21 +283,6 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
             warn_future: RateLimit::new(Duration::from_secs(10)),
             warn_tombstones: RateLimit::new(Duration::from_secs(10)),
         }
-    }
-
-    /// The registry.
-    pub fn registry(&self) -> &Arc<Registry<C>> {
-        &self.registry
-    }
-
-    /// The publisher.
-    pub fn publisher(&self) -> &P {
-        &self.publisher
-    }
-
-    /// The counters (shared: an admin server may keep them).
-    pub fn stats(&self) -> &Arc<SinkStats> {
-        &self.stats
     }
 
     /// The latest event time accepted now.
@@ -185,9 +302,7 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
         }
     }
 
-    /// Applies `events` (left empty) and publishes the changes; `on_change` then sees each
-    /// changed user (outside any lock). Returns how many changed.
-    pub fn apply_events(
+    fn apply_events(
         &self,
         events: &mut Vec<PresenceEvent>,
         on_change: impl FnMut(UserId),
@@ -207,9 +322,7 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
         })
     }
 
-    /// Applies the frames of a relay message and publishes the changes, like
-    /// [`apply_events`](RegistrySink::apply_events).
-    pub fn apply_frames(&self, frames: &[Frame], on_change: impl FnMut(UserId)) -> usize {
+    fn apply_frames(&self, frames: &[Frame], on_change: impl FnMut(UserId)) -> usize {
         let bound = self.latest_accepted();
         if frames.iter().any(|f| f.time_ms > bound) {
             let kept: Vec<Frame> = frames
@@ -264,14 +377,7 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
         n
     }
 
-    /// One round of expiry, to be called regularly (every second or so):
-    /// - what the publisher gave up on is marked for sending again;
-    /// - while `source_healthy` is false expiry is held back (from the last time the source was
-    ///   seen healthy), and it resumes when it is true again;
-    /// - tombstones that found the publisher's queue full are tried again, if their users are
-    ///   still absent;
-    /// - expired users are removed and tombstoned, each under its shard's lock.
-    pub fn sweep(&self, source_healthy: bool) -> Sweep {
+    fn sweep(&self, source_healthy: bool) -> Sweep {
         self.take_undelivered();
         let held = self.update_hold(source_healthy);
         let now = Instant::now();
@@ -392,18 +498,13 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
             .store(overdue as u64, Ordering::Relaxed);
         true
     }
-
-    /// Since when expiry has been held back, if it is.
-    pub fn expiry_held_since(&self) -> Option<Instant> {
-        self.hold.lock().since
-    }
 }
 
 impl<P, C: Clock> std::fmt::Debug for RegistrySink<P, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistrySink")
-            .field("registry", &self.registry)
-            .field("stats", &self.stats)
+            .field("registry", &self.join.registry)
+            .field("stats", &self.join.stats)
             .finish_non_exhaustive()
     }
 }
@@ -528,6 +629,52 @@ mod tests {
         );
         assert_eq!(seen, [UserId::Relay(1)]);
         assert_eq!(SinkStats::get(&sink.stats().changes), 2);
+    }
+
+    #[test]
+    fn as_a_presence_sink_it_tells_the_observer_outside_the_locks() {
+        let clock = ManualClock::new();
+        let registry =
+            Arc::new(Registry::with_clock(RegistryConfig::new(TTL), clock.clone()).unwrap());
+        let publisher = Arc::new(FakePublisher::default());
+        type Seen = Mutex<Vec<(Vec<UserId>, bool)>>;
+        let seen: Arc<Seen> = Arc::default();
+        let sink = {
+            let (seen, registry) = (Arc::clone(&seen), Arc::clone(&registry));
+            RegistrySink::new(
+                Arc::clone(&registry),
+                Arc::clone(&publisher),
+                SinkConfig::default().observer(move |users, expired| {
+                    // Outside the registry's locks: reading the registry here cannot deadlock.
+                    assert!(users.iter().all(|u| expired != registry.get(*u).is_some()));
+                    seen.lock().push((users.to_vec(), expired));
+                }),
+            )
+        };
+        let source: Box<dyn PresenceSink> = Box::new(sink.clone());
+        let now = EventTime::now();
+        source.publish(&mut vec![event(1, now, Status::AVAILABLE)]);
+        source.publish_frames(&[Frame {
+            time_ms: now.0,
+            user_id: 2,
+            status: Status::BUSY,
+            location: Location::DESK,
+            groups: 1,
+        }]);
+        source.publish(&mut vec![event(1, now, Status::AVAILABLE)]); // a repeat: nothing
+        clock.advance(TTL * 2);
+        let _ = sink.sweep(true);
+        let mut expired = seen.lock().pop().unwrap();
+        expired.0.sort();
+        assert_eq!(expired, (vec![UserId::Relay(1), UserId::Relay(2)], true));
+        assert_eq!(
+            *seen.lock(),
+            [
+                (vec![UserId::Relay(1)], false),
+                (vec![UserId::Relay(2)], false)
+            ]
+        );
+        assert_eq!(states(&publisher, 1) + states(&publisher, 2), 2);
     }
 
     #[test]
