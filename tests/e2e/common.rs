@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use genesys_emulator::{
-    ChaosConfig, Emulator, EmulatorConfig, EmulatorHandle, FaultKind, FaultTarget, Stats,
-    TruthEntry,
+    BurstScope, ChaosConfig, Emulator, EmulatorConfig, EmulatorHandle, Fault, FaultKind,
+    FaultTarget, Stats, TruthEntry,
 };
 use presence_bridge::bridge::serve;
 use presence_bridge::cli::RunArgs;
@@ -420,10 +420,112 @@ impl Drop for Bridge {
     }
 }
 
-/// Each fault kind injected once on `target`, the first ones (bad messages, a stall, then a drop
-/// that ends the stall) on the live sockets of a ready bridge, and chaos with every kind at 4
-/// faults a second, until at least `min_changes` changes and `min_time` have passed; then calm.
-/// Asserts that every kind was injected, by the emulator's own count, and returns its stats.
+/// The fault kinds a chaos run on `target` claims, which are the kinds that can reach its
+/// client: every kind for a client of notification channels; for a relay client, its socket
+/// faults, expired tokens and bursts on the token endpoint (it calls no `/api/v2` endpoint,
+/// gets no maintenance warning and has no channel to lose).
+pub fn chaos_kinds(target: &FaultTarget) -> Vec<FaultKind> {
+    match target {
+        FaultTarget::Relay => vec![
+            FaultKind::DropSocket,
+            FaultKind::StallSocket,
+            FaultKind::Garbage,
+            FaultKind::TruncatedJson,
+            FaultKind::Oversized,
+            FaultKind::ExpireTokens,
+            FaultKind::RateLimitBurst,
+            FaultKind::ServerErrorBurst,
+        ],
+        _ => FaultKind::ALL.to_vec(),
+    }
+}
+
+/// How often a fault of `kind` landed on the client of `target`, by the emulator's count of
+/// applications (never of requests): sockets that acted on it, channels removed, tokens
+/// expired, calls answered with it.
+pub fn applied_to_client(stats: &Stats, target: &FaultTarget, kind: FaultKind) -> u64 {
+    stats
+        .fault_hits
+        .get(kind.as_str())
+        .map_or(0, |hits| match target {
+            FaultTarget::Relay => hits.on_relay_clients(),
+            _ => hits.on_channel_clients(),
+        })
+}
+
+/// Waits (up to 30 s) until faults of `kind` have landed on the client of `target` more often
+/// than `before` times; panics with the emulator's counts if they never do.
+async fn landed(bridge: &Bridge, target: &FaultTarget, kind: FaultKind, before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats = bridge.emulator.stats();
+        if applied_to_client(&stats, target, kind) > before {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never landed on the bridge within 30 s; requested {:?}, hits {:?}",
+            kind.as_str(),
+            stats.faults_requested,
+            stats.fault_hits
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the bridge is ready and, for the relay (whose readiness does not need a
+/// connection), until a relay socket is connected: a socket fault then has a socket to hit.
+async fn sockets_up(bridge: &Bridge, target: &FaultTarget) {
+    bridge.ready().await;
+    if *target == FaultTarget::Relay {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while bridge.emulator.stats().relay.connections == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the relay did not reconnect within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Injects a fault of `kind` with `inject` and waits until it landed on the bridge, injecting
+/// it again every 2 s (up to 30 s) while it has not: a socket fault can find the bridge
+/// between two sockets.
+async fn land_one(
+    bridge: &Bridge,
+    target: &FaultTarget,
+    kind: FaultKind,
+    inject: impl Fn(&EmulatorHandle),
+) {
+    let before = applied_to_client(&bridge.emulator.stats(), target, kind);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        inject(&bridge.emulator);
+        let retry_at = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < retry_at {
+            let stats = bridge.emulator.stats();
+            if applied_to_client(&stats, target, kind) > before {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never landed on the bridge within 30 s; requested {:?}, hits {:?}",
+                kind.as_str(),
+                stats.faults_requested,
+                stats.fault_hits
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Lands each kind of [`chaos_kinds`] on the bridge once, each on a ready bridge (every channel
+/// or the relay streaming) and waited for until the emulator counts it as applied to the
+/// bridge; then chaos with those kinds at 4 faults a second until at least `min_changes`
+/// changes and `min_time` have passed; then calm. Asserts that every kind was applied to the
+/// bridge at least once, by the emulator's own count of applications (never of requests), and
+/// returns its stats.
 pub async fn run_chaos(
     bridge: &mut Bridge,
     target: FaultTarget,
@@ -431,46 +533,105 @@ pub async fn run_chaos(
     min_time: Duration,
 ) -> Stats {
     let started = Instant::now();
-    let e = &bridge.emulator;
-    let bad = e.send_garbage(target.clone()).expect("garbage")
-        + e.send_truncated_json(target.clone()).expect("truncated")
-        + e.send_oversized(target.clone(), 3 << 20)
-            .expect("oversized");
-    assert!(bad >= 3, "bad messages reached the sockets: {bad}");
-    e.set_chaos(ChaosConfig::new(240.0).kinds(FaultKind::ALL))
-        .expect("chaos on");
-    let pause = Duration::from_millis(400);
-    let stalled = e.stall_sockets(target.clone()).expect("stall");
-    tokio::time::sleep(pause).await;
-    let dropped = e.drop_sockets(target.clone()).expect("drop");
-    assert!(
-        stalled >= 1 && dropped >= 1,
-        "stalled {stalled}, dropped {dropped}"
-    );
-    tokio::time::sleep(pause).await;
-    e.rate_limit_burst(5, 1).expect("429s");
-    tokio::time::sleep(pause).await;
-    e.server_error_burst(3, 503).expect("5xx");
-    e.socket_closing(target.clone(), Duration::from_secs(2))
-        .expect("socket_closing");
-    tokio::time::sleep(pause).await;
-    e.expire_tokens().expect("expire tokens");
-    tokio::time::sleep(pause).await;
-    // Relay sockets have no channel to remove: this one hits the (absent) channels then.
-    let channels = match target {
-        FaultTarget::Relay => FaultTarget::All,
-        other => other,
+    let relay = target == FaultTarget::Relay;
+    let kinds = chaos_kinds(&target);
+    let t = &target;
+    let scope = if relay {
+        BurstScope::Login
+    } else {
+        BurstScope::Api
     };
-    e.no_longer_subscribed(channels)
-        .expect("no_longer_subscribed");
+    sockets_up(bridge, t).await;
+    // Bad messages, a stall and the drop that ends it, on the live sockets.
+    land_one(bridge, t, FaultKind::Garbage, |e| {
+        e.send_garbage(t.clone()).expect("garbage");
+    })
+    .await;
+    land_one(bridge, t, FaultKind::TruncatedJson, |e| {
+        e.send_truncated_json(t.clone()).expect("truncated");
+    })
+    .await;
+    land_one(bridge, t, FaultKind::Oversized, |e| {
+        e.send_oversized(t.clone(), 3 << 20).expect("oversized");
+    })
+    .await;
+    land_one(bridge, t, FaultKind::StallSocket, |e| {
+        e.stall_sockets(t.clone()).expect("stall");
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    land_one(bridge, t, FaultKind::DropSocket, |e| {
+        e.drop_sockets(t.clone()).expect("drop");
+    })
+    .await;
+    sockets_up(bridge, t).await;
+    if !relay {
+        land_one(bridge, t, FaultKind::SocketClosing, |e| {
+            e.socket_closing(t.clone(), Duration::from_secs(2))
+                .expect("socket_closing");
+        })
+        .await;
+        sockets_up(bridge, t).await;
+    }
+    land_one(bridge, t, FaultKind::ExpireTokens, |e| {
+        e.expire_tokens().expect("expire tokens");
+    })
+    .await;
+    sockets_up(bridge, t).await;
+    // Bursts land on the next calls: for a channel client the ones that replace a removed
+    // channel, for a relay client the token request after its expired token was refused on
+    // the reconnect that a drop forces.
+    let before = |kind| applied_to_client(&bridge.emulator.stats(), t, kind);
+    let (limited, failed) = (
+        before(FaultKind::RateLimitBurst),
+        before(FaultKind::ServerErrorBurst),
+    );
+    let e = &bridge.emulator;
+    e.inject(Fault::RateLimitBurst {
+        count: 2,
+        scope,
+        retry_after_secs: Some(1),
+    })
+    .expect("429s");
+    e.inject(Fault::ServerErrorBurst {
+        count: 2,
+        scope,
+        status: Some(503),
+    })
+    .expect("5xx");
+    if relay {
+        e.expire_tokens().expect("expire tokens");
+        e.drop_sockets(t.clone()).expect("drop");
+    } else {
+        land_one(bridge, t, FaultKind::NoLongerSubscribed, |e| {
+            e.no_longer_subscribed(t.clone())
+                .expect("no_longer_subscribed");
+        })
+        .await;
+    }
+    landed(bridge, t, FaultKind::RateLimitBurst, limited).await;
+    landed(bridge, t, FaultKind::ServerErrorBurst, failed).await;
+    sockets_up(bridge, t).await;
+
+    // Then at random. Chaos draws bursts for `/api/v2`, which a relay client never calls.
+    let random: Vec<FaultKind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| !relay || !matches!(k, FaultKind::RateLimitBurst | FaultKind::ServerErrorBurst))
+        .collect();
+    bridge
+        .emulator
+        .set_chaos(ChaosConfig::new(240.0).kinds(random))
+        .expect("chaos on");
+    let chaos_began = Instant::now();
     loop {
         let generated = bridge.emulator.stats().events_generated;
-        if generated >= min_changes && started.elapsed() >= min_time {
+        if generated >= min_changes && chaos_began.elapsed() >= min_time {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "workload too slow: {generated} changes in 60 s"
+            started.elapsed() < Duration::from_secs(120),
+            "workload too slow: {generated} changes in 120 s"
         );
         bridge.assert_running().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -480,15 +641,12 @@ pub async fn run_chaos(
         .set_chaos(ChaosConfig::new(0.0))
         .expect("calm");
     let stats = bridge.emulator.stats();
-    for kind in FaultKind::ALL {
+    for kind in &kinds {
         assert!(
-            stats
-                .faults_injected
-                .get(kind.as_str())
-                .is_some_and(|n| *n > 0),
-            "{} injected: {:?}",
+            applied_to_client(&stats, &target, *kind) > 0,
+            "{} applied to the bridge: {:?}",
             kind.as_str(),
-            stats.faults_injected
+            stats.fault_hits
         );
     }
     stats

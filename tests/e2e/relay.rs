@@ -1,5 +1,6 @@
 //! Proves the binary relay source end to end: reading the emulator's 16-byte frames (with every
-//! fault at random, and each relay-socket fault once), the topic converges on the truth keyed by
+//! fault that can reach a relay client at random, and each of them once: socket faults, expired
+//! tokens, bursts on the token endpoint), the topic converges on the truth keyed by
 //! the decimal relay ids, with status, event time, location and group mask as the frames carry
 //! them, and no user's event time ever goes backwards. (A change of the presence message alone,
 //! which frames do not carry, arrives as the same state at a later time, and is published as a
