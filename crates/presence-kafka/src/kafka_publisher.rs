@@ -203,6 +203,10 @@ impl Publisher for KafkaPublisher {
         self.shared.health()
     }
 
+    fn stats(&self) -> StatsSnapshot {
+        self.snapshot()
+    }
+
     fn drain_undelivered(&self, out: &mut Vec<Update>) {
         out.append(&mut self.shared.undelivered.lock());
     }

@@ -8,10 +8,12 @@
 //! A short tour:
 //! - [`Publisher`]: the narrow, object-safe trait the bridge publishes through:
 //!   [`publish`](Publisher::publish) a change, [`tombstone`](Publisher::tombstone) an expired
-//!   user, [`flush`](Publisher::flush) with a deadline, [`health`](Publisher::health).
+//!   user, [`flush`](Publisher::flush) with a deadline, [`health`](Publisher::health) and
+//!   [`stats`](Publisher::stats).
 //! - [`KafkaPublisher`]: the librdkafka implementation. Idempotent producer, `acks=all`, the
 //!   Java client's murmur2 key placement, compression; TLS and SASL (PLAIN, SCRAM) for managed
-//!   Kafka ([`KafkaConfig`], [`Tls`], [`Sasl`], with passwords held as a redacted [`Secret`]).
+//!   Kafka ([`KafkaConfig`], [`Tls`], [`Sasl`], with passwords held as a redacted [`Secret`];
+//!   [`SecurityProtocol`] and [`SaslMechanism`] parse from and print as librdkafka's names).
 //!   At start it checks the topic and creates it compacted when missing ([`TopicCheck`]).
 //! - Backpressure: between the callers and librdkafka sits a bounded queue that keeps only the
 //!   newest pending state per user (a newer state replaces the older in place, served in order
@@ -88,6 +90,6 @@ pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
 pub use queue::Update;
 pub use record::{HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION};
 pub use registry_sink::{Observer, RegistrySink, SinkConfig, SinkStats, Sweep};
-pub use security::{CaRoots, Sasl, SaslMechanism, Secret, Tls};
+pub use security::{CaRoots, Sasl, SaslMechanism, Secret, SecurityProtocol, Tls};
 pub use stats::{Health, PublisherStats, StatsSnapshot};
 pub use topic::TopicCheck;

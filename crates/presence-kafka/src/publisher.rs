@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use presence_frame::{EventTime, PresenceEvent, UserId};
 
 use crate::queue::Update;
-use crate::stats::Health;
+use crate::stats::{Health, StatsSnapshot};
 
 /// A boxed future, so that [`Publisher`] stays object-safe (`Arc<dyn Publisher>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -91,6 +91,12 @@ pub trait Publisher: Send + Sync {
     /// Whether the brokers are reachable, and the last error.
     fn health(&self) -> Health;
 
+    /// The counters, queue gauges and delivery latency now, for metrics. (On a
+    /// [`KafkaPublisher`](crate::KafkaPublisher) itself, `stats()` names the inherent method
+    /// that returns the live counters; this one is its
+    /// [`snapshot`](crate::KafkaPublisher::snapshot).)
+    fn stats(&self) -> StatsSnapshot;
+
     /// Moves into `out` the updates this publisher accepted and then gave up on for good
     /// while each was still its user's newest (a delivery failure that retrying cannot cure,
     /// such as a record over the broker's size limit), oldest first. The caller decides what
@@ -114,6 +120,10 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
 
     fn health(&self) -> Health {
         (**self).health()
+    }
+
+    fn stats(&self) -> StatsSnapshot {
+        Publisher::stats(&**self)
     }
 
     fn drain_undelivered(&self, out: &mut Vec<Update>) {

@@ -520,7 +520,7 @@ mod tests {
 
     use super::*;
     use crate::publisher::{BoxFuture, FlushReport};
-    use crate::stats::Health;
+    use crate::stats::{Health, PublisherStats, StatsSnapshot};
 
     /// A publisher that records every update per user, in call order; it can be told to
     /// refuse everything (a full queue) and to report updates as given up.
@@ -568,6 +568,10 @@ mod tests {
 
         fn health(&self) -> Health {
             Health::default()
+        }
+
+        fn stats(&self) -> StatsSnapshot {
+            StatsSnapshot::new(&PublisherStats::default(), 0, 0, 0)
         }
 
         fn drain_undelivered(&self, out: &mut Vec<Update>) {

@@ -1,10 +1,11 @@
 //! Who the brokers see: TLS to the brokers ([`Tls`], [`CaRoots`]), SASL credentials
-//! ([`Sasl`], [`SaslMechanism`]), the [`Secret`] that holds their passwords (and [`redact`],
-//! which scrubs secrets from messages), and how these become librdkafka properties
-//! (`security.protocol`, `ssl.*`, `sasl.*`).
+//! ([`Sasl`], [`SaslMechanism`]), the [`SecurityProtocol`] the two select, the [`Secret`]
+//! that holds their passwords (and [`redact`], which scrubs secrets from messages), and how
+//! these become librdkafka properties (`security.protocol`, `ssl.*`, `sasl.*`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use rdkafka::ClientConfig;
@@ -156,6 +157,135 @@ impl SaslMechanism {
             SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
         }
     }
+
+    /// Every mechanism, in the order of their names in messages and `--help` lists.
+    pub const ALL: [SaslMechanism; 3] = [
+        SaslMechanism::Plain,
+        SaslMechanism::ScramSha256,
+        SaslMechanism::ScramSha512,
+    ];
+}
+
+impl fmt::Display for SaslMechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses the Kafka spelling, in any case (`PLAIN`, `scram-sha-512`). The error, an
+/// [`Error::Config`] for `sasl.mechanism`, lists the accepted names.
+impl FromStr for SaslMechanism {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<SaslMechanism> {
+        parse_name(
+            text,
+            &SaslMechanism::ALL,
+            SaslMechanism::as_str,
+            "sasl.mechanism",
+        )
+    }
+}
+
+/// How the client talks to the brokers: librdkafka's `security.protocol`. A
+/// [`KafkaConfig`](crate::KafkaConfig) does not take one directly: setting [`Tls`] and
+/// [`Sasl`] selects it. It is for programs that let their users name the protocol (a flag)
+/// and need to know which settings it calls for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SecurityProtocol {
+    /// `plaintext`: neither TLS nor SASL. The default.
+    #[default]
+    Plaintext,
+    /// `ssl`: TLS, no SASL.
+    Ssl,
+    /// `sasl_plaintext`: SASL without TLS.
+    SaslPlaintext,
+    /// `sasl_ssl`: SASL over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    /// Every protocol, in the order of their names in messages and `--help` lists.
+    pub const ALL: [SecurityProtocol; 4] = [
+        SecurityProtocol::Plaintext,
+        SecurityProtocol::Ssl,
+        SecurityProtocol::SaslPlaintext,
+        SecurityProtocol::SaslSsl,
+    ];
+
+    /// The librdkafka spelling (`plaintext`, `ssl`, `sasl_plaintext`, `sasl_ssl`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    /// Whether the connection uses TLS (`ssl`, `sasl_ssl`): a [`Tls`] setting is needed.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// Whether the client authenticates with SASL (`sasl_plaintext`, `sasl_ssl`): a [`Sasl`]
+    /// setting is needed.
+    pub fn uses_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    /// The protocol that these TLS and SASL settings select.
+    pub fn selected_by(tls: Option<&Tls>, sasl: Option<&Sasl>) -> SecurityProtocol {
+        match (tls.is_some(), sasl.is_some()) {
+            (false, false) => SecurityProtocol::Plaintext,
+            (true, false) => SecurityProtocol::Ssl,
+            (false, true) => SecurityProtocol::SaslPlaintext,
+            (true, true) => SecurityProtocol::SaslSsl,
+        }
+    }
+}
+
+impl fmt::Display for SecurityProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses the librdkafka spelling, in any case (`sasl_ssl`, `SASL_SSL`). The error, an
+/// [`Error::Config`] for `security.protocol`, lists the accepted names.
+impl FromStr for SecurityProtocol {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<SecurityProtocol> {
+        parse_name(
+            text,
+            &SecurityProtocol::ALL,
+            SecurityProtocol::as_str,
+            "security.protocol",
+        )
+    }
+}
+
+/// The one of `all` whose name is `text`, ignoring ASCII case; else a configuration error
+/// for `option` that lists the names.
+fn parse_name<T: Copy>(
+    text: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+    option: &str,
+) -> Result<T> {
+    if let Some(found) = all.iter().find(|v| name(**v).eq_ignore_ascii_case(text)) {
+        return Ok(*found);
+    }
+    let names: Vec<&str> = all.iter().map(|v| name(*v)).collect();
+    let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+    Err(Error::Config {
+        option: option.to_owned(),
+        reason: format!("expected {} or {last}, got {text:?}", rest.join(", ")),
+    })
 }
 
 /// SASL username/password authentication. Setting it selects `SASL_PLAINTEXT` (or `SASL_SSL`
@@ -219,14 +349,9 @@ impl Sasl {
     }
 }
 
-/// The security protocol that TLS and SASL settings select.
+/// The librdkafka name of the security protocol that TLS and SASL settings select.
 pub(crate) fn security_protocol(tls: Option<&Tls>, sasl: Option<&Sasl>) -> &'static str {
-    match (tls.is_some(), sasl.is_some()) {
-        (false, false) => "plaintext",
-        (true, false) => "ssl",
-        (false, true) => "sasl_plaintext",
-        (true, true) => "sasl_ssl",
-    }
+    SecurityProtocol::selected_by(tls, sasl).as_str()
 }
 
 fn check_file(option: &str, path: &Path) -> Result<()> {
@@ -252,4 +377,85 @@ pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_parse_in_any_case_and_print_as_librdkafka_spells_them() {
+        for protocol in SecurityProtocol::ALL {
+            let name = protocol.to_string();
+            assert_eq!(name, protocol.as_str());
+            assert_eq!(name.parse::<SecurityProtocol>().unwrap(), protocol);
+            assert_eq!(
+                name.to_ascii_uppercase()
+                    .parse::<SecurityProtocol>()
+                    .unwrap(),
+                protocol
+            );
+        }
+        assert_eq!(
+            "Sasl_Ssl".parse::<SecurityProtocol>().unwrap(),
+            SecurityProtocol::SaslSsl
+        );
+        assert_eq!(SecurityProtocol::default(), SecurityProtocol::Plaintext);
+    }
+
+    #[test]
+    fn mechanisms_parse_in_any_case_and_print_as_kafka_spells_them() {
+        for mechanism in SaslMechanism::ALL {
+            let name = mechanism.to_string();
+            assert_eq!(name, mechanism.as_str());
+            assert_eq!(name.parse::<SaslMechanism>().unwrap(), mechanism);
+            assert_eq!(
+                name.to_ascii_lowercase().parse::<SaslMechanism>().unwrap(),
+                mechanism
+            );
+        }
+        assert_eq!(
+            "Scram-Sha-256".parse::<SaslMechanism>().unwrap(),
+            SaslMechanism::ScramSha256
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_config_errors_that_list_the_accepted_ones() {
+        let err = "tls".parse::<SecurityProtocol>().unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { option, .. } if option == "security.protocol"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "invalid Kafka option security.protocol: expected plaintext, ssl, sasl_plaintext or sasl_ssl, got \"tls\""
+        );
+        let err = "GSSAPI".parse::<SaslMechanism>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid Kafka option sasl.mechanism: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, got \"GSSAPI\""
+        );
+        // Near misses are not guessed at.
+        for text in ["", " ssl", "sasl", "SCRAM-SHA-1", "scram_sha_512"] {
+            assert!(text.parse::<SecurityProtocol>().is_err(), "{text:?}");
+            assert!(text.parse::<SaslMechanism>().is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_protocol_says_which_settings_it_needs_and_settings_select_it() {
+        let tls = Tls::system_roots();
+        let sasl = Sasl::new(SaslMechanism::Plain, "u", Secret::new("p"));
+        for protocol in SecurityProtocol::ALL {
+            let selected = SecurityProtocol::selected_by(
+                protocol.uses_tls().then_some(&tls),
+                protocol.uses_sasl().then_some(&sasl),
+            );
+            assert_eq!(selected, protocol);
+        }
+        assert!(!SecurityProtocol::Plaintext.uses_tls());
+        assert!(SecurityProtocol::SaslSsl.uses_tls() && SecurityProtocol::SaslSsl.uses_sasl());
+    }
 }
