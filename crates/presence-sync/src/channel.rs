@@ -67,17 +67,21 @@ enum End {
     Reconnect(ReconnectCause, Option<Channel>),
 }
 
-/// Opens a WebSocket with the size limits and a connect timeout. The hard frame cap is far
-/// above the configured message cap, so an oversized message is read, counted and skipped
-/// rather than killing the socket; only something absurd (64x the cap) does.
+/// Opens a WebSocket with the size limits and a connect timeout. Messages up to the
+/// socket cap ([`SyncConfig::max_socket_message_bytes`]) are read; those over the message cap
+/// are then counted and skipped with the socket kept. A message over the socket cap is refused
+/// from its frame header, before any of it is buffered, and ends the socket (see
+/// [`Decoder::socket_error`]): that cap is what bounds a socket's memory.
 pub(crate) async fn connect(
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
     config: &SyncConfig,
 ) -> Result<Ws, String> {
-    let hard_cap = config.max_message_bytes.saturating_mul(64);
+    let cap = config.max_socket_message_bytes;
     let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(hard_cap))
-        .max_frame_size(Some(hard_cap));
+        .max_message_size(Some(cap))
+        .max_frame_size(Some(cap))
+        // Reads are buffered in chunks of this much; tungstenite's default is 128 KiB.
+        .read_buffer_size(cap.min(64 * 1024));
     match timeout(
         config.connect_timeout,
         tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true),
@@ -321,7 +325,7 @@ impl ChannelContext {
                     let control = match message {
                         ended @ (Some(Ok(Message::Close(_))) | None | Some(Err(_))) => {
                             if let Some(Err(e)) = &ended {
-                                log::info!("{context}: socket error: {e}");
+                                self.decoder.socket_error(e, &context);
                             }
                             // A replacement on its way (after socket_closing) is waited for a
                             // little; the switch then has a gap, so resync.
@@ -441,7 +445,7 @@ impl ChannelContext {
                 // Nothing ready, or the stream's end.
                 None | Some(None | Some(Ok(Message::Close(_)))) => return Control::None,
                 Some(Some(Err(e))) => {
-                    log::info!("{context}: socket error: {e}");
+                    self.decoder.socket_error(&e, context);
                     return Control::None;
                 }
                 Some(Some(Ok(message))) => self.decoder.message(&message, context, batch),

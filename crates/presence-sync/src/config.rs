@@ -6,6 +6,14 @@ use presence_frame::{GroupMask, Guid};
 
 use crate::error::{Error, Result};
 
+/// Default of [`SyncConfig::max_message_bytes`]: 128 KiB. Genesys notifications are a few
+/// hundred bytes and relay batches 64 KiB (4,096 frames).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
+/// Default of [`SyncConfig::max_socket_message_bytes`]: 256 KiB, so that 20 sockets hold at
+/// most a few MiB of message buffers between them, well inside a 64 MiB process.
+pub const DEFAULT_MAX_SOCKET_MESSAGE_BYTES: usize = 256 * 1024;
+
 /// Which users to watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UserSelection {
@@ -33,6 +41,7 @@ pub struct SyncConfig {
     pub(crate) backoff_cap: Duration,
     pub(crate) healthy_after: Duration,
     pub(crate) max_message_bytes: usize,
+    pub(crate) max_socket_message_bytes: usize,
     pub(crate) resync_interval: Option<Duration>,
     pub(crate) batch_size: usize,
 }
@@ -54,7 +63,8 @@ impl Default for SyncConfig {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             healthy_after: Duration::from_secs(30),
-            max_message_bytes: 1 << 20,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_socket_message_bytes: DEFAULT_MAX_SOCKET_MESSAGE_BYTES,
             resync_interval: None,
             batch_size: 512,
         }
@@ -62,6 +72,14 @@ impl Default for SyncConfig {
 }
 
 impl SyncConfig {
+    /// Default of [`SyncConfig::max_message_bytes`]: 128 KiB. Genesys notifications are a few
+    /// hundred bytes and relay batches 64 KiB (4,096 frames).
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
+    /// Default of [`SyncConfig::max_socket_message_bytes`]: 256 KiB, so that 20 sockets hold at
+    /// most a few MiB of message buffers between them, well inside a 64 MiB process.
+    pub const DEFAULT_MAX_SOCKET_MESSAGE_BYTES: usize = 256 * 1024;
+
     /// Which users to watch. By default, every active user.
     pub fn users(mut self, users: UserSelection) -> SyncConfig {
         self.users = users;
@@ -150,10 +168,21 @@ impl SyncConfig {
         self
     }
 
-    /// Messages longer than this are counted and skipped (the socket stays up). By default,
-    /// 1 MiB.
+    /// Messages longer than this are counted (`oversized`) and skipped; the socket stays up.
+    /// At least 1,024 and at most [`max_socket_message_bytes`](Self::max_socket_message_bytes).
+    /// By default, 128 KiB ([`DEFAULT_MAX_MESSAGE_BYTES`]).
     pub fn max_message_bytes(mut self, bytes: usize) -> SyncConfig {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The most a WebSocket reads for one message (and one frame): what bounds a socket's
+    /// buffers, and so the memory of every socket together (20 sockets at 256 KiB: 5 MiB). A
+    /// longer message is refused from its header, before its payload is read: it is counted
+    /// (`oversized`), the socket is replaced and its users resynced, so no state is lost.
+    /// By default, 256 KiB ([`DEFAULT_MAX_SOCKET_MESSAGE_BYTES`]).
+    pub fn max_socket_message_bytes(mut self, bytes: usize) -> SyncConfig {
+        self.max_socket_message_bytes = bytes;
         self
     }
 
@@ -209,6 +238,15 @@ impl SyncConfig {
                 format!("must be at least 1024, got {}", self.max_message_bytes),
             );
         }
+        if self.max_socket_message_bytes < self.max_message_bytes {
+            return bad(
+                "max-socket-message-bytes",
+                format!(
+                    "must be at least max-message-bytes ({}), got {}",
+                    self.max_message_bytes, self.max_socket_message_bytes
+                ),
+            );
+        }
         if self
             .resync_interval
             .is_some_and(|i| i < Duration::from_secs(1))
@@ -216,5 +254,35 @@ impl SyncConfig {
             return bad("resync-interval", "must be at least 1 s".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_caps_default_small_and_are_checked() {
+        let config = SyncConfig::default();
+        assert!(config.validate().is_ok());
+        // 20 sockets at the socket cap stay far under a 64 MiB process.
+        assert!(20 * config.max_socket_message_bytes <= 8 << 20);
+        // A relay batch of 4,096 frames (64 KiB) is read and decoded.
+        assert!(config.max_message_bytes >= 64 * 1024);
+        let err = SyncConfig::default()
+            .max_message_bytes(512 * 1024)
+            .validate()
+            .expect_err("over the socket cap");
+        assert!(
+            err.to_string().contains("max-socket-message-bytes"),
+            "{err}"
+        );
+        assert!(
+            SyncConfig::default()
+                .max_message_bytes(512 * 1024)
+                .max_socket_message_bytes(1 << 20)
+                .validate()
+                .is_ok()
+        );
     }
 }

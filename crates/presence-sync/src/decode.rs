@@ -195,6 +195,26 @@ impl Decoder {
         }
     }
 
+    /// A socket read failed. A message over the socket cap (refused from its header, never
+    /// buffered) is counted as oversized; the caller replaces the socket either way.
+    pub(crate) fn socket_error(
+        &self,
+        error: &tokio_tungstenite::tungstenite::Error,
+        context: &str,
+    ) {
+        use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+        match error {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => self.bad(
+                DecodeErrorKind::Oversized,
+                context,
+                format_args!(
+                    "message of {size} bytes is over the socket cap of {max_size} bytes; replacing the socket"
+                ),
+            ),
+            other => log::info!("{context}: socket error: {other}"),
+        }
+    }
+
     fn oversized(&self, len: usize, context: &str) -> bool {
         if len <= self.max_bytes {
             return false;

@@ -15,6 +15,11 @@
 //!     user listing when many channels ask at once), with Genesys's own `modifiedDate`;
 //!   - reconnects with exponential backoff and full jitter, capped, and logs one line per
 //!     state change.
+//!   - bounds what a socket can hold: a message over
+//!     [`max_message_bytes`](SyncConfig::max_message_bytes) (128 KiB) is counted and skipped,
+//!     one over [`max_socket_message_bytes`](SyncConfig::max_socket_message_bytes) (256 KiB)
+//!     is refused from its header and the socket replaced, so 20 sockets never hold more
+//!     than a few MiB.
 //! - [`RelaySource`]: the same for a binary relay of 16-byte frames, token in a header.
 //! - [`SyncStatus`]: counters ([`SyncStats`]) and per-channel states for metrics, readiness
 //!   and dashboards.
@@ -56,7 +61,9 @@ mod sink;
 mod stats;
 mod sync;
 
-pub use config::{SyncConfig, UserSelection};
+pub use config::{
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_SOCKET_MESSAGE_BYTES, SyncConfig, UserSelection,
+};
 pub use error::{Error, Result};
 pub use plan::ChannelPlan;
 pub use relay::RelaySource;

@@ -31,7 +31,7 @@ use crate::stats::{ChannelSlot, ChannelState, ReconnectCause, SyncStatus, bump};
 /// [`display_url`](RelaySource::display_url), the URL without its query and fragment.
 ///
 /// Uses from [`SyncConfig`]: `allowed` (frames carry the group bits 0 to 7),
-/// `max_message_bytes`, `idle_before_ping`, `pong_timeout`, `connect_timeout`, `backoff`,
+/// `max_message_bytes`, `max_socket_message_bytes`, `idle_before_ping`, `pong_timeout`, `connect_timeout`, `backoff`,
 /// `healthy_after`.
 pub struct RelaySource {
     url: String,
@@ -267,7 +267,7 @@ impl RelaySource {
                         Some(Ok(Message::Close(_))) | None => return Some(ReconnectCause::Closed),
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
-                            log::info!("relay: socket error: {e}");
+                            decoder.socket_error(&e, context);
                             return Some(ReconnectCause::Closed);
                         }
                     }

@@ -492,7 +492,7 @@ async fn garbage_truncated_and_oversized_messages_are_counted_and_skipped() {
         .send_truncated_json(FaultTarget::All)
         .expect("truncated");
     h.emulator
-        .send_oversized(FaultTarget::All, 3 << 20)
+        .send_oversized(FaultTarget::All, 192 << 10)
         .expect("oversized");
     h.wait_for("three bad messages", Duration::from_secs(10), |h| {
         h.status.stats().decode_errors_total() >= 3
