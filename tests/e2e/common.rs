@@ -698,7 +698,7 @@ pub struct TopicReader {
     pub last_value: HashMap<String, Record>,
     /// Tombstones per key.
     pub tombstones: HashMap<String, usize>,
-    /// The newest event time seen per key (values only).
+    /// The newest event time per key since its last tombstone (values only).
     newest: HashMap<String, i64>,
     problems: Vec<String>,
     problem_count: usize,
@@ -849,6 +849,19 @@ impl TopicReader {
             self.problem(format!("{key}: schema-version header {headers:?}"));
         }
         if record.value.is_none() {
+            // A tombstone is never dated before the state it deletes; after it, the key
+            // starts afresh (a state older than the deleted one may follow).
+            match (self.newest.remove(key), record.timestamp) {
+                (Some(newest), Some(stamp)) if stamp < newest => self.problem(format!(
+                    "{key}: tombstone at {stamp} is older than the state it deletes ({newest}) at {}/{}",
+                    record.partition, record.offset
+                )),
+                (Some(_), None) => self.problem(format!(
+                    "{key}: tombstone without a timestamp at {}/{}",
+                    record.partition, record.offset
+                )),
+                _ => {}
+            }
             return;
         }
         let user = record.field_str("userId").flatten();
