@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::faults::{ChaosConfig, Fault};
+use crate::fault::{ChaosConfig, Fault, FaultHits};
 use crate::server::Shared;
 use crate::wire;
 
@@ -104,54 +104,6 @@ pub struct RelayStats {
     pub frames_sent: u64,
     /// Messages a relay socket missed (it fell behind, or was stalled).
     pub messages_lost: u64,
-}
-
-/// Where the faults of one kind landed, in [`Stats::fault_hits`]: each field counts
-/// applications, never requests.
-///
-/// JSON: `{"channelSockets":2,"relaySockets":0,"channels":0,"tokens":0,"apiCalls":0,
-/// "tokenRequests":0}`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FaultHits {
-    /// Channel sockets that acted on a socket fault: dropped, stalled (a socket already
-    /// stalled is not counted again), warned of closing, or sent the bad message.
-    pub channel_sockets: u64,
-    /// Relay sockets that acted on a socket fault, as for `channel_sockets`.
-    pub relay_sockets: u64,
-    /// Channels removed (`no_longer_subscribed`).
-    pub channels: u64,
-    /// Live tokens expired (`expire_tokens`); the emulator does not know which client holds
-    /// a token, only that it was issued to a client.
-    pub tokens: u64,
-    /// `/api/v2` calls answered by a burst (429 or 5xx).
-    pub api_calls: u64,
-    /// Token requests (`POST /oauth/token`) answered by a burst.
-    pub token_requests: u64,
-}
-
-impl FaultHits {
-    /// Every application, wherever it landed.
-    pub fn total(&self) -> u64 {
-        self.channel_sockets
-            + self.relay_sockets
-            + self.channels
-            + self.tokens
-            + self.api_calls
-            + self.token_requests
-    }
-
-    /// Applications that reach a client of notification channels: everything but relay
-    /// sockets.
-    pub fn on_channel_clients(&self) -> u64 {
-        self.total() - self.relay_sockets
-    }
-
-    /// Applications that reach a relay client: relay sockets, tokens and token requests (a
-    /// relay client calls no `/api/v2` endpoint and has no channel).
-    pub fn on_relay_clients(&self) -> u64 {
-        self.relay_sockets + self.tokens + self.token_requests
-    }
 }
 
 /// Counters of an emulator, as `GET /emulator/stats` returns them.

@@ -5,7 +5,6 @@
 //! first call after the previous window closed, and allows
 //! [`rate_limit_per_minute`](crate::EmulatorConfig::rate_limit_per_minute) calls.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,67 +17,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::faults::Landed;
+use crate::fault::Landed;
 use crate::server::Shared;
-use crate::wire::{self, ApiError};
+use crate::tokens::{TokenEntry, unauthorized};
+use crate::wire;
 
 const WINDOW: Duration = Duration::from_secs(60);
-
-/// Who is calling: put into each API request's extensions by [`api_guard`].
-#[derive(Clone, Debug)]
-pub(crate) struct Caller {
-    pub(crate) client_id: Arc<str>,
-    pub(crate) token: Arc<str>,
-}
-
-#[derive(Debug)]
-struct TokenEntry {
-    client_id: Arc<str>,
-    expires_at: Instant,
-    window_start: Instant,
-    window_count: u32,
-}
-
-/// Every token issued and not yet swept.
-#[derive(Debug, Default)]
-pub(crate) struct Tokens {
-    map: HashMap<Arc<str>, TokenEntry>,
-}
-
-impl Tokens {
-    /// Removes tokens expired by `now` and returns them.
-    pub(crate) fn sweep(&mut self, now: Instant) -> HashSet<Arc<str>> {
-        let dead: HashSet<Arc<str>> = self
-            .map
-            .iter()
-            .filter(|(_, t)| t.expires_at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for token in &dead {
-            self.map.remove(token);
-        }
-        dead
-    }
-
-    /// The caller of a valid token, or the 401 to answer.
-    pub(crate) fn check(&self, token: &str, now: Instant) -> Result<Caller, ApiError> {
-        match self.map.get_key_value(token) {
-            Some((key, entry)) if entry.expires_at > now => Ok(Caller {
-                client_id: entry.client_id.clone(),
-                token: key.clone(),
-            }),
-            Some(_) => Err(unauthorized(
-                "bad.credentials",
-                "The access token has expired",
-            )),
-            None => Err(unauthorized("bad.credentials", "Invalid login credentials")),
-        }
-    }
-}
-
-fn unauthorized(code: &'static str, message: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
-}
 
 /// The 401 for a request without `Authorization: Bearer`.
 pub(crate) fn missing_token() -> Response {

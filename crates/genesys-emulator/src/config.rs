@@ -4,7 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::faults::{ChaosConfig, Fault};
+use crate::fault::{ChaosConfig, Fault};
+use crate::limits::{MAX_CHANGE_RATE, MAX_DURATION, MAX_OVERSIZED_BYTES, MAX_USERS};
 
 /// How a `systemPresence` value is spelled in one place of the API.
 ///
@@ -40,19 +41,6 @@ pub enum ChannelLimitPolicy {
     /// Refuse the new channel with 400.
     Reject,
 }
-
-/// Longest accepted duration setting (one year): far beyond any real need, and far from
-/// overflowing clock arithmetic.
-pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Most users accepted (about 1 GB of emulator state).
-pub const MAX_USERS: u32 = 10_000_000;
-
-/// Highest change rate accepted (changes per second).
-pub const MAX_CHANGE_RATE: f64 = 10_000_000.0;
-
-/// Largest oversized message (also the cap of [`Fault::Oversized`]'s `bytes`): 64 MiB.
-pub const MAX_OVERSIZED_BYTES: usize = 64 * 1024 * 1024;
 
 /// A secret that never shows in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]

@@ -59,21 +59,26 @@
 
 mod admin;
 mod auth;
+mod bursts;
+mod channel_table;
 mod channels;
 mod config;
+mod control;
 mod error;
+mod fault;
 mod faults;
+mod limits;
 mod rest;
 mod rng;
 mod server;
 mod socket;
+mod tokens;
 mod wire;
 mod workload;
 
-pub use admin::{ChannelStats, FaultHits, RelayStats, Stats, TruthEntry};
-pub use config::{
-    ChannelLimitPolicy, EmulatorConfig, MAX_CHANGE_RATE, MAX_OVERSIZED_BYTES, MAX_USERS, Spelling,
-};
+pub use admin::{ChannelStats, RelayStats, Stats, TruthEntry};
+pub use config::{ChannelLimitPolicy, EmulatorConfig, Spelling};
 pub use error::{Error, Result};
-pub use faults::{BurstScope, ChaosConfig, Fault, FaultKind, FaultTarget};
+pub use fault::{BurstScope, ChaosConfig, Fault, FaultHits, FaultKind, FaultTarget};
+pub use limits::{MAX_CHANGE_RATE, MAX_OVERSIZED_BYTES, MAX_USERS};
 pub use server::{Emulator, EmulatorHandle};

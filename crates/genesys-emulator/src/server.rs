@@ -23,14 +23,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::admin::{Stats, TruthEntry};
-use crate::auth::{self, Tokens};
-use crate::channels::{self, ChannelTable};
+use crate::auth;
+use crate::bursts::ApiFaults;
+use crate::channel_table::ChannelTable;
+use crate::channels;
 use crate::config::EmulatorConfig;
+use crate::control::Control;
 use crate::error::{Error, Result};
-use crate::faults::{self, ApiFaults, BurstScope, ChaosConfig, Fault, FaultTarget};
+use crate::fault::{BurstScope, ChaosConfig, Fault, FaultHits, FaultTarget};
+use crate::faults;
 use crate::rest;
 use crate::rng::Rng;
 use crate::socket;
+use crate::tokens::Tokens;
 use crate::wire;
 use crate::workload::{Change, Generator, UserPresence, World, stream};
 
@@ -85,7 +90,7 @@ pub(crate) struct Counters {
     /// Faults asked for, by kind.
     pub(crate) faults_requested: Mutex<BTreeMap<&'static str, u64>>,
     /// Faults applied, by kind and where.
-    pub(crate) fault_hits: Mutex<BTreeMap<&'static str, admin::FaultHits>>,
+    pub(crate) fault_hits: Mutex<BTreeMap<&'static str, FaultHits>>,
 }
 
 /// Everything the tasks and handlers share.
@@ -105,7 +110,7 @@ pub(crate) struct Shared {
     startup_faults: Mutex<Vec<Fault>>,
     pub(crate) relay_tx: broadcast::Sender<Bytes>,
     pub(crate) relay_conns:
-        Mutex<std::collections::HashMap<u64, tokio::sync::mpsc::UnboundedSender<socket::Control>>>,
+        Mutex<std::collections::HashMap<u64, tokio::sync::mpsc::UnboundedSender<Control>>>,
     pub(crate) counters: Counters,
     quiesced: AtomicBool,
     rate_bits: AtomicU64,
@@ -119,14 +124,6 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     pub(crate) cancel: CancellationToken,
     pub(crate) tracker: TaskTracker,
-}
-
-/// A fresh random id for `contextId`s.
-pub(crate) fn context_id() -> String {
-    // Not seeded: context ids are never compared.
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    Rng::new(n, 0xc0_47e7).guid().to_string()
 }
 
 impl Shared {
@@ -147,12 +144,12 @@ impl Shared {
     }
 
     pub(crate) fn set_change_rate(&self, per_second: f64) -> Result<()> {
-        if !(0.0..=crate::config::MAX_CHANGE_RATE).contains(&per_second) {
+        if !(0.0..=crate::limits::MAX_CHANGE_RATE).contains(&per_second) {
             return Err(Error::InvalidConfig {
                 field: "change_rate",
                 reason: format!(
                     "must be between 0 and {} changes per second",
-                    crate::config::MAX_CHANGE_RATE
+                    crate::limits::MAX_CHANGE_RATE
                 ),
             });
         }

@@ -25,8 +25,9 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::auth;
-use crate::channels::{ChannelCounters, Connection};
-use crate::faults::{FaultKind, FaultTarget, Landed};
+use crate::channel_table::{ChannelCounters, Connection};
+use crate::control::Control;
+use crate::fault::{FaultKind, FaultTarget, Landed};
 use crate::server::Shared;
 use crate::wire::{self, ApiError};
 
@@ -40,41 +41,6 @@ const WRITE_BATCH: usize = 512;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// Orders to a socket's task, from faults and from the channel table.
-#[derive(Debug)]
-pub(crate) enum Control {
-    /// Another socket connected to the same channel: close this one.
-    Kick,
-    /// The channel expired (or its token did): close with a close frame.
-    Close {
-        /// The close frame's reason.
-        reason: &'static str,
-    },
-    /// The channel was removed: send this system message, then close.
-    Gone {
-        /// The `no_longer_subscribed` message.
-        message: String,
-    },
-    /// Close TCP without a close frame.
-    Drop,
-    /// Stop sending and reading.
-    Stall,
-    /// Send the maintenance warning, close after `grace`.
-    SocketClosing {
-        /// Time until the close.
-        grace: Duration,
-        /// The `v2.system.socket_closing` message.
-        message: String,
-    },
-    /// Send this message as is (garbage, truncated, oversized).
-    Send {
-        /// The fault it carries, counted once the message is written.
-        kind: FaultKind,
-        /// The message.
-        message: Message,
-    },
-}
 
 /// Checks a WebSocket upgrade request; the `Sec-WebSocket-Accept` value and the upgrade
 /// future, or the error response.

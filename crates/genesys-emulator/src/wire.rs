@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +12,7 @@ use presence_frame::{EventTime, Guid, Status};
 use serde_json::{Value, json};
 
 use crate::config::Spelling;
+use crate::rng::Rng;
 use crate::workload::{MESSAGES, UserPresence, World};
 
 /// Each message of [`MESSAGES`] as a JSON string literal (quoted and escaped).
@@ -229,13 +231,21 @@ pub(crate) fn user_object(
     object
 }
 
+/// A fresh random id for `contextId`s.
+pub(crate) fn context_id() -> String {
+    // Not seeded: context ids are never compared.
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Rng::new(n, 0xc0_47e7).guid().to_string()
+}
+
 /// A Genesys-style error body and status.
 pub(crate) fn api_error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = json!({
         "message": message.into(),
         "code": code,
         "status": status.as_u16(),
-        "contextId": crate::server::context_id(),
+        "contextId": context_id(),
         "details": [],
         "errors": [],
     });
