@@ -16,7 +16,8 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::fault::{ChaosConfig, Fault, FaultHits};
-use crate::server::Shared;
+use crate::inject;
+use crate::state::Shared;
 use crate::wire;
 
 /// One user's current state, as `GET /emulator/truth` returns it (an array of these).
@@ -150,104 +151,102 @@ pub struct Stats {
     pub change_rate: f64,
 }
 
-impl Shared {
-    /// Every user's current state.
-    pub(crate) fn truth(&self) -> Vec<TruthEntry> {
-        let presence = self.presence.read().clone();
-        presence
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let info = &self.world.users[i];
-                TruthEntry {
-                    user_id: info.guid.to_string(),
-                    relay_id: i as u32,
-                    system_presence: p.status.system_presence().unwrap_or("OFFLINE").to_owned(),
-                    presence_definition_id: self
-                        .world
-                        .definitions
-                        .get(usize::from(p.definition))
-                        .map_or_else(String::new, |d| d.guid.to_string()),
-                    message: wire::message_text(p.message).to_owned(),
-                    modified_date: EventTime(p.modified_ms).to_rfc3339(),
-                    groups: self
-                        .world
-                        .groups
-                        .iter()
-                        .enumerate()
-                        .filter(|(g, _)| info.groups & (1 << g) != 0)
-                        .map(|(_, g)| g.guid.to_string())
-                        .collect(),
-                    group_mask: info.groups,
-                    location: info.location.to_string(),
-                }
+/// Every user's current state.
+pub(crate) fn read_truth(shared: &Shared) -> Vec<TruthEntry> {
+    let presence = shared.presence.read().clone();
+    presence
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let info = &shared.world.users[i];
+            TruthEntry {
+                user_id: info.guid.to_string(),
+                relay_id: i as u32,
+                system_presence: p.status.system_presence().unwrap_or("OFFLINE").to_owned(),
+                presence_definition_id: shared
+                    .world
+                    .definitions
+                    .get(usize::from(p.definition))
+                    .map_or_else(String::new, |d| d.guid.to_string()),
+                message: wire::message_text(p.message).to_owned(),
+                modified_date: EventTime(p.modified_ms).to_rfc3339(),
+                groups: shared
+                    .world
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .filter(|(g, _)| info.groups & (1 << g) != 0)
+                    .map(|(_, g)| g.guid.to_string())
+                    .collect(),
+                group_mask: info.groups,
+                location: info.location.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// The counters now.
+pub(crate) fn read_stats(shared: &Shared) -> Stats {
+    let c = &shared.counters;
+    let now = Instant::now();
+    let mut channels: Vec<ChannelStats> = {
+        let table = shared.channels.lock();
+        table
+            .channels
+            .values()
+            .filter(|ch| ch.expires_at > now)
+            .map(|ch| ChannelStats {
+                id: ch.id.to_string(),
+                connected: ch.connection.is_some(),
+                topics: ch.topics.len(),
+                delivered: ch.counters.delivered.load(Ordering::Relaxed),
+                lost: ch.counters.lost.load(Ordering::Relaxed),
+                expires: ch.expires_wall.to_rfc3339(),
             })
             .collect()
-    }
-
-    /// The counters now.
-    pub(crate) fn stats(&self) -> Stats {
-        let c = &self.counters;
-        let now = Instant::now();
-        let mut channels: Vec<ChannelStats> = {
-            let table = self.channels.lock();
-            table
-                .channels
-                .values()
-                .filter(|ch| ch.expires_at > now)
-                .map(|ch| ChannelStats {
-                    id: ch.id.to_string(),
-                    connected: ch.connection.is_some(),
-                    topics: ch.topics.len(),
-                    delivered: ch.counters.delivered.load(Ordering::Relaxed),
-                    lost: ch.counters.lost.load(Ordering::Relaxed),
-                    expires: ch.expires_wall.to_rfc3339(),
-                })
-                .collect()
-        };
-        channels.sort_by(|a, b| a.id.cmp(&b.id));
-        let hits = c.fault_hits.lock().clone();
-        Stats {
-            events_generated: c.events_generated.load(Ordering::Relaxed),
-            events_delivered: c.events_delivered.load(Ordering::Relaxed),
-            events_lost: c.events_lost.load(Ordering::Relaxed),
-            events_unreached: c.events_unreached.load(Ordering::Relaxed),
-            heartbeats_sent: c.heartbeats_sent.load(Ordering::Relaxed),
-            api_requests: c.api_requests.load(Ordering::Relaxed),
-            api_rate_limited: c.api_rate_limited.load(Ordering::Relaxed),
-            tokens_issued: c.tokens_issued.load(Ordering::Relaxed),
-            faults_requested: c
-                .faults_requested
-                .lock()
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), *v))
-                .collect(),
-            faults_injected: hits
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.total()))
-                .collect(),
-            fault_hits: hits.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
-            channels,
-            relay: RelayStats {
-                connections: self.relay_conns.lock().len(),
-                messages_sent: c.relay_messages_sent.load(Ordering::Relaxed),
-                frames_sent: c.relay_frames_sent.load(Ordering::Relaxed),
-                messages_lost: c.relay_messages_lost.load(Ordering::Relaxed),
-            },
-            quiesced: self.is_quiesced(),
-            change_rate: self.change_rate(),
-        }
+    };
+    channels.sort_by(|a, b| a.id.cmp(&b.id));
+    let hits = c.fault_hits.lock().clone();
+    Stats {
+        events_generated: c.events_generated.load(Ordering::Relaxed),
+        events_delivered: c.events_delivered.load(Ordering::Relaxed),
+        events_lost: c.events_lost.load(Ordering::Relaxed),
+        events_unreached: c.events_unreached.load(Ordering::Relaxed),
+        heartbeats_sent: c.heartbeats_sent.load(Ordering::Relaxed),
+        api_requests: c.api_requests.load(Ordering::Relaxed),
+        api_rate_limited: c.api_rate_limited.load(Ordering::Relaxed),
+        tokens_issued: c.tokens_issued.load(Ordering::Relaxed),
+        faults_requested: c
+            .faults_requested
+            .lock()
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        faults_injected: hits
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.total()))
+            .collect(),
+        fault_hits: hits.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        channels,
+        relay: RelayStats {
+            connections: shared.relay_conns.lock().len(),
+            messages_sent: c.relay_messages_sent.load(Ordering::Relaxed),
+            frames_sent: c.relay_frames_sent.load(Ordering::Relaxed),
+            messages_lost: c.relay_messages_lost.load(Ordering::Relaxed),
+        },
+        quiesced: shared.is_quiesced(),
+        change_rate: shared.change_rate(),
     }
 }
 
 /// `GET /emulator/truth`.
 pub(crate) async fn truth(State(shared): State<Arc<Shared>>) -> Response {
-    axum::Json(shared.truth()).into_response()
+    axum::Json(read_truth(&shared)).into_response()
 }
 
 /// `GET /emulator/stats`.
 pub(crate) async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    axum::Json(shared.stats()).into_response()
+    axum::Json(read_stats(&shared)).into_response()
 }
 
 /// `POST /emulator/quiesce`: answers once no change is being made.
@@ -269,7 +268,7 @@ pub(crate) async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
         Ok(fault) => fault,
         Err(error) => return wire::bad_request(format!("Not a fault: {error}")),
     };
-    match shared.inject(&fault) {
+    match inject::inject(&shared, &fault) {
         Ok(applied) => axum::Json(json!({"applied": applied})).into_response(),
         Err(error @ Error::UnknownChannel { .. }) => wire::not_found(error.to_string()),
         Err(error) => wire::bad_request(error.to_string()),

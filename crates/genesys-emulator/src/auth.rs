@@ -1,5 +1,6 @@
-//! OAuth client credentials (`POST /oauth/token`), bearer-token checks, and the per-token
-//! rate limit, applied to every `/api/v2` call by [`api_guard`].
+//! OAuth client credentials (`POST /oauth/token`), bearer-token checks, the per-token rate
+//! limit, applied to every `/api/v2` call by [`api_guard`], and expiring every token at once
+//! (the `expire_tokens` fault). The token table itself is `tokens.rs`.
 //!
 //! The rate limit is a fixed one-minute window per token: the window opens at the token's
 //! first call after the previous window closed, and allows
@@ -17,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::channels;
 use crate::fault::Landed;
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::tokens::{TokenEntry, unauthorized};
 use crate::wire;
 
@@ -162,28 +164,26 @@ pub(crate) async fn oauth_token(
     .into_response()
 }
 
-impl Shared {
-    /// Expires every token now; returns how many were still live (a token that had already
-    /// expired, not yet swept, is not counted).
-    pub(crate) fn expire_all_tokens(&self) -> usize {
-        let now = Instant::now();
-        let mut live = 0;
-        let dead = {
-            let mut tokens = self.tokens.lock();
-            for entry in tokens.map.values_mut() {
-                if entry.expires_at > now {
-                    live += 1;
-                }
-                entry.expires_at = entry.expires_at.min(now);
+/// Expires every token now; returns how many were still live (a token that had already
+/// expired, not yet swept, is not counted).
+pub(crate) fn expire_all_tokens(shared: &Shared) -> usize {
+    let now = Instant::now();
+    let mut live = 0;
+    let dead = {
+        let mut tokens = shared.tokens.lock();
+        for entry in tokens.map.values_mut() {
+            if entry.expires_at > now {
+                live += 1;
             }
-            tokens.sweep(now)
-        };
-        if self.config.channels_close_with_token {
-            let gone = self.channels.lock().sweep(now, &dead);
-            self.close_expired(gone);
+            entry.expires_at = entry.expires_at.min(now);
         }
-        live
+        tokens.sweep(now)
+    };
+    if shared.config.channels_close_with_token {
+        let gone = shared.channels.lock().sweep(now, &dead);
+        channels::close_expired(gone);
     }
+    live
 }
 
 /// Middleware of every `/api/v2` route: injected API faults, then the bearer token (401),

@@ -1,5 +1,7 @@
-//! Notification channels and their topic subscriptions: the table, the 20-channel and
-//! 1,000-topic rules, expiry, and the `/api/v2/notifications/channels` endpoints.
+//! Notification channels and their topic subscriptions: the
+//! `/api/v2/notifications/channels` endpoints (the 20-channel and 1,000-topic rules, topic
+//! parsing, a subscription extending the channel's life), and removing or closing channels
+//! (`no_longer_subscribed`, expiry). The table they work on is `channel_table.rs`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use presence_frame::Guid;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::channel_table::{Channel, Topic};
@@ -21,7 +22,8 @@ use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::fault::FaultTarget;
 use crate::rest::Query;
-use crate::server::Shared;
+use crate::rng::Rng;
+use crate::state::Shared;
 use crate::tokens::Caller;
 use crate::wire;
 use crate::workload::World;
@@ -60,127 +62,82 @@ fn parse_topic(world: &World, name: &str) -> std::result::Result<Option<u32>, St
     Ok(presence.then_some(user))
 }
 
-/// A connected socket, as a fault sees it.
-pub(crate) struct SocketRef {
-    pub(crate) control: mpsc::UnboundedSender<Control>,
-    pub(crate) is_relay: bool,
-    /// A user the channel is subscribed to, for a truncated notification.
-    pub(crate) user: Option<u32>,
-}
-
 #[derive(Deserialize)]
 struct TopicRequest {
     id: String,
 }
 
-impl Shared {
-    /// The `ws://host:port` the `connectUri`s point at.
-    pub(crate) fn connect_base(&self) -> String {
-        format!("ws://{}", self.addr)
-    }
+/// The `ws://host:port` the `connectUri`s point at.
+pub(crate) fn connect_base(shared: &Shared) -> String {
+    format!("ws://{}", shared.addr)
+}
 
-    /// A new channel id, `streaming-0-` and 26 random characters.
-    fn new_channel_id(&self) -> Arc<str> {
-        Arc::from(format!("streaming-0-{}", self.misc_rng.lock().hex(26)))
-    }
+/// A new channel id, `streaming-0-` and 26 random characters.
+fn new_channel_id(shared: &Shared) -> Arc<str> {
+    Arc::from(format!("streaming-0-{}", shared.misc_rng.lock().hex(26)))
+}
 
-    /// Sockets hit by a socket fault aimed at `target`, with the first subscribed user of
-    /// each channel (for a truncated notification).
-    pub(crate) fn connected_sockets(&self, target: &FaultTarget) -> Result<Vec<SocketRef>> {
-        let mut out = Vec::new();
-        let channel_socket = |c: &Channel| {
-            c.connection.as_ref().map(|conn| SocketRef {
-                control: conn.control.clone(),
-                is_relay: false,
-                user: c.topics.iter().find_map(|t| t.presence_of),
-            })
-        };
+/// `no_longer_subscribed`: removes the target channels, telling connected ones why.
+pub(crate) fn remove_channels(shared: &Shared, target: &FaultTarget) -> Result<usize> {
+    let removed: Vec<Channel> = {
+        let mut table = shared.channels.lock();
         match target {
             FaultTarget::Channel(id) => {
-                let table = self.channels.lock();
                 let channel = table
-                    .live(id, Instant::now())
+                    .remove(id)
                     .ok_or_else(|| Error::UnknownChannel { id: id.clone() })?;
-                out.extend(channel_socket(channel));
+                vec![channel]
             }
-            FaultTarget::All | FaultTarget::Relay => {
-                if *target == FaultTarget::All {
-                    let table = self.channels.lock();
-                    out.extend(table.channels.values().filter_map(channel_socket));
-                }
-                let relay = self.relay_conns.lock();
-                out.extend(relay.values().map(|c| SocketRef {
-                    control: c.clone(),
-                    is_relay: true,
-                    user: None,
-                }));
+            FaultTarget::All => {
+                let ids: Vec<Arc<str>> = table.channels.keys().cloned().collect();
+                ids.iter().filter_map(|id| table.remove(id)).collect()
             }
-        }
-        Ok(out)
-    }
-
-    /// `no_longer_subscribed`: removes the target channels, telling connected ones why.
-    pub(crate) fn remove_channels(&self, target: &FaultTarget) -> Result<usize> {
-        let removed: Vec<Channel> = {
-            let mut table = self.channels.lock();
-            match target {
-                FaultTarget::Channel(id) => {
-                    let channel = table
-                        .remove(id)
-                        .ok_or_else(|| Error::UnknownChannel { id: id.clone() })?;
-                    vec![channel]
-                }
-                FaultTarget::All => {
-                    let ids: Vec<Arc<str>> = table.channels.keys().cloned().collect();
-                    ids.iter().filter_map(|id| table.remove(id)).collect()
-                }
-                FaultTarget::Relay => {
-                    return Err(Error::InvalidFault {
-                        reason: "no_longer_subscribed targets channels, not the relay".to_owned(),
-                    });
-                }
-            }
-        };
-        let count = removed.len();
-        for channel in removed {
-            self.tell_gone(channel);
-        }
-        Ok(count)
-    }
-
-    /// Tells a removed channel's socket (if any) that the channel is gone, and closes it.
-    fn tell_gone(&self, channel: Channel) {
-        if let Some(conn) = channel.connection {
-            let message = wire::no_longer_subscribed(&channel.id, self.random_guid());
-            let _ = conn.control.send(Control::Gone { message });
-        }
-    }
-
-    /// Closes the sockets of channels removed by expiry (of the channel or its token).
-    pub(crate) fn close_expired(&self, channels: Vec<Channel>) {
-        for channel in channels {
-            log::debug!("channel {} expired", channel.id);
-            if let Some(conn) = channel.connection {
-                let _ = conn.control.send(Control::Close {
-                    reason: "channel expired",
+            FaultTarget::Relay => {
+                return Err(Error::InvalidFault {
+                    reason: "no_longer_subscribed targets channels, not the relay".to_owned(),
                 });
             }
         }
+    };
+    let count = removed.len();
+    for channel in removed {
+        tell_gone(shared, channel);
     }
+    Ok(count)
+}
 
-    /// A connected channel chosen with `rng`.
-    pub(crate) fn random_connected_channel(&self, rng: &mut crate::rng::Rng) -> Option<String> {
-        let table = self.channels.lock();
-        let mut ids: Vec<&Arc<str>> = table
-            .channels
-            .values()
-            .filter(|c| c.connection.is_some())
-            .map(|c| &c.id)
-            .collect();
-        ids.sort();
-        let pick = rng.below(ids.len() as u64) as usize;
-        ids.get(pick).map(|id| id.to_string())
+/// Tells a removed channel's socket (if any) that the channel is gone, and closes it.
+fn tell_gone(shared: &Shared, channel: Channel) {
+    if let Some(conn) = channel.connection {
+        let message = wire::no_longer_subscribed(&channel.id, shared.random_guid());
+        let _ = conn.control.send(Control::Gone { message });
     }
+}
+
+/// Closes the sockets of channels removed by expiry (of the channel or its token).
+pub(crate) fn close_expired(channels: Vec<Channel>) {
+    for channel in channels {
+        log::debug!("channel {} expired", channel.id);
+        if let Some(conn) = channel.connection {
+            let _ = conn.control.send(Control::Close {
+                reason: "channel expired",
+            });
+        }
+    }
+}
+
+/// A connected channel chosen with `rng`.
+pub(crate) fn random_connected_channel(shared: &Shared, rng: &mut Rng) -> Option<String> {
+    let table = shared.channels.lock();
+    let mut ids: Vec<&Arc<str>> = table
+        .channels
+        .values()
+        .filter(|c| c.connection.is_some())
+        .map(|c| &c.id)
+        .collect();
+    ids.sort();
+    let pick = rng.below(ids.len() as u64) as usize;
+    ids.get(pick).map(|id| id.to_string())
 }
 
 /// `POST /api/v2/notifications/channels`.
@@ -190,7 +147,7 @@ pub(crate) async fn create(
 ) -> Response {
     let now = Instant::now();
     let config = &shared.config;
-    let id = shared.new_channel_id();
+    let id = new_channel_id(&shared);
     let (summary, replaced, expired) = {
         let mut table = shared.channels.lock();
         // Expired channels count toward nothing, even before the janitor's next sweep.
@@ -212,7 +169,7 @@ pub(crate) async fn create(
             };
             let Some(victim) = victim else {
                 drop(table);
-                shared.close_expired(expired);
+                close_expired(expired);
                 return wire::bad_request(format!(
                     "The maximum of {} channels is reached and every channel has a connection",
                     config.max_channels_per_client
@@ -233,14 +190,14 @@ pub(crate) async fn create(
             connection: None,
             counters: Arc::default(),
         };
-        let summary = channel.summary(&shared.connect_base());
+        let summary = channel.summary(&connect_base(&shared));
         table.insert(channel);
         (summary, replaced, expired)
     };
-    shared.close_expired(expired);
+    close_expired(expired);
     if let Some(old) = replaced {
         log::debug!("channel {} replaced by {id} (channel limit)", old.id);
-        shared.tell_gone(old);
+        tell_gone(&shared, old);
     }
     axum::Json(summary).into_response()
 }
@@ -258,7 +215,7 @@ pub(crate) async fn list(
         .filter(|c| c.client_id == caller.client_id && c.expires_at > now)
         .collect();
     mine.sort_by_key(|c| c.serial);
-    let base = shared.connect_base();
+    let base = connect_base(&shared);
     let entities: Vec<Value> = mine.iter().map(|c| c.summary(&base)).collect();
     axum::Json(json!({ "entities": entities })).into_response()
 }

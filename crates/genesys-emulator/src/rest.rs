@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use presence_frame::Guid;
 use serde_json::{Value, json};
 
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::wire::{self, ApiError, Page};
 use crate::workload::UserPresence;
 
@@ -94,32 +94,35 @@ fn paging(shared: &Shared, query: &Query) -> Result<(u32, u32), ApiError> {
     Ok((size, page))
 }
 
-impl Shared {
-    /// User objects for `users`, with presence and groups as asked.
-    fn user_entities(&self, users: &[u32], with_presence: bool, with_groups: bool) -> Vec<Value> {
-        let states: Vec<Option<UserPresence>> = if with_presence {
-            let presence = self.presence.read();
-            users
-                .iter()
-                .map(|&u| presence.get(u as usize).copied())
-                .collect()
-        } else {
-            vec![None; users.len()]
-        };
-        let missing = self.config.presence_missing_fraction;
-        let mut rng = self.misc_rng.lock();
+/// User objects for `users`, with presence and groups as asked.
+fn user_entities(
+    shared: &Shared,
+    users: &[u32],
+    with_presence: bool,
+    with_groups: bool,
+) -> Vec<Value> {
+    let states: Vec<Option<UserPresence>> = if with_presence {
+        let presence = shared.presence.read();
         users
             .iter()
-            .zip(states)
-            .map(|(&user, state)| {
-                // Expands are best effort: sometimes a user comes back without presence.
-                let presence = state.filter(|_| !rng.chance(missing)).map(|p| {
-                    wire::presence_object(&self.world, user, &p, self.config.rest_spelling, false)
-                });
-                wire::user_object(&self.world, user, presence, with_groups)
-            })
+            .map(|&u| presence.get(u as usize).copied())
             .collect()
-    }
+    } else {
+        vec![None; users.len()]
+    };
+    let missing = shared.config.presence_missing_fraction;
+    let mut rng = shared.misc_rng.lock();
+    users
+        .iter()
+        .zip(states)
+        .map(|(&user, state)| {
+            // Expands are best effort: sometimes a user comes back without presence.
+            let presence = state.filter(|_| !rng.chance(missing)).map(|p| {
+                wire::presence_object(&shared.world, user, &p, shared.config.rest_spelling, false)
+            });
+            wire::user_object(&shared.world, user, presence, with_groups)
+        })
+        .collect()
 }
 
 fn page_of_users(
@@ -147,7 +150,8 @@ fn page_of_users(
         keep: &keep,
     };
     let users = members(page.range());
-    let entities = shared.user_entities(
+    let entities = user_entities(
+        shared,
         &users,
         expands.contains("presence"),
         expands.contains("groups"),

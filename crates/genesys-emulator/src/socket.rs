@@ -28,8 +28,10 @@ use crate::auth;
 use crate::channel_table::{ChannelCounters, Connection};
 use crate::control::Control;
 use crate::fault::{FaultKind, FaultTarget, Landed};
-use crate::server::Shared;
+use crate::inject;
+use crate::state::Shared;
 use crate::wire::{self, ApiError};
+use crate::workload::UserPresence;
 
 /// Largest message accepted from a client (they only send pings).
 const MAX_INCOMING: usize = 64 * 1024;
@@ -179,7 +181,7 @@ pub(crate) async fn channel_socket(
     for fault in shared.take_startup_faults(|t| {
         matches!(t, FaultTarget::All) || *t == FaultTarget::Channel(id.to_string())
     }) {
-        if let Some(message) = shared.socket_control(&fault, false, None) {
+        if let Some(message) = inject::socket_control(&shared, &fault, false, None) {
             let _ = control_tx.send(message);
         }
     }
@@ -372,7 +374,7 @@ pub(crate) async fn relay_socket(
     // Subscribe before taking the snapshot, so no change falls between them.
     let frames = shared.relay_tx.subscribe();
     let snapshot = if shared.config.relay_snapshot {
-        shared.relay_snapshot()
+        relay_snapshot(&shared)
     } else {
         Vec::new()
     };
@@ -382,7 +384,7 @@ pub(crate) async fn relay_socket(
         .insert(conn_id, control_tx.clone());
     for fault in shared.take_startup_faults(|t| matches!(t, FaultTarget::All | FaultTarget::Relay))
     {
-        if let Some(message) = shared.socket_control(&fault, true, None) {
+        if let Some(message) = inject::socket_control(&shared, &fault, true, None) {
             let _ = control_tx.send(message);
         }
     }
@@ -528,38 +530,36 @@ impl RelaySession {
     }
 }
 
-impl Shared {
-    /// Every user's current state as relay messages.
-    fn relay_snapshot(&self) -> Vec<Bytes> {
-        let per_message = self.config.relay_frames_per_message;
-        let presence = self.presence.read();
-        presence
-            .chunks(per_message)
-            .enumerate()
-            .map(|(chunk, states)| {
-                let mut buf = Vec::with_capacity(states.len() * FRAME_LEN);
-                for (i, p) in states.iter().enumerate() {
-                    let user = (chunk * per_message + i) as u32;
-                    self.relay_frame(user, p).encode_into(&mut buf);
-                }
-                Bytes::from(buf)
-            })
-            .collect()
-    }
+/// Every user's current state as relay messages.
+fn relay_snapshot(shared: &Shared) -> Vec<Bytes> {
+    let per_message = shared.config.relay_frames_per_message;
+    let presence = shared.presence.read();
+    presence
+        .chunks(per_message)
+        .enumerate()
+        .map(|(chunk, states)| {
+            let mut buf = Vec::with_capacity(states.len() * FRAME_LEN);
+            for (i, p) in states.iter().enumerate() {
+                let user = (chunk * per_message + i) as u32;
+                relay_frame(shared, user, p).encode_into(&mut buf);
+            }
+            Bytes::from(buf)
+        })
+        .collect()
+}
 
-    /// The relay frame of a user's presence.
-    pub(crate) fn relay_frame(&self, user: u32, p: &crate::workload::UserPresence) -> Frame {
-        Frame {
-            time_ms: p.modified_ms,
-            user_id: user,
-            status: p.status,
-            location: self
-                .world
-                .users
-                .get(user as usize)
-                .map_or(presence_frame::Location::UNKNOWN, |u| u.location),
-            groups: self.world.relay_groups(user),
-        }
+/// The relay frame of a user's presence.
+pub(crate) fn relay_frame(shared: &Shared, user: u32, p: &UserPresence) -> Frame {
+    Frame {
+        time_ms: p.modified_ms,
+        user_id: user,
+        status: p.status,
+        location: shared
+            .world
+            .users
+            .get(user as usize)
+            .map_or(presence_frame::Location::UNKNOWN, |u| u.location),
+        groups: shared.world.relay_groups(user),
     }
 }
 

@@ -232,7 +232,7 @@ pub(crate) fn user_object(
 }
 
 /// A fresh random id for `contextId`s.
-pub(crate) fn context_id() -> String {
+fn context_id() -> String {
     // Not seeded: context ids are never compared.
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
