@@ -1,7 +1,7 @@
 //! The authenticated Genesys Cloud API client: token cache, retries, pacing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -150,6 +150,19 @@ impl AccessToken {
     }
 }
 
+/// The client's token as readiness sees it, from [`GenesysClient::token_state`]: read at
+/// once, never waiting for a token request, however long that one retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenState {
+    /// Whether a token is held and had not expired when this was read.
+    pub valid: bool,
+    /// When the held token expires (on tokio's clock); `None` when no token is held.
+    pub expires_at: Option<Instant>,
+    /// Whether a token request is under way, its retries and backoff included.
+    pub requesting: bool,
+}
+
 /// Counters of what the client has seen, for metrics. Cheap to read at any time.
 #[derive(Debug, Default)]
 pub struct ClientStats {
@@ -171,6 +184,23 @@ pub struct ClientStats {
 
 fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Marks a token request as under way for as long as it lives, so that a request whose
+/// future is dropped (a caller cancelled) is not reported as running forever.
+struct RequestUnderWay<'a>(&'a AtomicBool);
+
+impl<'a> RequestUnderWay<'a> {
+    fn start(flag: &'a AtomicBool) -> RequestUnderWay<'a> {
+        flag.store(true, Ordering::Relaxed);
+        RequestUnderWay(flag)
+    }
+}
+
+impl Drop for RequestUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The HTTP methods the Genesys API uses here.
@@ -226,7 +256,14 @@ struct RawResponse {
 struct Inner {
     config: AuthConfig,
     agent: ureq::Agent,
-    token: tokio::sync::Mutex<Option<AccessToken>>,
+    /// The token held. Only ever locked to read or store it, never across a request, so that
+    /// readiness ([`GenesysClient::token_state`]) can read it while a token request retries.
+    token: parking_lot::Mutex<Option<AccessToken>>,
+    /// Held by the one token request under way: concurrent callers wait here, then take the
+    /// token it stored.
+    token_request: tokio::sync::Mutex<()>,
+    /// Whether a token request is under way (see [`RequestUnderWay`]).
+    requesting: AtomicBool,
     limiter: RateLimiter,
     stats: ClientStats,
 }
@@ -286,7 +323,9 @@ impl GenesysClient {
             inner: Arc::new(Inner {
                 limiter: RateLimiter::new(config.requests_per_minute),
                 agent,
-                token: tokio::sync::Mutex::new(None),
+                token: parking_lot::Mutex::new(None),
+                token_request: tokio::sync::Mutex::new(()),
+                requesting: AtomicBool::new(false),
                 stats: ClientStats::default(),
                 config,
             }),
@@ -306,29 +345,55 @@ impl GenesysClient {
     /// A valid token: the cached one, or a new one when it is missing or within the refresh
     /// margin of expiry. Concurrent callers share one token request.
     pub async fn token(&self) -> Result<AccessToken> {
-        let mut cached = self.inner.token.lock().await;
-        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
-            return Ok(token.clone());
+        if let Some(token) = self.fresh_token() {
+            return Ok(token);
         }
+        let _one_request = self.inner.token_request.lock().await;
+        // A request that ran while this call waited may have stored a fresh token.
+        if let Some(token) = self.fresh_token() {
+            return Ok(token);
+        }
+        let _under_way = RequestUnderWay::start(&self.inner.requesting);
         let token = self.fetch_token().await?;
-        *cached = Some(token.clone());
+        *self.inner.token.lock() = Some(token.clone());
         Ok(token)
     }
 
-    /// Whether a token is held and not expired (for readiness).
-    pub async fn has_valid_token(&self) -> bool {
-        let cached = self.inner.token.lock().await;
-        cached
+    /// The held token, unless it is missing or within the refresh margin of expiry.
+    fn fresh_token(&self) -> Option<AccessToken> {
+        self.inner
+            .token
+            .lock()
             .as_ref()
-            .is_some_and(|t| t.expires_at > Instant::now())
+            .filter(|t| Instant::now() < t.refresh_at)
+            .cloned()
+    }
+
+    /// Whether a token is held and not expired, and whether a token request is under way.
+    /// Never waits, not even while a token request retries with backoff: for readiness.
+    pub fn token_state(&self) -> TokenState {
+        let expires_at = self.inner.token.lock().as_ref().map(|t| t.expires_at);
+        TokenState {
+            valid: expires_at.is_some_and(|at| at > Instant::now()),
+            expires_at,
+            requesting: self.inner.requesting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a token is held and not expired (for readiness): [`token_state`]'s `valid`.
+    /// Answers at once, never waiting for a token request.
+    ///
+    /// [`token_state`]: GenesysClient::token_state
+    pub async fn has_valid_token(&self) -> bool {
+        self.token_state().valid
     }
 
     /// Forgets `stale` so that the next call gets a new token (after a 401). A newer token
     /// already fetched by someone else is kept.
     pub async fn invalidate(&self, stale: &AccessToken) {
-        let mut cached = self.inner.token.lock().await;
-        if cached.as_ref() == Some(stale) {
-            *cached = None;
+        let mut held = self.inner.token.lock();
+        if held.as_ref() == Some(stale) {
+            *held = None;
         }
     }
 

@@ -15,6 +15,9 @@
 //! - [`Secret`] and [`AccessToken`]: the client secret and tokens print as `<redacted>`, in
 //!   `Debug`, `Display`, logs and errors alike.
 //! - [`ClientStats`]: counters for metrics (token refreshes, 429s, retries, ...).
+//! - [`TokenState`]: whether a valid token is held and a token request is under way, read
+//!   without waiting ([`GenesysClient::token_state`]), even while that request retries: for
+//!   readiness.
 //!
 //! ```no_run
 //! use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
@@ -36,7 +39,9 @@ mod limiter;
 mod region;
 mod secret;
 
-pub use client::{AccessToken, ApiResponse, AuthConfig, ClientStats, GenesysClient, Method};
+pub use client::{
+    AccessToken, ApiResponse, AuthConfig, ClientStats, GenesysClient, Method, TokenState,
+};
 pub use error::{Error, Result};
 pub use region::{ENVIRONMENTS, Endpoints, Environment};
 pub use secret::Secret;

@@ -268,3 +268,85 @@ fn config_is_validated() {
         .expect_err("no secret");
     assert!(err.to_string().contains("client-secret"));
 }
+
+/// Waits (on the paused clock) until the token endpoint has answered at least one 5xx, so
+/// that the token request spawned before is retrying.
+async fn until_a_token_request_is_retrying(client: &GenesysClient) {
+    while client.stats().server_errors.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Readiness asks `has_valid_token` while a token request is failing and retrying with
+/// backoff: the answer must come on the first poll (a zero timeout), with no time passing,
+/// whether a still valid token is held (refresh ahead of expiry) or none is.
+#[tokio::test(start_paused = true)]
+async fn the_token_state_answers_at_once_while_a_token_request_retries() {
+    let emulator = emulator(
+        EmulatorConfig::default()
+            .users(1)
+            .token_lifetime(Duration::from_secs(300)),
+    )
+    .await;
+    let client = GenesysClient::new(
+        config_for(&emulator)
+            .refresh_margin(Duration::from_secs(60))
+            .max_attempts(u32::MAX),
+    )
+    .expect("client");
+    let held = client.token().await.expect("token");
+    // Inside the refresh margin: the next call asks for a new token, which keeps failing.
+    tokio::time::advance(Duration::from_secs(250)).await;
+    emulator.login_error_burst(100_000, 503).expect("fault");
+    let refresh = tokio::spawn({
+        let client = client.clone();
+        async move { client.token().await }
+    });
+    until_a_token_request_is_retrying(&client).await;
+
+    let asked = Instant::now();
+    let valid = tokio::time::timeout(Duration::ZERO, client.has_valid_token())
+        .await
+        .expect("answers on the first poll, without waiting for the token request");
+    assert!(valid, "the held token is valid for another 50 s");
+    assert_eq!(asked.elapsed(), Duration::ZERO);
+    assert!(!refresh.is_finished(), "the refresh is still retrying");
+    let state = client.token_state();
+    assert!(state.valid && state.requesting, "{state:?}");
+    assert_eq!(state.expires_at, Some(held.expires_at()));
+
+    // With no token at all (the held one refused by the API), the answer is "no", at once.
+    client.invalidate(&held).await;
+    let valid = tokio::time::timeout(Duration::ZERO, client.has_valid_token())
+        .await
+        .expect("answers on the first poll");
+    assert!(!valid);
+    assert!(!refresh.is_finished(), "the refresh is still retrying");
+    let state = client.token_state();
+    assert!(!state.valid && state.requesting, "{state:?}");
+    assert_eq!(state.expires_at, None);
+
+    // A token request whose caller gave up is no longer reported as under way.
+    refresh.abort();
+    assert!(refresh.await.is_err_and(|e| e.is_cancelled()));
+    let state = client.token_state();
+    assert!(!state.valid && !state.requesting, "{state:?}");
+}
+
+/// Once a retrying token request succeeds, the state shows the new token and no request.
+#[tokio::test(start_paused = true)]
+async fn the_token_state_follows_a_token_request_that_retried() {
+    let emulator = emulator(EmulatorConfig::default().users(1)).await;
+    let client = client(&emulator);
+    let state = client.token_state();
+    assert!(
+        !state.valid && !state.requesting,
+        "no token, no request: {state:?}"
+    );
+    emulator.login_error_burst(2, 503).expect("fault");
+    let token = client.token().await.expect("a token after two 503s");
+    assert_eq!(client.stats().server_errors.load(Ordering::Relaxed), 2);
+    let state = client.token_state();
+    assert!(state.valid && !state.requesting, "{state:?}");
+    assert_eq!(state.expires_at, Some(token.expires_at()));
+}
