@@ -353,6 +353,8 @@ pub(crate) enum Landed {
 ///
 /// JSON: `{"channelSockets":2,"relaySockets":0,"channels":0,"tokens":0,"apiCalls":0,
 /// "tokenRequests":0}`.
+///
+/// [`Stats::fault_hits`]: crate::Stats::fault_hits
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FaultHits {
