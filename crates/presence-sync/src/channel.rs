@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +22,8 @@ use crate::api::{Channel, channel_exists, create_channel};
 use crate::backoff::full_jitter;
 use crate::config::SyncConfig;
 use crate::decode::{Control, Decoder};
-use crate::resync::ResyncRequest;
+use crate::error::SessionError;
+use crate::resync::{ResyncOutcome, ResyncRequest};
 use crate::sink::PresenceSink;
 use crate::stats::{ChannelState, ReconnectCause, SyncStatus, bump};
 
@@ -67,6 +69,16 @@ enum End {
     Reconnect(ReconnectCause, Option<Channel>),
 }
 
+/// Why [`ChannelContext::establish`] has no channel to stream.
+#[derive(Debug)]
+struct SetupFailed {
+    /// What was being done, for the log line (`creating channel`, `connecting <id>`).
+    context: String,
+    error: SessionError,
+    /// The channel to try again, if it may still be valid.
+    keep: Option<Channel>,
+}
+
 /// Opens a WebSocket with the size limits and a connect timeout. Messages up to the
 /// socket cap ([`SyncConfig::max_socket_message_bytes`]) are read; those over the message cap
 /// are then counted and skipped with the socket kept. A message over the socket cap is refused
@@ -75,7 +87,7 @@ enum End {
 pub(crate) async fn connect(
     request: tokio_tungstenite::tungstenite::handshake::client::Request,
     config: &SyncConfig,
-) -> Result<Ws, String> {
+) -> Result<Ws, SessionError> {
     let cap = config.max_socket_message_bytes;
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(cap))
@@ -90,10 +102,15 @@ pub(crate) async fn connect(
     {
         Ok(Ok((ws, _response))) => Ok(ws),
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-            Err(format!("HTTP {}", response.status().as_u16()))
+            match response.status().as_u16() {
+                404 => Err(SessionError::Gone),
+                status => Err(SessionError::Refused { status }),
+            }
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {:?}", config.connect_timeout)),
+        Ok(Err(source)) => Err(SessionError::Transport { source }),
+        Err(_) => Err(SessionError::Timeout {
+            after: config.connect_timeout,
+        }),
     }
 }
 
@@ -127,10 +144,10 @@ impl ChannelContext {
             }
             let (channel, ws) = match self.establish(index, &users, kept.take()).await {
                 Ok(pair) => pair,
-                Err((cause, keep, why)) => {
-                    log::warn!("channel {index}: {why}");
-                    self.status.stats.reconnect(cause);
-                    kept = keep;
+                Err(failed) => {
+                    log::warn!("channel {index}: {}: {}", failed.context, failed.error);
+                    self.status.stats.reconnect(failed.error.reconnect_cause());
+                    kept = failed.keep;
                     attempt = attempt.saturating_add(1);
                     continue;
                 }
@@ -179,7 +196,7 @@ impl ChannelContext {
         index: usize,
         users: &[Guid],
         kept: Option<Channel>,
-    ) -> Result<(Channel, Ws), (ReconnectCause, Option<Channel>, String)> {
+    ) -> Result<(Channel, Ws), SetupFailed> {
         let reusable = match kept {
             Some(c) if Instant::now() + rollover_margin(&self.config, &c) < c.expires_at => {
                 match channel_exists(&self.client, &c.id).await {
@@ -189,11 +206,11 @@ impl ChannelContext {
                         None
                     }
                     Err(e) => {
-                        return Err((
-                            ReconnectCause::ConnectFailed,
-                            Some(c),
-                            format!("checking channel: {e}"),
-                        ));
+                        return Err(SetupFailed {
+                            context: "checking channel".into(),
+                            error: e.into(),
+                            keep: Some(c),
+                        });
                     }
                 }
             }
@@ -203,48 +220,45 @@ impl ChannelContext {
             Some(c) => c,
             None => {
                 self.status.set_state(index, ChannelState::Setup);
-                create_channel(&self.client, users).await.map_err(|e| {
-                    (
-                        ReconnectCause::ConnectFailed,
-                        None,
-                        format!("creating channel: {e}"),
-                    )
-                })?
+                create_channel(&self.client, users)
+                    .await
+                    .map_err(|e| SetupFailed {
+                        context: "creating channel".into(),
+                        error: e.into(),
+                        keep: None,
+                    })?
             }
         };
         self.status.set_state(index, ChannelState::Connecting);
         self.status
             .update(index, |s| s.channel_id = Some(channel.id.clone()));
-        let request =
-            match tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                channel.connect_uri.as_str(),
-            ) {
-                Ok(r) => r,
-                Err(e) => {
-                    return Err((
-                        ReconnectCause::ConnectFailed,
-                        None,
-                        format!("bad connectUri: {e}"),
-                    ));
-                }
-            };
+        let request = match channel.connect_uri.as_str().into_client_request() {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(SetupFailed {
+                    context: "bad connectUri".into(),
+                    error: e.into(),
+                    keep: None,
+                });
+            }
+        };
         match connect(request, &self.config).await {
             Ok(ws) => Ok((channel, ws)),
-            Err(why) if why == "HTTP 404" => Err((
-                ReconnectCause::ChannelGone,
-                None,
-                format!("connecting {}: {why}", channel.id),
-            )),
-            Err(why) => Err((
-                ReconnectCause::ConnectFailed,
-                Some(channel.clone()),
-                format!("connecting {}: {why}", channel.id),
-            )),
+            Err(error) => Err(SetupFailed {
+                context: format!("connecting {}", channel.id),
+                // A channel that is gone cannot be connected again; any other failure may
+                // pass.
+                keep: match error {
+                    SessionError::Gone => None,
+                    _ => Some(channel),
+                },
+                error,
+            }),
         }
     }
 
     /// Asks the resync task for `users`; the answer arrives on the returned receiver.
-    fn request_resync(&self, users: &Arc<[Guid]>) -> oneshot::Receiver<Result<(), String>> {
+    fn request_resync(&self, users: &Arc<[Guid]>) -> oneshot::Receiver<ResyncOutcome> {
         let (done, answer) = oneshot::channel();
         let request = ResyncRequest {
             users: Arc::clone(users),
@@ -261,21 +275,18 @@ impl ChannelContext {
     /// Creates a replacement channel for the same users and connects it, in the background,
     /// once a free channel slot is available. The slot is released when the task's result is
     /// dropped: after the old socket is closed, or when the replacement failed.
-    fn start_replacement(&self, users: &Arc<[Guid]>) -> JoinHandle<Result<Replacement, String>> {
+    fn start_replacement(
+        &self,
+        users: &Arc<[Guid]>,
+    ) -> JoinHandle<Result<Replacement, SessionError>> {
         let client = self.client.clone();
         let config = self.config.clone();
         let users = Arc::clone(users);
         let slots = Arc::clone(&self.rollover_slots);
         tokio::spawn(async move {
-            let slot = slots.acquire_owned().await.map_err(|e| e.to_string())?;
-            let channel = create_channel(&client, &users)
-                .await
-                .map_err(|e| e.to_string())?;
-            let request =
-                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-                    channel.connect_uri.as_str(),
-                )
-                .map_err(|e| e.to_string())?;
+            let slot = slots.acquire_owned().await?;
+            let channel = create_channel(&client, &users).await?;
+            let request = channel.connect_uri.as_str().into_client_request()?;
             let ws = connect(request, &config).await?;
             Ok(Replacement { channel, ws, slot })
         })
@@ -299,8 +310,10 @@ impl ChannelContext {
         let mut resync_attempt = 0u32;
         let mut last_message = Instant::now();
         let mut ping_sent: Option<Instant> = None;
-        let mut replacement: Option<(JoinHandle<Result<Replacement, String>>, ReconnectCause)> =
-            None;
+        let mut replacement: Option<(
+            JoinHandle<Result<Replacement, SessionError>>,
+            ReconnectCause,
+        )> = None;
         let mut replacement_retry_at: Option<Instant> = None;
         let mut batch: Vec<PresenceEvent> = Vec::with_capacity(config.batch_size);
         self.status
@@ -535,5 +548,91 @@ impl ChannelContext {
             s.reconnects += 1;
             s.channel_id = Some(channel.id.clone());
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A `ws://` URL whose server answers the handshake with `status_line`, or never answers
+    /// (`None`).
+    async fn server(status_line: Option<&'static str>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}/channels/c1", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            match status_line {
+                Some(line) => {
+                    let answer = format!("HTTP/1.1 {line}\r\ncontent-length: 0\r\n\r\n");
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                }
+                None => std::future::pending().await,
+            }
+        });
+        url
+    }
+
+    async fn connect_to(url: &str) -> Result<Ws, SessionError> {
+        let config = SyncConfig::default().connect_timeout(Duration::from_millis(300));
+        connect(url.into_client_request().expect("request"), &config).await
+    }
+
+    #[tokio::test]
+    async fn a_handshake_answered_404_is_a_gone_channel() {
+        let error = connect_to(&server(Some("404 Not Found")).await)
+            .await
+            .expect_err("404");
+        assert!(matches!(error, SessionError::Gone), "{error:?}");
+        assert_eq!(error.to_string(), "HTTP 404");
+        assert_eq!(error.reconnect_cause(), ReconnectCause::ChannelGone);
+    }
+
+    #[tokio::test]
+    async fn another_status_is_refused_with_that_status() {
+        let error = connect_to(&server(Some("401 Unauthorized")).await)
+            .await
+            .expect_err("401");
+        assert!(
+            matches!(error, SessionError::Refused { status: 401 }),
+            "{error:?}"
+        );
+        assert_eq!(error.to_string(), "HTTP 401");
+        assert_eq!(error.reconnect_cause(), ReconnectCause::ConnectFailed);
+    }
+
+    #[tokio::test]
+    async fn no_listener_is_a_transport_error_with_its_source() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("ws://{}/channels/c1", listener.local_addr().expect("addr"));
+        drop(listener);
+        let error = connect_to(&url).await.expect_err("refused");
+        assert!(matches!(error, SessionError::Transport { .. }), "{error:?}");
+        assert!(std::error::Error::source(&error).is_some());
+        assert_eq!(error.reconnect_cause(), ReconnectCause::ConnectFailed);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_a_timeout() {
+        let error = connect_to(&server(None).await)
+            .await
+            .expect_err("no answer");
+        assert!(
+            matches!(error, SessionError::Timeout { after } if after == Duration::from_millis(300)),
+            "{error:?}"
+        );
+        assert_eq!(error.to_string(), "no answer within 300ms");
     }
 }

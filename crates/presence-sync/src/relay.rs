@@ -16,7 +16,7 @@ use crate::backoff::full_jitter;
 use crate::channel::connect;
 use crate::config::SyncConfig;
 use crate::decode::{Decoder, UserMasks};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SessionError};
 use crate::sink::PresenceSink;
 use crate::stats::{ChannelSlot, ChannelState, ReconnectCause, SyncStatus, bump};
 
@@ -218,24 +218,18 @@ impl RelaySource {
     }
 
     /// Connects; errors never carry the URL (tungstenite's errors do not).
-    async fn open(&self) -> std::result::Result<crate::channel::Ws, String> {
-        let token = self.client.token().await.map_err(|e| e.to_string())?;
-        let mut request = self
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| e.to_string())?;
-        let bearer = HeaderValue::from_str(&token.bearer())
-            .map_err(|_| "token is not a valid header value".to_string())?;
+    async fn open(&self) -> std::result::Result<crate::channel::Ws, SessionError> {
+        let token = self.client.token().await?;
+        let mut request = self.url.as_str().into_client_request()?;
+        let bearer =
+            HeaderValue::from_str(&token.bearer()).map_err(|_| SessionError::TokenNotAHeader)?;
         request.headers_mut().insert("Authorization", bearer);
-        match connect(request, &self.config).await {
-            Err(why) if why == "HTTP 401" => {
-                // The relay no longer takes this token: get a new one next time.
-                self.client.invalidate(&token).await;
-                Err(why)
-            }
-            other => other,
+        let connected = connect(request, &self.config).await;
+        if let Err(SessionError::Refused { status: 401 }) = connected {
+            // The relay no longer takes this token: get a new one next time.
+            self.client.invalidate(&token).await;
         }
+        connected
     }
 
     /// Reads until the connection ends (`Some(cause)`) or shutdown (`None`).

@@ -24,8 +24,12 @@ use crate::stats::{add, bump};
 /// A request to resync some users; answered when their state has been fed to the sink.
 pub(crate) struct ResyncRequest {
     pub(crate) users: Arc<[Guid]>,
-    pub(crate) done: oneshot::Sender<Result<(), String>>,
+    pub(crate) done: oneshot::Sender<ResyncOutcome>,
 }
+
+/// The answer to a [`ResyncRequest`]: the error is shared by every request served together
+/// (and already logged by the resync task).
+pub(crate) type ResyncOutcome = Result<(), Arc<genesys_auth::Error>>;
 
 /// Everything the resync task needs.
 pub(crate) struct Resyncer {
@@ -67,9 +71,9 @@ impl Resyncer {
                 wanted.extend(request.users.iter().filter(|u| seen.insert(**u)));
             }
             let started = Instant::now();
-            let result = tokio::select! {
+            let result: ResyncOutcome = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = self.resync(&wanted) => r,
+                r = self.resync(&wanted) => r.map_err(Arc::new),
             };
             match &result {
                 Ok(()) => {
@@ -91,7 +95,7 @@ impl Resyncer {
         }
     }
 
-    async fn resync(&self, users: &[Guid]) -> Result<(), String> {
+    async fn resync(&self, users: &[Guid]) -> genesys_auth::Result<()> {
         let bulk_calls = users.len().div_ceil(50);
         let page_calls = self.watched.div_ceil(self.page_size).max(1) * self.listings();
         if bulk_calls <= page_calls {
@@ -125,8 +129,7 @@ impl Resyncer {
                     None => missing.push(listed.user),
                 }
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             if bad > 0 {
                 log::warn!("resync: {bad} users came back with a presence that could not be read");
             }
@@ -142,12 +145,10 @@ impl Resyncer {
         Ok(())
     }
 
-    async fn bulk(&self, users: &[Guid]) -> Result<(), String> {
+    async fn bulk(&self, users: &[Guid]) -> genesys_auth::Result<()> {
         let mut events: Vec<PresenceEvent> = Vec::with_capacity(self.batch_size);
         for chunk in users.chunks(50) {
-            let (found, bad) = bulk_presence(&self.client, chunk)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (found, bad) = bulk_presence(&self.client, chunk).await?;
             if bad > 0 {
                 log::warn!("resync: {bad} bulk presence items could not be read");
             }
