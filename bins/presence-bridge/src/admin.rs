@@ -19,13 +19,14 @@ use axum::routing::get;
 use futures_util::stream::Stream;
 use parking_lot::Mutex;
 use presence_frame::{PresenceEvent, Status, UserId};
+use presence_kafka::HistogramSnapshot;
 use presence_registry::{MonotonicClock, Registry};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::state::{AppState, RecentChanges};
+use crate::state::{AppState, RecentChanges, kafka_healthy, kafka_problem};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
@@ -179,9 +180,9 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             )
         }));
     }
-    let kafka = state.kafka.snapshot();
-    if !kafka.healthy {
-        waiting.push(json!({"part": "kafka", "reason": kafka.last_error.unwrap_or_else(|| "no answer from the brokers yet".into())}));
+    let kafka = state.publisher.health();
+    if !kafka_healthy(&kafka) {
+        waiting.push(json!({"part": "kafka", "reason": kafka_problem(kafka).unwrap_or_else(|| "no answer from the brokers yet".into())}));
     }
     if waiting.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"}))).into_response()
@@ -458,7 +459,9 @@ pub fn stats_json(state: &AppState) -> serde_json::Value {
     let by_status: BTreeMap<String, u64> = counts.iter().map(|(s, n)| (s.to_string(), n)).collect();
     let sync = state.sync.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-    let kafka = state.kafka.snapshot();
+    let kafka = state.publisher.stats();
+    let health = state.publisher.health();
+    let kafka_up = kafka_healthy(&health);
     let channels: Vec<serde_json::Value> = state
         .sync
         .channels()
@@ -486,22 +489,39 @@ pub fn stats_json(state: &AppState) -> serde_json::Value {
         "decodeErrors": sync.decode_errors_total(),
         "expired": load(&state.sink.expired),
         "kafka": {
-            "healthy": kafka.healthy,
-            "lastError": kafka.last_error,
+            "healthy": kafka_up,
+            "lastError": kafka_problem(health),
             "enqueued": kafka.enqueued,
             "delivered": kafka.delivered,
             "coalesced": kafka.coalesced,
             "failed": kafka.failed,
             "queueDepth": kafka.queue_depth,
             "latencyMs": {
-                "p50": kafka.latency.percentile_ms(0.50),
-                "p99": kafka.latency.percentile_ms(0.99),
+                "p50": bucket_bound_ms(&kafka.latency, 0.50),
+                "p99": bucket_bound_ms(&kafka.latency, 0.99),
             },
         },
         "channels": channels,
-        "ready": state.sync.is_ready() && kafka.healthy,
+        "ready": state.sync.is_ready() && kafka_up,
         "uptimeSeconds": state.started.elapsed().as_secs(),
     })
+}
+
+/// The upper bound, in milliseconds, of the latency bucket holding quantile `q` (the highest
+/// bound when it falls in the unbounded bucket), or `None` with no observations. A bucket
+/// bound rather than [`HistogramSnapshot::percentile`]'s interpolation, so `/v1/stats` says
+/// "at most" and keeps the values it always had.
+fn bucket_bound_ms(latency: &HistogramSnapshot, q: f64) -> Option<f64> {
+    if latency.count == 0 {
+        return None;
+    }
+    let rank = (q * latency.count as f64).ceil().max(1.0) as u64;
+    let bound_ms = |bound: Duration| bound.as_secs_f64() * 1000.0;
+    latency
+        .cumulative()
+        .find_map(|(bound, total)| bound.filter(|_| total >= rank))
+        .or(latency.bounds.last().copied())
+        .map(bound_ms)
 }
 
 /// Server-sent events for the dashboard: every second a `stats` event, the users changed
@@ -566,4 +586,29 @@ fn event_stream(
             Some((Ok(out), (state, next, false, permit)))
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_bucket_bound() {
+        static BOUNDS: [Duration; 3] = [
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+            Duration::from_millis(10),
+        ];
+        let histogram = |counts: Vec<u64>| HistogramSnapshot {
+            bounds: &BOUNDS,
+            count: counts.iter().sum(),
+            counts,
+            sum: Duration::from_millis(200),
+        };
+        let l = histogram(vec![50, 49, 1, 0]);
+        assert_eq!(bucket_bound_ms(&l, 0.5), Some(1.0));
+        assert_eq!(bucket_bound_ms(&l, 0.99), Some(5.0));
+        assert_eq!(bucket_bound_ms(&l, 1.0), Some(10.0));
+        assert_eq!(bucket_bound_ms(&histogram(vec![0; 4]), 0.5), None);
+    }
 }

@@ -9,14 +9,13 @@ use anyhow::{Result, anyhow};
 use genesys_auth::{AuthConfig, GenesysClient};
 use parking_lot::Mutex;
 use presence_frame::UserId;
-use presence_kafka::{RegistrySink, SinkConfig};
+use presence_kafka::{KafkaPublisher, Publisher, RegistrySink, SinkConfig};
 use presence_registry::{Registry, RegistryConfig};
 use presence_sync::{PresenceSync, RelaySource, SyncConfig, UserSelection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BridgeConfig, SourceConfig};
-use crate::output::Output;
 use crate::state::{AppState, RecentChanges};
 
 /// How often expired entries are swept (and tombstoned): a fraction of the TTL, between
@@ -40,13 +39,18 @@ pub async fn serve(
     .map_err(|e| anyhow!("{e}"))?;
     let registry =
         Arc::new(Registry::new(RegistryConfig::new(config.ttl)).map_err(|e| anyhow!("{e}"))?);
-    let output = Arc::new(Output::start(&config.kafka).await?);
+    // Connects, checks the topic (creating it compacted if allowed) and starts the dispatcher.
+    let publisher = Arc::new(
+        KafkaPublisher::start(config.kafka.clone())
+            .await
+            .map_err(|e| anyhow!("Kafka at {}: {e}", config.kafka_brokers))?,
+    );
     // The dashboard's list of recent changes hears of each batch's changes and each sweep's
     // expiries from the join, outside the registry's locks.
     let recent = Arc::new(Mutex::new(RecentChanges::new(8_192)));
     let join = RegistrySink::new(
         Arc::clone(&registry),
-        output.publisher(),
+        Arc::clone(&publisher),
         SinkConfig::default()
             .max_future_skew(config.max_event_skew)
             .observer({
@@ -94,7 +98,7 @@ pub async fn serve(
         registry: Arc::clone(&registry),
         sync: status,
         client,
-        kafka: Arc::clone(&output) as Arc<dyn crate::state::KafkaStatus>,
+        publisher: Arc::clone(&publisher) as Arc<dyn Publisher>,
         started,
         recent: Arc::clone(&recent),
         sink: Arc::clone(join.stats()),
@@ -141,7 +145,7 @@ pub async fn serve(
     let fatal = tokio::select! {
         biased;
         _ = shutdown.cancelled() => None,
-        reason = output.fatal_error() => Some(anyhow!(
+        reason = publisher.fatal_error() => Some(anyhow!(
             "the Kafka producer failed and cannot deliver anything more: {reason}"
         )),
         ended = &mut source => match ended {
@@ -159,12 +163,17 @@ pub async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut source).await;
     }
     let _ = sweeper.await;
-    match output.flush(config.shutdown_grace).await {
-        Ok(()) => log::info!("Kafka flushed"),
-        Err(left) => log::warn!(
-            "shutdown grace of {:?} ran out: {left}",
-            config.shutdown_grace
-        ),
+    let report = publisher.flush(config.shutdown_grace).await;
+    if report.is_complete() {
+        log::info!("Kafka flushed");
+    } else {
+        log::warn!(
+            "shutdown grace of {:?} ran out: {} users still pending and {} records unacknowledged (e.g. {:?})",
+            config.shutdown_grace,
+            report.pending,
+            report.in_flight,
+            report.undelivered_users
+        );
     }
     server_stop.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {

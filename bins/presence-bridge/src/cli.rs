@@ -2,10 +2,16 @@
 //! `Option`s here, so that "not given" can fall through to the file and then to the default;
 //! [`crate::config`] does the merging and validation.
 
+use std::ffi::OsStr;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use clap::error::ErrorKind;
+use clap::{Arg, Args, Parser, Subcommand};
+use presence_kafka::{SaslMechanism, SecurityProtocol};
 
 /// Genesys Cloud presence into Apache Kafka.
 #[derive(Debug, Parser)]
@@ -101,16 +107,25 @@ pub struct RunArgs {
     #[arg(long, env = "KAFKA_TOPIC", value_name = "TOPIC")]
     pub topic: Option<String>,
 
-    /// Kafka security protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
-    /// [default: plaintext]
-    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_name = "PROTOCOL")]
-    pub kafka_security_protocol: Option<String>,
+    /// Kafka security protocol (any case). [default: plaintext]
+    #[arg(
+        long,
+        env = "KAFKA_SECURITY_PROTOCOL",
+        value_name = "PROTOCOL",
+        value_parser = LibraryValue::new(SecurityProtocol::ALL, SecurityProtocol::as_str)
+    )]
+    pub kafka_security_protocol: Option<SecurityProtocol>,
 
-    /// SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. SASL settings under a protocol
-    /// without SASL (and TLS files under one without TLS) are refused at start.
+    /// SASL mechanism (any case). SASL settings under a protocol without SASL (and TLS files
+    /// under one without TLS) are refused at start.
     /// [default: SCRAM-SHA-512 when a sasl_* protocol is chosen]
-    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_name = "MECHANISM")]
-    pub kafka_sasl_mechanism: Option<String>,
+    #[arg(
+        long,
+        env = unless_empty("KAFKA_SASL_MECHANISM"),
+        value_name = "MECHANISM",
+        value_parser = LibraryValue::new(SaslMechanism::ALL, SaslMechanism::as_str)
+    )]
+    pub kafka_sasl_mechanism: Option<SaslMechanism>,
 
     /// SASL username.
     #[arg(long, env = "KAFKA_SASL_USERNAME", value_name = "USER")]
@@ -161,6 +176,62 @@ pub struct RunArgs {
     /// How long shutdown may spend flushing Kafka; at most 1h. [default: 10s]
     #[arg(long, env = "SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
+}
+
+/// A library type's value parsed by its own `FromStr` (trimmed; the library types accept any
+/// case), with its accepted `names` given to clap, so that `--help` lists them and a bad
+/// value gets clap's own message: the option, the accepted values, the nearest one.
+#[derive(Clone, Debug)]
+pub struct LibraryValue<T> {
+    names: Vec<&'static str>,
+    parsed: PhantomData<fn() -> T>,
+}
+
+impl<T> LibraryValue<T> {
+    /// A parser for a type with these values, each spelled as `name` says.
+    pub fn new(
+        values: impl IntoIterator<Item = T>,
+        name: fn(T) -> &'static str,
+    ) -> LibraryValue<T> {
+        LibraryValue {
+            names: values.into_iter().map(name).collect(),
+            parsed: PhantomData,
+        }
+    }
+}
+
+impl<T: FromStr + Clone + Send + Sync + 'static> TypedValueParser for LibraryValue<T> {
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        if let Some(parsed) = value.to_str().and_then(|text| text.trim().parse().ok()) {
+            return Ok(parsed);
+        }
+        // Whatever the library refuses, no accepted name matches either: this is clap's error.
+        PossibleValuesParser::new(self.names.iter().copied())
+            .parse_ref(cmd, arg, value)
+            .and_then(|_| Err(clap::Error::new(ErrorKind::InvalidValue).with_cmd(cmd)))
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = PossibleValue> + '_>> {
+        Some(Box::new(
+            self.names.iter().map(|name| PossibleValue::new(*name)),
+        ))
+    }
+}
+
+/// `name`, unless that variable is set to the empty string: then clap does not read it, so an
+/// empty variable counts as not given rather than as a value that no parser accepts.
+fn unless_empty(name: &'static str) -> Option<&'static str> {
+    match std::env::var_os(name) {
+        Some(value) if value.is_empty() => None,
+        _ => Some(name),
+    }
 }
 
 /// Options of `emulate`.

@@ -3,11 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use genesys_auth::{Endpoints, Secret};
 use presence_frame::{GroupMask, Guid};
+use presence_kafka::{KafkaConfig, Sasl, SaslMechanism, SecurityProtocol, Tls};
 use serde::Deserialize;
 
 use crate::admin::{AdminOptions, DEFAULT_MAX_EVENT_STREAMS};
@@ -63,29 +65,6 @@ pub enum SourceConfig {
     },
 }
 
-/// Kafka connection settings.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    /// Bootstrap servers.
-    pub brokers: String,
-    /// Topic.
-    pub topic: String,
-    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
-    pub security_protocol: String,
-    /// SASL mechanism, when a `sasl_*` protocol is used.
-    pub sasl_mechanism: Option<String>,
-    /// SASL username.
-    pub sasl_username: Option<String>,
-    /// SASL password.
-    pub sasl_password: Option<Secret>,
-    /// CA file for TLS.
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate for mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    /// Client key for mutual TLS.
-    pub key_file: Option<PathBuf>,
-}
-
 /// Everything `run` needs, checked.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
@@ -101,8 +80,10 @@ pub struct BridgeConfig {
     pub group_bits: Vec<(Guid, u32)>,
     /// The group filter, if any.
     pub allowed: Option<GroupMask>,
-    /// Kafka.
-    pub kafka: KafkaSettings,
+    /// The Kafka publisher's configuration, validated.
+    pub kafka: KafkaConfig,
+    /// The bootstrap servers of `kafka`, for messages (`KafkaConfig` does not give them back).
+    pub kafka_brokers: String,
     /// Registry time-to-live.
     pub ttl: Duration,
     /// How far ahead of this machine's clock an event time may be.
@@ -147,6 +128,16 @@ fn duration(option: &str, text: &str, max: Duration) -> Result<Duration> {
     Ok(value)
 }
 
+/// A value of the TOML file parsed by its type's `FromStr`, as clap parses the flag's.
+fn from_file<T>(option: &str, text: &str) -> Result<T>
+where
+    T: FromStr<Err = presence_kafka::Error>,
+{
+    text.trim()
+        .parse()
+        .with_context(|| format!("invalid --{option} in --config"))
+}
+
 fn read_secret_file(option: &str, path: &Path) -> Result<Secret> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("invalid --{option}: cannot read {}", path.display()))?;
@@ -185,7 +176,7 @@ pub fn parse_mask(option: &str, text: &str) -> Result<GroupMask> {
 /// librdkafka would ignore them, and the operator would believe them in force. `sasl` and
 /// `tls` list each option with whether it was given (flag, environment or file).
 fn check_protocol_settings(
-    protocol: &str,
+    protocol: SecurityProtocol,
     sasl: &[(&str, bool)],
     tls: &[(&str, bool)],
 ) -> Result<()> {
@@ -197,7 +188,7 @@ fn check_protocol_settings(
             .collect()
     };
     let stray_sasl = given(sasl);
-    if !protocol.starts_with("sasl") && !stray_sasl.is_empty() {
+    if !protocol.uses_sasl() && !stray_sasl.is_empty() {
         bail!(
             "invalid {}: SASL settings have no effect under --kafka-security-protocol {protocol}; \
              use sasl_plaintext or sasl_ssl, or remove them",
@@ -205,7 +196,7 @@ fn check_protocol_settings(
         );
     }
     let stray_tls = given(tls);
-    if !protocol.ends_with("ssl") && !stray_tls.is_empty() {
+    if !protocol.uses_tls() && !stray_tls.is_empty() {
         bail!(
             "invalid {}: TLS files have no effect under --kafka-security-protocol {protocol}; \
              use ssl or sasl_ssl, or remove them",
@@ -307,32 +298,24 @@ impl BridgeConfig {
             None => SourceConfig::Genesys { groups },
         };
 
-        let security_protocol = pick(
-            args.kafka_security_protocol.clone(),
-            file.kafka_security_protocol,
-        )
-        .unwrap_or_else(|| "plaintext".into())
-        .to_ascii_lowercase();
-        if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&security_protocol.as_str())
-        {
-            bail!(
-                "invalid --kafka-security-protocol {security_protocol:?}: expected plaintext, ssl, sasl_plaintext or sasl_ssl"
-            );
-        }
-        let sasl = security_protocol.starts_with("sasl");
-        // An empty value (an environment variable set to "") counts as not given.
-        let sasl_mechanism = pick(args.kafka_sasl_mechanism.clone(), file.kafka_sasl_mechanism)
-            .filter(|m| !m.trim().is_empty())
-            .map(|m| m.trim().to_ascii_uppercase());
-        let explicit_mechanism = sasl_mechanism.is_some();
-        let sasl_mechanism = sasl_mechanism.or_else(|| sasl.then(|| "SCRAM-SHA-512".into()));
-        if let Some(m) = &sasl_mechanism
-            && !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&m.as_str())
-        {
-            bail!(
-                "invalid --kafka-sasl-mechanism {m:?}: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
-            );
-        }
+        // The file's values are parsed as clap parses the flags' (and only when no flag wins).
+        let security_protocol = match args.kafka_security_protocol {
+            Some(protocol) => protocol,
+            None => file
+                .kafka_security_protocol
+                .map(|text| from_file::<SecurityProtocol>("kafka-security-protocol", &text))
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let sasl_mechanism = match args.kafka_sasl_mechanism {
+            Some(mechanism) => Some(mechanism),
+            // An empty value counts as not given, as an empty KAFKA_SASL_MECHANISM does.
+            None => file
+                .kafka_sasl_mechanism
+                .filter(|text| !text.trim().is_empty())
+                .map(|text| from_file::<SaslMechanism>("kafka-sasl-mechanism", &text))
+                .transpose()?,
+        };
         let sasl_username = pick(args.kafka_sasl_username.clone(), file.kafka_sasl_username)
             .filter(|u| !u.trim().is_empty());
         let sasl_password_file = pick(
@@ -343,9 +326,9 @@ impl BridgeConfig {
         let cert_file = pick(args.kafka_cert_file.clone(), file.kafka_cert_file);
         let key_file = pick(args.kafka_key_file.clone(), file.kafka_key_file);
         check_protocol_settings(
-            &security_protocol,
+            security_protocol,
             &[
-                ("kafka-sasl-mechanism", explicit_mechanism),
+                ("kafka-sasl-mechanism", sasl_mechanism.is_some()),
                 ("kafka-sasl-username", sasl_username.is_some()),
                 ("kafka-sasl-password-file", sasl_password_file.is_some()),
             ],
@@ -355,37 +338,55 @@ impl BridgeConfig {
                 ("kafka-key-file", key_file.is_some()),
             ],
         )?;
-        if cert_file.is_some() != key_file.is_some() {
-            bail!("invalid --kafka-cert-file/--kafka-key-file: give both or neither");
-        }
+        let client_cert = match (cert_file, key_file) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("invalid --kafka-cert-file/--kafka-key-file: give both or neither"),
+        };
         let sasl_password = match sasl_password_file {
             Some(path) => Some(read_secret_file("kafka-sasl-password-file", &path)?),
             // The variable alone (no user name, no mechanism) is not taken as a request for
             // SASL: shells that ran `scripts/kafka.sh env` export it for every test.
-            None => env_secret("KAFKA_SASL_PASSWORD").filter(|_| sasl),
+            None => env_secret("KAFKA_SASL_PASSWORD").filter(|_| security_protocol.uses_sasl()),
         };
-        if sasl && (sasl_username.is_none() || sasl_password.is_none()) {
-            bail!(
+        let sasl = match (sasl_username, sasl_password) {
+            _ if !security_protocol.uses_sasl() => None,
+            (Some(username), Some(password)) => Some(Sasl::new(
+                sasl_mechanism.unwrap_or(SaslMechanism::ScramSha512),
+                username,
+                presence_kafka::Secret::new(password.expose()),
+            )),
+            _ => bail!(
                 "invalid --kafka-security-protocol {security_protocol}: SASL needs --kafka-sasl-username and a password (KAFKA_SASL_PASSWORD or --kafka-sasl-password-file)"
-            );
-        }
-        let kafka = KafkaSettings {
-            brokers: pick(args.kafka_brokers.clone(), file.kafka_brokers)
-                .unwrap_or_else(|| "localhost:9092".into()),
-            topic: pick(args.topic.clone(), file.topic).unwrap_or_else(|| DEFAULT_TOPIC.into()),
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            sasl_password,
-            ca_file,
-            cert_file,
-            key_file,
+            ),
         };
-        if kafka.brokers.trim().is_empty() {
+        let tls = security_protocol.uses_tls().then(|| {
+            let tls = match ca_file {
+                Some(ca) => Tls::ca_file(ca),
+                None => Tls::system_roots(),
+            };
+            match client_cert {
+                Some((cert, key)) => tls.client_cert(cert, key),
+                None => tls,
+            }
+        });
+        let kafka_brokers = pick(args.kafka_brokers.clone(), file.kafka_brokers)
+            .unwrap_or_else(|| "localhost:9092".into());
+        if kafka_brokers.trim().is_empty() {
             bail!("invalid --kafka-brokers: empty");
         }
-        if kafka.topic.trim().is_empty() || kafka.topic.len() > 249 {
-            bail!("invalid --topic {:?}: 1 to 249 characters", kafka.topic);
+        let topic = pick(args.topic.clone(), file.topic).unwrap_or_else(|| DEFAULT_TOPIC.into());
+        if topic.trim().is_empty() || topic.len() > 249 {
+            bail!("invalid --topic {topic:?}: 1 to 249 characters");
+        }
+        let mut kafka = KafkaConfig::new(kafka_brokers.clone())
+            .topic(topic)
+            .client_id(format!("presence-bridge-{}", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = tls {
+            kafka = kafka.tls(tls);
+        }
+        if let Some(sasl) = sasl {
+            kafka = kafka.sasl(sasl);
         }
 
         let ttl = duration(
@@ -451,6 +452,10 @@ impl BridgeConfig {
             MAX_SHUTDOWN_GRACE,
         )?;
 
+        // Last, as when the publisher checked it at start: the options above are refused first,
+        // each in the binary's words.
+        kafka.validate()?;
+
         Ok(BridgeConfig {
             endpoints,
             client_id,
@@ -459,6 +464,7 @@ impl BridgeConfig {
             group_bits,
             allowed,
             kafka,
+            kafka_brokers,
             ttl,
             max_event_skew,
             resync_interval,

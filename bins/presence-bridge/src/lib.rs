@@ -10,5 +10,4 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod metrics;
-pub mod output;
 pub mod state;

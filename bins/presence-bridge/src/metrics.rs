@@ -3,12 +3,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use presence_kafka::HistogramSnapshot;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::state::{AppState, LatencySnapshot};
+use crate::state::{AppState, kafka_healthy};
 
 /// One metric family at scrape time: (labels, value) pairs.
 #[derive(Debug)]
@@ -20,10 +21,10 @@ struct Family {
 }
 
 /// Everything read from the running bridge for one scrape.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Scrape {
     families: Vec<Family>,
-    latency: LatencySnapshot,
+    latency: HistogramSnapshot,
 }
 
 impl Scrape {
@@ -74,20 +75,14 @@ impl Collector for Scrape {
             }
         }
         let l = &self.latency;
-        // prometheus-client wants each bucket's own count (it sums them into `le` buckets);
-        // the snapshot is cumulative, so take the differences.
-        let mut below = 0;
+        // prometheus-client wants each bucket's own count (it sums them into `le` buckets),
+        // which is what the snapshot holds: one per bound, then the unbounded one.
         let buckets: Vec<(f64, u64)> = l
-            .bounds_ms
+            .bounds
             .iter()
-            .zip(&l.cumulative)
-            .map(|(b, c)| (b / 1000.0, *c))
-            .chain(std::iter::once((f64::INFINITY, l.count)))
-            .map(|(bound, cumulative)| {
-                let own = cumulative.saturating_sub(below);
-                below = below.max(cumulative);
-                (bound, own)
-            })
+            .map(std::time::Duration::as_secs_f64)
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(l.counts.iter().copied())
             .collect();
         let metric = encoder.encode_descriptor(
             "kafka_delivery_latency_seconds",
@@ -96,7 +91,7 @@ impl Collector for Scrape {
             MetricType::Histogram,
         )?;
         LatencyHistogram {
-            sum: l.sum_ms / 1000.0,
+            sum: l.sum.as_secs_f64(),
             count: l.count,
             buckets,
         }
@@ -148,10 +143,14 @@ fn labelled<T: Into<f64>>(
 pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
     let sync = state.sync.stats();
     let client = state.client.stats();
-    let kafka = state.kafka.snapshot();
+    let kafka = state.publisher.stats();
+    let kafka_up = kafka_healthy(&state.publisher.health());
     let counts = state.registry.counts_by_status();
     let channels = state.sync.channels();
-    let mut s = Scrape::default();
+    let mut s = Scrape {
+        families: Vec::new(),
+        latency: kafka.latency,
+    };
 
     s.add(
         "events_received",
@@ -256,7 +255,7 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
     s.gauge(
         "kafka_up",
         "1 when the Kafka brokers answered recently",
-        f64::from(u8::from(kafka.healthy)),
+        f64::from(u8::from(kafka_up)),
     );
     s.counter(
         "kafka_enqueued",
@@ -369,8 +368,6 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
         "Seconds since the bridge started",
         state.started.elapsed().as_secs_f64(),
     );
-    s.latency = kafka.latency;
-
     let mut registry = Registry::with_prefix("presence_bridge");
     registry.register_collector(Box::new(s));
     let mut out = String::new();

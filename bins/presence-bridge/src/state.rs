@@ -7,71 +7,9 @@ use std::time::Instant;
 use genesys_auth::GenesysClient;
 use parking_lot::Mutex;
 use presence_frame::UserId;
-use presence_kafka::SinkStats;
+use presence_kafka::{Health, Publisher, SinkStats};
 use presence_registry::{MonotonicClock, Registry};
 use presence_sync::SyncStatus;
-
-/// The publisher as the admin server sees it.
-pub trait KafkaStatus: Send + Sync {
-    /// A snapshot of health and counters.
-    fn snapshot(&self) -> KafkaSnapshot;
-}
-
-/// Publisher health and counters at one moment.
-#[derive(Clone, Debug, Default)]
-pub struct KafkaSnapshot {
-    /// Whether the brokers answered recently.
-    pub healthy: bool,
-    /// The last error, if unhealthy.
-    pub last_error: Option<String>,
-    /// Records accepted into the queue.
-    pub enqueued: u64,
-    /// Pending records replaced by a newer state of the same user.
-    pub coalesced: u64,
-    /// Records acknowledged by Kafka.
-    pub delivered: u64,
-    /// Deliveries that failed after librdkafka's retries.
-    pub failed: u64,
-    /// Failed deliveries sent again (with the newest state).
-    pub retried: u64,
-    /// Records rejected because the queue was full.
-    pub rejected: u64,
-    /// Records waiting in the coalescing queue.
-    pub queue_depth: u64,
-    /// Records handed to librdkafka and not yet acknowledged.
-    pub in_flight: u64,
-    /// Delivery latency, receipt to broker ack.
-    pub latency: LatencySnapshot,
-}
-
-/// A latency histogram: cumulative counts per upper bound.
-#[derive(Clone, Debug, Default)]
-pub struct LatencySnapshot {
-    /// Upper bounds in milliseconds, ascending.
-    pub bounds_ms: Vec<f64>,
-    /// Observations at or below each bound (cumulative).
-    pub cumulative: Vec<u64>,
-    /// All observations.
-    pub count: u64,
-    /// Sum of all observations, in milliseconds.
-    pub sum_ms: f64,
-}
-
-impl LatencySnapshot {
-    /// The upper bound of the bucket holding quantile `q`, or `None` with no observations.
-    pub fn percentile_ms(&self, q: f64) -> Option<f64> {
-        if self.count == 0 {
-            return None;
-        }
-        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
-        self.bounds_ms
-            .iter()
-            .zip(&self.cumulative)
-            .find(|(_, c)| **c >= rank)
-            .map(|(b, _)| *b)
-            .or(self.bounds_ms.last().copied())
-    }
-}
 
 /// One entry of [`RecentChanges`]: a user changed (`expired` false) or expired.
 #[derive(Clone, Copy, Debug)]
@@ -212,8 +150,9 @@ pub struct AppState {
     pub sync: SyncStatus,
     /// The Genesys client (token state, its counters).
     pub client: GenesysClient,
-    /// The publisher.
-    pub kafka: Arc<dyn KafkaStatus>,
+    /// The publisher: its [`health`](Publisher::health) and [`stats`](Publisher::stats) for
+    /// readiness, metrics and the dashboard.
+    pub publisher: Arc<dyn Publisher>,
     /// When the bridge started.
     pub started: Instant,
     /// Recent changes for the dashboard (shared with the sink and the sweeper).
@@ -221,6 +160,17 @@ pub struct AppState {
     /// What the join between the registry and Kafka has done: changes, expiries, states
     /// sent again, events from the future, expiry held back.
     pub sink: Arc<SinkStats>,
+}
+
+/// Whether Kafka takes records: a broker answered recently and the producer has not failed
+/// for good (`kafka_up` in `/metrics`, `kafka.healthy` in `/v1/stats`, part of `/readyz`).
+pub fn kafka_healthy(health: &Health) -> bool {
+    health.reachable && health.fatal.is_none()
+}
+
+/// What is wrong with Kafka, the fatal error first.
+pub fn kafka_problem(health: Health) -> Option<String> {
+    health.fatal.or(health.last_error)
 }
 
 #[cfg(test)]
@@ -290,19 +240,5 @@ mod tests {
             );
             cursor = next;
         }
-    }
-
-    #[test]
-    fn percentiles_pick_the_bucket_bound() {
-        let l = LatencySnapshot {
-            bounds_ms: vec![1.0, 5.0, 10.0],
-            cumulative: vec![50, 99, 100],
-            count: 100,
-            sum_ms: 200.0,
-        };
-        assert_eq!(l.percentile_ms(0.5), Some(1.0));
-        assert_eq!(l.percentile_ms(0.99), Some(5.0));
-        assert_eq!(l.percentile_ms(1.0), Some(10.0));
-        assert_eq!(LatencySnapshot::default().percentile_ms(0.5), None);
     }
 }

@@ -1,6 +1,6 @@
 //! The admin server under load and bad input, over real loopback HTTP and without Kafka: the
-//! router runs over a hand-built [`AppState`] (a registry filled here, a stand-in publisher
-//! status, a Genesys client pointed at the emulator).
+//! router runs over a hand-built [`AppState`] (a registry filled here, a stand-in publisher,
+//! a Genesys client pointed at the emulator).
 //!
 //! Issue 15, items 12 and 13: `/v1/presence` pages through a sorted snapshot instead of
 //! copying and sorting the registry per request; `/v1/events` takes a bounded number of
@@ -17,23 +17,60 @@ use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
 use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use parking_lot::Mutex;
 use presence_bridge::admin::{AdminOptions, DEFAULT_MAX_EVENT_STREAMS};
-use presence_bridge::state::{AppState, KafkaSnapshot, KafkaStatus, RecentChanges};
+use presence_bridge::state::{AppState, RecentChanges};
 use presence_frame::{
     EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
+};
+use presence_kafka::{
+    BoxFuture, Enqueue, FlushReport, Health, LatencyHistogram, Publisher, StatsSnapshot, Update,
 };
 use presence_registry::{MonotonicClock, Registry, RegistryConfig};
 use serde_json::Value;
 
-/// A publisher that is always healthy.
+/// A publisher that is always healthy and never receives anything (the admin server only
+/// reads its health and counters).
 struct Healthy;
 
-impl KafkaStatus for Healthy {
-    fn snapshot(&self) -> KafkaSnapshot {
-        KafkaSnapshot {
-            healthy: true,
-            ..KafkaSnapshot::default()
+impl Publisher for Healthy {
+    fn publish(&self, _event: PresenceEvent, _received: std::time::Instant) -> Enqueue {
+        Enqueue::Closed
+    }
+
+    fn tombstone(&self, _user: UserId, _time: EventTime, _received: std::time::Instant) -> Enqueue {
+        Enqueue::Closed
+    }
+
+    fn flush(&self, _timeout: Duration) -> BoxFuture<'_, FlushReport> {
+        Box::pin(async { FlushReport::default() })
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            reachable: true,
+            ..Health::default()
         }
     }
+
+    fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            enqueued: 0,
+            coalesced: 0,
+            rejected: 0,
+            sent: 0,
+            delivered: 0,
+            failed: 0,
+            retried: 0,
+            superseded: 0,
+            dropped: 0,
+            undelivered_lost: 0,
+            queue_depth: 0,
+            queue_capacity: 0,
+            in_flight: 0,
+            latency: LatencyHistogram::new().snapshot(),
+        }
+    }
+
+    fn drain_undelivered(&self, _out: &mut Vec<Update>) {}
 }
 
 fn client_for(emulator: &EmulatorHandle) -> GenesysClient {
@@ -55,7 +92,7 @@ fn state(client: GenesysClient, registry: Arc<Registry<MonotonicClock>>) -> Arc<
         registry,
         sync: presence_sync::SyncStatus::default(),
         client,
-        kafka: Arc::new(Healthy),
+        publisher: Arc::new(Healthy),
         started: std::time::Instant::now(),
         recent: Arc::new(Mutex::new(RecentChanges::new(8_192))),
         sink: Arc::default(),

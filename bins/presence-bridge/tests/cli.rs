@@ -5,9 +5,10 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::CommandFactory;
-use presence_bridge::cli::{Cli, RunArgs};
+use clap::{CommandFactory, Parser};
+use presence_bridge::cli::{Cli, Command as Subcommand, RunArgs};
 use presence_bridge::config::BridgeConfig;
+use presence_kafka::{SaslMechanism, SecurityProtocol};
 
 const BIN: &str = env!("CARGO_BIN_EXE_presence-bridge");
 
@@ -178,25 +179,10 @@ fn invalid_options_name_the_option() {
         ),
         (
             RunArgs {
-                kafka_security_protocol: Some("tls".into()),
+                kafka_security_protocol: Some(SecurityProtocol::SaslPlaintext),
                 ..args()
             },
             "--kafka-security-protocol",
-        ),
-        (
-            RunArgs {
-                kafka_security_protocol: Some("sasl_plaintext".into()),
-                ..args()
-            },
-            "--kafka-security-protocol",
-        ),
-        (
-            RunArgs {
-                kafka_sasl_mechanism: Some("GSSAPI".into()),
-                kafka_security_protocol: Some("sasl_ssl".into()),
-                ..args()
-            },
-            "--kafka-sasl-mechanism",
         ),
         (
             RunArgs {
@@ -217,6 +203,123 @@ fn invalid_options_name_the_option() {
         let text = error_of(args);
         assert!(text.contains(option), "{option}: {text}");
     }
+    // A protocol or mechanism the library does not know never makes a `RunArgs`: clap refuses
+    // it, naming the option.
+    for (flags, option) in [
+        (
+            &["--kafka-security-protocol", "tls"][..],
+            "--kafka-security-protocol",
+        ),
+        (
+            &[
+                "--kafka-sasl-mechanism",
+                "GSSAPI",
+                "--kafka-security-protocol",
+                "sasl_ssl",
+            ][..],
+            "--kafka-sasl-mechanism",
+        ),
+    ] {
+        let text = Cli::try_parse_from(["presence-bridge", "run"].iter().chain(flags))
+            .expect_err("invalid")
+            .to_string();
+        assert!(text.contains(option), "{option}: {text}");
+    }
+}
+
+/// The Kafka protocol and mechanism are the library's own types: clap parses the flags (any
+/// case, values listed in `--help`), the file's values go through the same parsing.
+#[test]
+fn kafka_protocol_and_mechanism_are_parsed_by_the_library_types() {
+    let cli = Cli::try_parse_from([
+        "presence-bridge",
+        "run",
+        "--kafka-security-protocol",
+        "SASL_PLAINTEXT",
+        "--kafka-sasl-mechanism",
+        "scram-sha-256",
+    ])
+    .expect("valid flags");
+    let Subcommand::Run(run) = cli.command else {
+        panic!("not run: {:?}", cli.command)
+    };
+    assert_eq!(
+        run.kafka_security_protocol,
+        Some(SecurityProtocol::SaslPlaintext)
+    );
+    assert_eq!(run.kafka_sasl_mechanism, Some(SaslMechanism::ScramSha256));
+
+    let out = Command::new(BIN)
+        .args(["run", "--help"])
+        .output()
+        .expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("[possible values: plaintext, ssl, sasl_plaintext, sasl_ssl]"),
+        "{help}"
+    );
+    assert!(
+        help.contains("[possible values: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512]"),
+        "{help}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("pb-cfg-kafka-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("bridge.toml");
+    for (text, option) in [
+        (
+            "kafka-security-protocol = \"tls\"\n",
+            "--kafka-security-protocol",
+        ),
+        (
+            "kafka-security-protocol = \"sasl_ssl\"\nkafka-sasl-mechanism = \"GSSAPI\"\n",
+            "--kafka-sasl-mechanism",
+        ),
+    ] {
+        std::fs::write(&file, text).expect("file");
+        let text = error_of(RunArgs {
+            config: Some(file.clone()),
+            ..args()
+        });
+        assert!(text.contains(option), "{option}: {text}");
+    }
+    // An empty mechanism in the file is no mechanism (a stray one would be refused).
+    std::fs::write(
+        &file,
+        "kafka-security-protocol = \"SSL\"\nkafka-sasl-mechanism = \"\"\n",
+    )
+    .expect("file");
+    let config = config_of(RunArgs {
+        config: Some(file),
+        ..args()
+    })
+    .expect("valid");
+    assert!(
+        format!("{:?}", config.kafka).contains("tls: Some("),
+        "{:?}",
+        config.kafka
+    );
+}
+
+/// An empty KAFKA_SASL_MECHANISM is no mechanism, as an unset one: not a value to refuse.
+#[test]
+fn an_empty_sasl_mechanism_variable_counts_as_unset() {
+    let out = Command::new(BIN)
+        .args(["run", "--ttl", "soon"])
+        .env_remove("KAFKA_SASL_USERNAME")
+        .env_remove("KAFKA_SECURITY_PROTOCOL")
+        .env("KAFKA_SASL_MECHANISM", "")
+        .env("GENESYS_CLIENT_ID", "id")
+        .env("GENESYS_CLIENT_SECRET", "very-secret-value")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--ttl"), "{stderr}");
+    assert!(!stderr.contains("mechanism"), "{stderr}");
 }
 
 #[test]
@@ -242,7 +345,7 @@ fn a_config_file_is_read_and_flags_win() {
     .expect("valid");
     assert_eq!(config.endpoints.api_base(), "https://api.mypurecloud.ie");
     assert_eq!(config.client_id, "from-file");
-    assert_eq!(config.kafka.topic, "flag.topic", "the flag wins");
+    assert_eq!(config.kafka.topic_name(), "flag.topic", "the flag wins");
     assert_eq!(config.ttl, Duration::from_secs(7200));
 
     std::fs::write(&file, "no-such-option = 1\n").expect("file");
@@ -343,7 +446,7 @@ fn tls_and_sasl_settings_under_the_wrong_protocol_are_errors() {
     std::fs::write(&password, "kafka-s3cret").expect("password");
     let pem = dir.join("file.pem");
     std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").expect("pem");
-    let protocol = |p: &str| Some(p.to_owned());
+    let protocol = |p: &str| Some(p.parse::<SecurityProtocol>().expect("a protocol"));
     let cases: Vec<(RunArgs, &str, &str)> = vec![
         (
             RunArgs {
@@ -375,7 +478,7 @@ fn tls_and_sasl_settings_under_the_wrong_protocol_are_errors() {
         ),
         (
             RunArgs {
-                kafka_sasl_mechanism: Some("PLAIN".into()),
+                kafka_sasl_mechanism: Some(SaslMechanism::Plain),
                 ..args()
             },
             "--kafka-sasl-mechanism",
@@ -411,7 +514,7 @@ fn tls_and_sasl_settings_under_the_wrong_protocol_are_errors() {
     // The same settings under their protocol are fine.
     let ok = config_of(RunArgs {
         kafka_security_protocol: protocol("sasl_ssl"),
-        kafka_sasl_mechanism: Some("PLAIN".into()),
+        kafka_sasl_mechanism: Some(SaslMechanism::Plain),
         kafka_sasl_username: Some("u".into()),
         kafka_sasl_password_file: Some(password.clone()),
         kafka_ca_file: Some(pem.clone()),
@@ -420,8 +523,10 @@ fn tls_and_sasl_settings_under_the_wrong_protocol_are_errors() {
         ..args()
     })
     .expect("valid under sasl_ssl");
-    assert_eq!(ok.kafka.sasl_mechanism.as_deref(), Some("PLAIN"));
-    assert_eq!(ok.kafka.ca_file.as_deref(), Some(pem.as_path()));
+    // `KafkaConfig` has no getters for its TLS and SASL settings: its `Debug` shows them.
+    let kafka = format!("{:?}", ok.kafka);
+    assert!(kafka.contains("mechanism: Plain"), "{kafka}");
+    assert!(kafka.contains(&format!("ca: File({pem:?})")), "{kafka}");
 }
 
 /// Issue 15, item 10: a duration that the process cannot add to a clock reading (an
