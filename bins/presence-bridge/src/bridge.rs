@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use genesys_auth::{AuthConfig, GenesysClient};
 use parking_lot::Mutex;
 use presence_frame::UserId;
@@ -35,15 +35,13 @@ pub async fn serve(
         config.endpoints.clone(),
         config.client_id.clone(),
         config.client_secret.clone(),
-    ))
-    .map_err(|e| anyhow!("{e}"))?;
-    let registry =
-        Arc::new(Registry::new(RegistryConfig::new(config.ttl)).map_err(|e| anyhow!("{e}"))?);
+    ))?;
+    let registry = Arc::new(Registry::new(RegistryConfig::new(config.ttl))?);
     // Connects, checks the topic (creating it compacted if allowed) and starts the dispatcher.
     let publisher = Arc::new(
         KafkaPublisher::start(config.kafka.clone())
             .await
-            .map_err(|e| anyhow!("Kafka at {}: {e}", config.kafka_brokers))?,
+            .with_context(|| format!("Kafka at {}", config.kafka_brokers))?,
     );
     // The dashboard's list of recent changes hears of each batch's changes and each sweep's
     // expiries from the join, outside the registry's locks.
@@ -77,16 +75,14 @@ pub async fn serve(
                 UserSelection::Groups(groups.clone())
             };
             let sync =
-                PresenceSync::new(client.clone(), sync_config.users(selection), join.clone())
-                    .map_err(|e| anyhow!("{e}"))?;
+                PresenceSync::new(client.clone(), sync_config.users(selection), join.clone())?;
             (
                 sync.status(),
                 tokio::spawn(sync.run(source_shutdown.clone())),
             )
         }
         SourceConfig::Relay { url } => {
-            let relay = RelaySource::new(url, client.clone(), sync_config, join.clone())
-                .map_err(|e| anyhow!("{e}"))?;
+            let relay = RelaySource::new(url, client.clone(), sync_config, join.clone())?;
             (
                 relay.status(),
                 tokio::spawn(relay.run(source_shutdown.clone())),
@@ -152,8 +148,8 @@ pub async fn serve(
             // The source's token is a child of `shutdown`: a clean end during shutdown is fine.
             Ok(Ok(())) if shutdown.is_cancelled() => None,
             Ok(Ok(())) => Some(anyhow!("the presence source stopped unexpectedly")),
-            Ok(Err(e)) => Some(anyhow!("{e}")),
-            Err(e) => Some(anyhow!("the presence source failed: {e}")),
+            Ok(Err(e)) => Some(e.into()),
+            Err(e) => Some(anyhow::Error::new(e).context("the presence source failed")),
         },
     };
 

@@ -83,10 +83,27 @@ pub fn main(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of causes joined, never a secret (no error type carries one).
-            eprintln!("presence-bridge: {e:#}");
+            eprintln!("presence-bridge: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, joined by `: ` as `{:#}` joins them, but each cause
+/// once: some library errors end their own message with their source's, which `{:#}` would
+/// then print twice.
+pub fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.is_empty() {
+            line = text;
+        } else if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 /// Cancels `shutdown` on the first SIGINT or SIGTERM; a second one exits at once.
@@ -218,21 +235,21 @@ fn emulator_config(
 
 /// Validates the emulator's configuration, naming the flag that set a bad value.
 fn validate_emulator(config: &EmulatorConfig) -> Result<()> {
-    config.validate().map_err(|e| match &e {
-        genesys_emulator::Error::InvalidConfig { field, reason, .. } => {
-            let option = match *field {
-                "users" => "users",
-                "change_rate" => "rate",
-                "heartbeat_interval" => "heartbeat",
-                "channel_lifetime" => "channel-lifetime",
-                "token_lifetime" => "token-lifetime",
-                "rate_limit_per_minute" => "rate-limit",
-                field if field.starts_with("chaos") => "chaos",
-                _ => return anyhow!("{e}"),
-            };
-            anyhow!("invalid --{option}: {reason}")
-        }
-        _ => anyhow!("{e}"),
+    config.validate().map_err(|e| {
+        let genesys_emulator::Error::InvalidConfig { field, reason, .. } = &e else {
+            return e.into();
+        };
+        let option = match *field {
+            "users" => "users",
+            "change_rate" => "rate",
+            "heartbeat_interval" => "heartbeat",
+            "channel_lifetime" => "channel-lifetime",
+            "token_lifetime" => "token-lifetime",
+            "rate_limit_per_minute" => "rate-limit",
+            field if field.starts_with("chaos") => "chaos",
+            _ => return e.into(),
+        };
+        anyhow!("invalid --{option}: {reason}")
     })
 }
 
@@ -258,7 +275,7 @@ pub async fn emulate(args: &EmulateArgs) -> Result<()> {
     validate_emulator(&config)?;
     let emulator = Emulator::start(config, args.addr)
         .await
-        .map_err(|e| anyhow!("cannot start the emulator on --addr {}: {e}", args.addr))?;
+        .with_context(|| format!("cannot start the emulator on --addr {}", args.addr))?;
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
     print_emulator(&emulator);
@@ -275,7 +292,7 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
     validate_emulator(&config)?;
     let emulator = Emulator::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
         .await
-        .map_err(|e| anyhow!("cannot start the emulator: {e}"))?;
+        .context("cannot start the emulator")?;
     let base = emulator.base_url();
     let run_args = RunArgs {
         api_url: Some(base.clone()),
@@ -344,5 +361,35 @@ mod tests {
         assert!(!at(log::Level::Trace, "tungstenite::handshake::client"));
         assert!(at(log::Level::Debug, "tungstenite::handshake::client"));
         assert!(at(log::Level::Trace, "presence_sync::relay"));
+    }
+
+    /// An error that prints its source in its own message, as some library errors do.
+    #[derive(Debug)]
+    struct Echoes(std::io::Error);
+
+    impl std::fmt::Display for Echoes {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "could not check the topic: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Echoes {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn one_line_joins_the_causes_and_says_each_once() {
+        let refused = || std::io::Error::other("connection refused");
+        let plain = anyhow::Error::new(refused()).context("Kafka at k1:9092");
+        assert_eq!(one_line(&plain), "Kafka at k1:9092: connection refused");
+        assert_eq!(one_line(&plain), format!("{plain:#}"));
+        let echoing = anyhow::Error::new(Echoes(refused())).context("Kafka at k1:9092");
+        assert_eq!(
+            one_line(&echoing),
+            "Kafka at k1:9092: could not check the topic: connection refused"
+        );
+        assert_eq!(one_line(&anyhow!("alone")), "alone");
     }
 }

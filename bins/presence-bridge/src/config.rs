@@ -214,21 +214,19 @@ impl BridgeConfig {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("invalid --config: cannot read {}", path.display()))?;
                 toml::from_str::<FileConfig>(&text)
-                    .map_err(|e| anyhow!("invalid --config {}: {e}", path.display()))?
+                    .with_context(|| format!("invalid --config {}", path.display()))?
             }
             None => FileConfig::default(),
         };
 
         let region =
             pick(args.region.clone(), file.region).unwrap_or_else(|| "mypurecloud.com".into());
-        let mut endpoints = Endpoints::for_environment(&region).map_err(|e| anyhow!("{e}"))?;
+        let mut endpoints = Endpoints::for_environment(&region)?;
         if let Some(api) = pick(args.api_url.clone(), file.api_url) {
-            endpoints = endpoints.with_api_base(&api).map_err(|e| anyhow!("{e}"))?;
+            endpoints = endpoints.with_api_base(&api)?;
         }
         if let Some(login) = pick(args.login_url.clone(), file.login_url) {
-            endpoints = endpoints
-                .with_login_base(&login)
-                .map_err(|e| anyhow!("{e}"))?;
+            endpoints = endpoints.with_login_base(&login)?;
         }
 
         let client_id = pick(args.client_id.clone(), file.client_id)
