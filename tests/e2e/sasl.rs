@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use genesys_emulator::EmulatorConfig;
+use presence_kafka::{SaslMechanism, SecurityProtocol};
 
 use crate::common::{self, Bridge, Expect, SecretFile, TopicReader};
 
@@ -27,8 +28,8 @@ async fn scram_sha_512_with_the_right_password_publishes() {
         .change_rate(0.0)
         .seed(61);
     let mut bridge = Bridge::launch(&sasl, emulator, "sasl", |args, _| {
-        args.kafka_security_protocol = Some("sasl_plaintext".into());
-        args.kafka_sasl_mechanism = Some("SCRAM-SHA-512".into());
+        args.kafka_security_protocol = Some(SecurityProtocol::SaslPlaintext);
+        args.kafka_sasl_mechanism = Some(SaslMechanism::ScramSha512);
         args.kafka_sasl_username = Some(username);
         args.kafka_sasl_password_file = Some(password_file.path.clone());
     })
@@ -66,8 +67,8 @@ async fn a_wrong_sasl_password_fails_clearly_and_promptly() {
     let emulator = EmulatorConfig::default().users(5).change_rate(0.0).seed(62);
     let started = Instant::now();
     let mut bridge = Bridge::launch(&sasl, emulator, "sasl-wrong", |args, _| {
-        args.kafka_security_protocol = Some("sasl_plaintext".into());
-        args.kafka_sasl_mechanism = Some("SCRAM-SHA-512".into());
+        args.kafka_security_protocol = Some(SecurityProtocol::SaslPlaintext);
+        args.kafka_sasl_mechanism = Some(SaslMechanism::ScramSha512);
         args.kafka_sasl_username = Some(username);
         args.kafka_sasl_password_file = Some(password_file.path.clone());
     })

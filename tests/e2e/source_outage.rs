@@ -130,6 +130,17 @@ async fn an_unreachable_source_deletes_nobody() {
         saw_not_ready,
         "the source was not healthy during the outage"
     );
+    assert!(saw_expiry_held, "/readyz says that expiry is held back");
+    let (_, metrics) = bridge.admin_get("/metrics").await.expect("metrics");
+    let held_back = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("presence_bridge_expiry_held_back_users "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(
+        held_back,
+        Some(USERS as f64),
+        "every user is past the TTL but kept"
+    );
     reader.read_to_end().await;
     assert!(
         reader.tombstones.is_empty(),
