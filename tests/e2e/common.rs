@@ -1,17 +1,12 @@
-//! The one place these tests learn where Kafka is ([`kafka`], [`kafka_exclusive`],
-//! [`sasl_endpoint`]), and what every test shares: the emulator plus the bridge ([`Bridge`]),
-//! chaos ([`run_chaos`]), reading a topic back ([`TopicReader`]) and judging it against the
-//! emulator's truth ([`converge`], [`Expect`]).
-//!
-//! `KAFKA_BROKERS` (plus `KAFKA_SASL_BROKERS`, `KAFKA_SASL_USERNAME` and `KAFKA_SASL_PASSWORD`
-//! for the SASL tests) come from `scripts/kafka.sh env`. When they are unset or no broker answers,
-//! a test is skipped with one line saying how to run it, except when `CI` is set: then it fails,
-//! so CI can never pass by skipping.
+//! What every end-to-end test shares: the broker ([`kafka`], [`kafka_exclusive`],
+//! [`sasl_endpoint`]) as the workspace's one broker helper (`tests/support/broker.rs`, module
+//! `crate::broker`) finds it, waits for it and skips or fails, taken in turns with the outage
+//! test; the emulator plus the bridge ([`Bridge`]), chaos ([`run_chaos`]), reading a topic back
+//! ([`TopicReader`]) and judging it against the emulator's truth ([`converge`], [`Expect`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use genesys_emulator::{
@@ -22,7 +17,6 @@ use presence_bridge::bridge::serve;
 use presence_bridge::cli::RunArgs;
 use presence_bridge::config::BridgeConfig;
 use presence_frame::{EventTime, Status};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -31,11 +25,7 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How to get a broker for these tests.
-pub const HOW_TO_RUN: &str = "KAFKA_PORT=0 KAFKA_SASL_PORT=0 scripts/kafka.sh start && eval \"$(scripts/kafka.sh env)\" && cargo test -p presence-bridge-workspace --test e2e";
-
-/// How long to wait for a broker that is still starting.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::broker::{Endpoint, env, skip_or_fail};
 
 /// Every test holds the broker shared, except the outage test, which stops it and so holds it
 /// exclusively: while it runs, no other test of this binary talks to Kafka.
@@ -50,39 +40,6 @@ enum Turn {
     },
 }
 
-/// Where a Kafka listener is and how to log in to it.
-#[derive(Clone)]
-pub struct Endpoint {
-    pub brokers: String,
-    /// SCRAM-SHA-512 username and password, for the SASL_PLAINTEXT listener.
-    pub sasl: Option<(String, String)>,
-}
-
-impl std::fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("brokers", &self.brokers)
-            .field("sasl_username", &self.sasl.as_ref().map(|(user, _)| user))
-            .finish_non_exhaustive()
-    }
-}
-
-impl Endpoint {
-    /// A librdkafka config for clients the tests make themselves.
-    pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        if let Some((username, password)) = &self.sasl {
-            config
-                .set("security.protocol", "sasl_plaintext")
-                .set("sasl.mechanism", "SCRAM-SHA-512")
-                .set("sasl.username", username)
-                .set("sasl.password", password);
-        }
-        config
-    }
-}
-
 /// A broker that answered. While it is held, the outage test leaves the broker alone (or, for
 /// the outage test's own exclusive hold, no other test uses it).
 pub struct Kafka {
@@ -95,7 +52,7 @@ pub async fn kafka() -> Option<Kafka> {
     let turn = Turn::Shared {
         _guard: BROKER_TURN.read().await,
     };
-    let endpoint = tokio::task::block_in_place(plain_endpoint)?;
+    let endpoint = tokio::task::block_in_place(crate::broker::plain)?;
     Some(Kafka {
         endpoint,
         _turn: turn,
@@ -107,7 +64,7 @@ pub async fn kafka_exclusive() -> Option<Kafka> {
     let turn = Turn::Exclusive {
         _guard: BROKER_TURN.write().await,
     };
-    let endpoint = tokio::task::block_in_place(plain_endpoint)?;
+    let endpoint = tokio::task::block_in_place(crate::broker::plain)?;
     Some(Kafka {
         endpoint,
         _turn: turn,
@@ -117,83 +74,7 @@ pub async fn kafka_exclusive() -> Option<Kafka> {
 /// The SASL_PLAINTEXT listener of the broker `kafka` holds, with its SCRAM credentials; `None`
 /// (skip) when it is not configured and `CI` is not set.
 pub async fn sasl_endpoint(_held: &Kafka) -> Option<Endpoint> {
-    tokio::task::block_in_place(|| {
-        static FOUND: OnceLock<Result<Endpoint, String>> = OnceLock::new();
-        available(FOUND.get_or_init(|| {
-            let brokers = env("KAFKA_SASL_BROKERS")
-                .ok_or("KAFKA_SASL_BROKERS is not set (start the broker with KAFKA_SASL_PORT=0)")?;
-            let username = env("KAFKA_SASL_USERNAME").ok_or("KAFKA_SASL_USERNAME is not set")?;
-            let password = env("KAFKA_SASL_PASSWORD").ok_or("KAFKA_SASL_PASSWORD is not set")?;
-            let endpoint = Endpoint {
-                brokers,
-                sasl: Some((username, password)),
-            };
-            wait_until_ready(&endpoint)?;
-            Ok(endpoint)
-        }))
-    })
-}
-
-fn plain_endpoint() -> Option<Endpoint> {
-    static FOUND: OnceLock<Result<Endpoint, String>> = OnceLock::new();
-    available(FOUND.get_or_init(|| {
-        let brokers = env("KAFKA_BROKERS").ok_or("KAFKA_BROKERS is not set")?;
-        let endpoint = Endpoint {
-            brokers,
-            sasl: None,
-        };
-        wait_until_ready(&endpoint)?;
-        Ok(endpoint)
-    }))
-}
-
-pub fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-pub fn in_ci() -> bool {
-    env("CI").is_some()
-}
-
-fn available(found: &Result<Endpoint, String>) -> Option<Endpoint> {
-    match found {
-        Ok(endpoint) => Some(endpoint.clone()),
-        Err(why) => skip_or_fail(why),
-    }
-}
-
-/// Skips the test with one line saying how to run it, or fails it when `CI` is set.
-pub fn skip_or_fail<T>(why: &str) -> Option<T> {
-    if in_ci() {
-        panic!(
-            "end-to-end Kafka test cannot run: {why}. CI is set, so this fails instead of skipping; start a broker first ({HOW_TO_RUN})"
-        );
-    }
-    eprintln!("skipping end-to-end Kafka test: {why}; to run it: {HOW_TO_RUN}");
-    None
-}
-
-/// Waits until the listener answers a metadata request (the broker may still be starting).
-fn wait_until_ready(endpoint: &Endpoint) -> Result<(), String> {
-    let consumer: BaseConsumer = endpoint
-        .client_config()
-        .create()
-        .map_err(|e| format!("cannot create a Kafka client for {}: {e}", endpoint.brokers))?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let why = match consumer.fetch_metadata(None, Duration::from_secs(2)) {
-            Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
-            Ok(_) => "no broker in the metadata".to_owned(),
-            Err(e) => e.to_string(),
-        };
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "no Kafka broker answered at {} within {READY_TIMEOUT:?} ({why})",
-                endpoint.brokers
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    tokio::task::block_in_place(crate::broker::sasl)
 }
 
 /// A topic name no other test (or earlier run) uses.

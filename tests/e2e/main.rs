@@ -3,7 +3,8 @@
 //! broker, judged by reading the topic back with an independent consumer and comparing it with
 //! the emulator's ground truth.
 //!
-//! Run against the broker of `scripts/kafka.sh` (see [`common`] for how it is found):
+//! Run against the broker of `scripts/kafka.sh` (found and waited for by `broker`, the
+//! workspace's one broker helper, shared with presence-kafka's tests):
 //!
 //! ```text
 //! KAFKA_PORT=0 KAFKA_SASL_PORT=0 scripts/kafka.sh start && eval "$(scripts/kafka.sh env)"
@@ -16,6 +17,8 @@
 //! `--test-threads`.
 #![allow(missing_docs, unreachable_pub)]
 
+#[path = "../support/broker.rs"]
+mod broker;
 mod common;
 
 mod convergence;

@@ -1,33 +1,23 @@
-//! The one place the integration tests learn where Kafka is, plus helpers to read a topic
-//! back and build events.
-//!
-//! `KAFKA_BROKERS` (and `KAFKA_SASL_BROKERS`, `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`
-//! for the SASL tests, `KAFKA_TLS_BROKERS` and `KAFKA_TLS_CA` for the TLS tests) come from
-//! `scripts/kafka.sh env`. When they are unset or the broker does not answer, a test is
-//! skipped with one line saying how to run it, except when `CI` is set: then it fails, so CI
-//! can never pass by skipping.
+//! What the Kafka tests share: the broker ([`broker`], [`sasl_broker`], [`tls_broker`]) as
+//! the workspace's one broker helper (`tests/support/broker.rs`, module `crate::broker`) finds
+//! it, waits for it and skips or fails, seen as publisher settings; reading a topic back; and
+//! building events.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use presence_frame::{
     EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
 };
-use presence_kafka::{CaRoots, KafkaConfig, Sasl, SaslMechanism, Secret, Tls};
+use presence_kafka::{KafkaConfig, Sasl, SaslMechanism, Secret, Tls};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-const HOW_TO_RUN: &str = "scripts/kafka.sh start && eval \"$(scripts/kafka.sh env)\"";
-
-/// How long to wait for a broker that is still starting.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::broker::{self, Endpoint};
 
 /// A broker that answered, and how to log in to it.
 #[derive(Clone, Debug)]
@@ -35,9 +25,21 @@ pub struct Broker {
     pub brokers: String,
     pub sasl: Option<Sasl>,
     pub tls: Option<Tls>,
+    endpoint: Endpoint,
 }
 
 impl Broker {
+    fn new(endpoint: Endpoint) -> Broker {
+        Broker {
+            brokers: endpoint.brokers.clone(),
+            sasl: endpoint.sasl.clone().map(|(username, password)| {
+                Sasl::new(SaslMechanism::ScramSha512, username, Secret::new(password))
+            }),
+            tls: endpoint.tls_ca.clone().map(Tls::ca_file),
+            endpoint,
+        }
+    }
+
     /// A publisher config for this broker and a fresh random topic.
     pub fn config(&self, name: &str) -> KafkaConfig {
         let mut config = KafkaConfig::new(&self.brokers)
@@ -56,152 +58,29 @@ impl Broker {
 
     /// A raw librdkafka config (for consumers and admin clients the test makes itself).
     pub fn client_config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        if let Some(tls) = &self.tls {
-            let ca = match tls.ca() {
-                CaRoots::File(path) => path.to_string_lossy().into_owned(),
-                CaRoots::System => "probe".to_owned(),
-            };
-            config
-                .set("security.protocol", "ssl")
-                .set("ssl.ca.location", ca);
-        }
-        if let Some(sasl) = &self.sasl {
-            let protocol = if self.tls.is_some() {
-                "sasl_ssl"
-            } else {
-                "sasl_plaintext"
-            };
-            config
-                .set("security.protocol", protocol)
-                .set("sasl.mechanism", sasl.mechanism().as_str())
-                .set("sasl.username", sasl.username())
-                .set("sasl.password", sasl_password());
-        }
-        config
+        self.endpoint.client_config()
     }
 }
 
 /// The plaintext broker, or `None` (skip) when there is none and `CI` is not set.
 pub fn broker() -> Option<Broker> {
-    static BROKER: OnceLock<Result<Broker, String>> = OnceLock::new();
-    static TOLD: Once = Once::new();
-    let found = BROKER.get_or_init(|| {
-        let brokers = env("KAFKA_BROKERS").ok_or("KAFKA_BROKERS is not set")?;
-        let broker = Broker {
-            brokers,
-            sasl: None,
-            tls: None,
-        };
-        wait_until_ready(&broker)?;
-        Ok(broker)
-    });
-    available(found, &TOLD)
+    broker::plain().map(Broker::new)
 }
 
 /// The SASL listener with SCRAM-SHA-512 credentials, or `None` (skip) as for [`broker`].
 pub fn sasl_broker() -> Option<Broker> {
-    static BROKER: OnceLock<Result<Broker, String>> = OnceLock::new();
-    static TOLD: Once = Once::new();
-    let found = BROKER.get_or_init(|| {
-        let brokers = env("KAFKA_SASL_BROKERS")
-            .ok_or("KAFKA_SASL_BROKERS is not set (start the broker with KAFKA_SASL_PORT=0)")?;
-        let username = env("KAFKA_SASL_USERNAME").ok_or("KAFKA_SASL_USERNAME is not set")?;
-        env("KAFKA_SASL_PASSWORD").ok_or("KAFKA_SASL_PASSWORD is not set")?;
-        let sasl = Sasl::new(
-            SaslMechanism::ScramSha512,
-            username,
-            Secret::new(sasl_password()),
-        );
-        let broker = Broker {
-            brokers,
-            sasl: Some(sasl),
-            tls: None,
-        };
-        wait_until_ready(&broker)?;
-        Ok(broker)
-    });
-    available(found, &TOLD)
+    broker::sasl().map(Broker::new)
 }
 
 /// The TLS listener, trusting the script's self-signed certificate (`KAFKA_TLS_CA`), or
 /// `None` (skip) as for [`broker`].
 pub fn tls_broker() -> Option<Broker> {
-    static BROKER: OnceLock<Result<Broker, String>> = OnceLock::new();
-    static TOLD: Once = Once::new();
-    let found = BROKER.get_or_init(|| {
-        let brokers = env("KAFKA_TLS_BROKERS")
-            .ok_or("KAFKA_TLS_BROKERS is not set (start the broker with KAFKA_TLS_PORT=0)")?;
-        let ca = env("KAFKA_TLS_CA").ok_or("KAFKA_TLS_CA is not set")?;
-        if !std::path::Path::new(&ca).is_file() {
-            return Err(format!("KAFKA_TLS_CA={ca} is not a file"));
-        }
-        let broker = Broker {
-            brokers,
-            sasl: None,
-            tls: Some(Tls::ca_file(ca)),
-        };
-        wait_until_ready(&broker)?;
-        Ok(broker)
-    });
-    available(found, &TOLD)
+    broker::tls().map(Broker::new)
 }
 
 /// The SASL user's password, from the environment.
 pub fn sasl_password() -> String {
-    env("KAFKA_SASL_PASSWORD").unwrap_or_default()
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn available(found: &Result<Broker, String>, told: &Once) -> Option<Broker> {
-    match found {
-        Ok(broker) => Some(broker.clone()),
-        Err(why) if env("CI").is_some() => {
-            panic!(
-                "Kafka integration test cannot run: {why}. CI is set, so this fails instead of skipping; start a broker first ({HOW_TO_RUN})"
-            )
-        }
-        Err(why) => {
-            // Straight to stderr, past the test harness's capture, once per test binary.
-            told.call_once(|| {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "skipping Kafka integration tests: {why}; to run them: {HOW_TO_RUN}"
-                );
-            });
-            None
-        }
-    }
-}
-
-/// Waits until the broker answers a metadata request (it may still be starting).
-fn wait_until_ready(broker: &Broker) -> Result<(), String> {
-    let producer: BaseProducer = broker
-        .client_config()
-        .create()
-        .map_err(|e| format!("cannot create a Kafka client for {}: {e}", broker.brokers))?;
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        match producer
-            .client()
-            .fetch_metadata(None, Duration::from_secs(2))
-        {
-            Ok(metadata) if !metadata.brokers().is_empty() => return Ok(()),
-            Ok(_) => {}
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "no Kafka broker answered at {} within {READY_TIMEOUT:?} ({e})",
-                    broker.brokers
-                ));
-            }
-            Err(_) => {}
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    broker::env("KAFKA_SASL_PASSWORD").unwrap_or_default()
 }
 
 /// A topic name no other test (or earlier run) uses.

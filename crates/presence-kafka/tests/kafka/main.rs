@@ -1,8 +1,11 @@
-//! Integration tests of presence-kafka against a real Kafka broker (see `common` for how
-//! the broker is found), plus the ones that need none (schema, an unreachable broker).
+//! Integration tests of presence-kafka against a real Kafka broker (found and waited for by
+//! `broker`, the workspace's one broker helper, shared with the end-to-end tests), plus the
+//! ones that need none (schema, an unreachable broker).
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 #![allow(missing_docs, unreachable_pub)]
 
+#[path = "../../../../tests/support/broker.rs"]
+mod broker;
 mod common;
 
 mod backpressure;
