@@ -40,7 +40,7 @@ const BRIDGE_ARG: &str = "__bridge";
 
 /// Every environment variable `presence-bridge run` reads, removed from the bridge's
 /// environment so that only the flags given here configure it.
-const BRIDGE_ENV: [&str; 24] = [
+const BRIDGE_ENV: [&str; 26] = [
     "PRESENCE_BRIDGE_CONFIG",
     "GENESYS_REGION",
     "GENESYS_API_URL",
@@ -61,6 +61,8 @@ const BRIDGE_ENV: [&str; 24] = [
     "KAFKA_KEY_FILE",
     "PRESENCE_TTL",
     "MAX_EVENT_SKEW",
+    "MAX_MESSAGE_SIZE",
+    "MAX_SOCKET_MESSAGE_SIZE",
     "RESYNC_INTERVAL",
     "ADMIN_ADDR",
     "ADMIN_MAX_EVENT_STREAMS",

@@ -36,11 +36,6 @@ pub const DEFAULT_MAX_EVENT_STREAMS: usize = 16;
 /// How long `/v1/presence` serves one snapshot of the registry before taking a new one.
 pub const PRESENCE_SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// How long `/readyz` waits for the token state before answering from the last one seen:
-/// longer means a token request is under way (it holds the client's token lock while it
-/// retries).
-const TOKEN_PROBE_WAIT: Duration = Duration::from_millis(20);
-
 /// Settings of the admin server.
 #[derive(Clone, Debug)]
 pub struct AdminOptions {
@@ -63,7 +58,6 @@ struct Admin {
     streams: Arc<Semaphore>,
     max_streams: usize,
     presence: PresenceCache,
-    token: TokenProbe,
 }
 
 /// The admin router over shared state, with the default [`AdminOptions`].
@@ -78,7 +72,6 @@ pub fn router_with(state: Arc<AppState>, options: AdminOptions) -> Router {
         streams: Arc::new(Semaphore::new(options.max_event_streams)),
         max_streams: options.max_event_streams,
         presence: PresenceCache::default(),
-        token: TokenProbe::default(),
     });
     Router::new()
         .route("/", get(dashboard))
@@ -113,43 +106,12 @@ impl IntoResponse for Json {
     }
 }
 
-/// The token state as `/readyz` last saw it. `GenesysClient::has_valid_token` waits for the
-/// client's token lock, which a token request holds while it retries (seconds, with backoff);
-/// readiness must not wait with it.
-#[derive(Default)]
-struct TokenProbe {
-    /// Whether a valid token was held, and when that was seen.
-    last: Mutex<Option<(bool, Instant)>>,
-}
-
-/// How long a "valid" seen before a token request started is trusted while that request
-/// runs: the client refreshes at least this long before expiry (its default margin), so
-/// the old token is still valid meanwhile.
-const TOKEN_TRUSTED_DURING_REFRESH: Duration = Duration::from_secs(30);
-
-impl TokenProbe {
-    /// Whether a valid token is held, and whether a token request is in progress, in at most
-    /// about [`TOKEN_PROBE_WAIT`].
-    async fn check(&self, client: &genesys_auth::GenesysClient) -> (bool, bool) {
-        match tokio::time::timeout(TOKEN_PROBE_WAIT, client.has_valid_token()).await {
-            Ok(valid) => {
-                *self.last.lock() = Some((valid, Instant::now()));
-                (valid, false)
-            }
-            Err(_) => {
-                let trusted = self.last.lock().is_some_and(|(valid, seen)| {
-                    valid && seen.elapsed() < TOKEN_TRUSTED_DURING_REFRESH
-                });
-                (trusted, true)
-            }
-        }
-    }
-}
-
 async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     let state = &admin.app;
     let mut waiting = Vec::new();
-    match admin.token.check(&state.client).await {
+    // Read without waiting, even while a token request retries with backoff.
+    let token = state.client.token_state();
+    match (token.valid, token.requesting) {
         (true, _) => {}
         (false, false) => {
             waiting.push(json!({"part": "genesys-token", "reason": "no valid OAuth token held"}))

@@ -65,7 +65,9 @@ pub async fn serve(
     let sync_config = SyncConfig::default()
         .group_bits(config.group_bits.clone())
         .allowed(config.allowed)
-        .resync_interval(config.resync_interval);
+        .resync_interval(config.resync_interval)
+        .max_message_bytes(config.max_message_bytes)
+        .max_socket_message_bytes(config.max_socket_message_bytes);
     let source_shutdown = shutdown.child_token();
     let (status, source) = match &config.source {
         SourceConfig::Genesys { groups } => {

@@ -93,8 +93,9 @@ pub struct RunArgs {
     #[arg(long, env = "ALLOWED_GROUPS", value_name = "MASK")]
     pub allowed_groups: Option<String>,
 
-    /// Read a binary relay of 16-byte frames at this ws:// or wss:// URL instead of Genesys
-    /// notifications (the bearer token still comes from the OAuth client).
+    /// Read a binary relay of 16-byte frames at this wss:// URL instead of Genesys
+    /// notifications (the bearer token still comes from the OAuth client, in a header).
+    /// ws:// only to a loopback address; no user or password in the URL.
     #[arg(long, env = "RELAY_URL", value_name = "URL")]
     pub relay_url: Option<String>,
 
@@ -157,6 +158,19 @@ pub struct RunArgs {
     /// until its time came, and the broker refuses such timestamps); 1s to 1h. [default: 5m]
     #[arg(long, env = "MAX_EVENT_SKEW", value_name = "DURATION")]
     pub max_event_skew: Option<String>,
+
+    /// Messages longer than this are counted (`oversized`) and skipped, the socket stays up
+    /// (Genesys notifications are a few hundred bytes; relay batches 64 KiB). Bytes, or with
+    /// a KiB/MiB suffix; at least 1KiB. [default: 128KiB]
+    #[arg(long, env = "MAX_MESSAGE_SIZE", value_name = "SIZE")]
+    pub max_message_size: Option<String>,
+
+    /// The most a WebSocket reads for one message: a longer one is refused from its header
+    /// (counted, the socket replaced and its users resynced). Bounds the memory of every
+    /// socket together (20 sockets x 256 KiB = 5 MiB). At least --max-message-size, at most
+    /// 64MiB. [default: 256KiB]
+    #[arg(long, env = "MAX_SOCKET_MESSAGE_SIZE", value_name = "SIZE")]
+    pub max_socket_message_size: Option<String>,
 
     /// Resynchronise every user over REST this often, confirming live users; must be shorter
     /// than --ttl. "off" disables it. [default: 15m]

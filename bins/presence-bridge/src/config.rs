@@ -44,6 +44,8 @@ struct FileConfig {
     kafka_key_file: Option<PathBuf>,
     ttl: Option<String>,
     max_event_skew: Option<String>,
+    max_message_size: Option<String>,
+    max_socket_message_size: Option<String>,
     resync_interval: Option<String>,
     admin_addr: Option<String>,
     admin_max_event_streams: Option<String>,
@@ -88,6 +90,10 @@ pub struct BridgeConfig {
     pub ttl: Duration,
     /// How far ahead of this machine's clock an event time may be.
     pub max_event_skew: Duration,
+    /// Messages longer than this are skipped (the socket stays up).
+    pub max_message_bytes: usize,
+    /// The most a socket reads for one message (longer: the socket is replaced).
+    pub max_socket_message_bytes: usize,
     /// Periodic full resync, if any.
     pub resync_interval: Option<Duration>,
     /// Admin HTTP address.
@@ -113,6 +119,28 @@ pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(60 * 60);
 
 /// The most `--admin-max-event-streams` accepted.
 pub const MAX_EVENT_STREAMS: usize = 10_000;
+
+/// The largest `--max-socket-message-size` accepted.
+pub const MAX_SOCKET_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Parses a size flag: bytes, or a number with a `KiB`/`MiB` (or `K`/`M`) suffix.
+fn size(option: &str, text: &str) -> Result<usize> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit_bytes: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        _ => bail!("invalid --{option} {text:?}: expected bytes, or a number with KiB or MiB"),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_bytes))
+        .filter(|n| *n <= MAX_SOCKET_MESSAGE_SIZE)
+        .ok_or_else(|| anyhow!("invalid --{option} {text:?}: expected at most 64MiB"))
+}
 
 /// Parses a duration flag, refusing anything longer than `max` (so that no later
 /// `Instant + duration` can overflow and panic).
@@ -403,6 +431,25 @@ impl BridgeConfig {
         if max_event_skew < Duration::from_secs(1) {
             bail!("invalid --max-event-skew: at least 1s (clocks are never that close)");
         }
+        let max_message_bytes = match pick(args.max_message_size.clone(), file.max_message_size) {
+            Some(text) => size("max-message-size", &text)?,
+            None => presence_sync::DEFAULT_MAX_MESSAGE_BYTES,
+        };
+        if max_message_bytes < 1024 {
+            bail!("invalid --max-message-size: at least 1KiB");
+        }
+        let max_socket_message_bytes = match pick(
+            args.max_socket_message_size.clone(),
+            file.max_socket_message_size,
+        ) {
+            Some(text) => size("max-socket-message-size", &text)?,
+            None => presence_sync::DEFAULT_MAX_SOCKET_MESSAGE_BYTES.max(max_message_bytes),
+        };
+        if max_socket_message_bytes < max_message_bytes {
+            bail!(
+                "invalid --max-socket-message-size {max_socket_message_bytes}: at least --max-message-size {max_message_bytes}"
+            );
+        }
         let resync_text = pick(args.resync_interval.clone(), file.resync_interval)
             .unwrap_or_else(|| "15m".into());
         let resync_interval = match resync_text.trim() {
@@ -465,6 +512,8 @@ impl BridgeConfig {
             kafka_brokers,
             ttl,
             max_event_skew,
+            max_message_bytes,
+            max_socket_message_bytes,
             resync_interval,
             admin_addr,
             admin: AdminOptions { max_event_streams },

@@ -698,3 +698,42 @@ fn emulate_refuses_enormous_durations_naming_the_flag() {
         );
     }
 }
+
+#[test]
+fn message_size_limits_parse_and_are_checked() {
+    let config = config_of(RunArgs {
+        max_message_size: Some("64KiB".into()),
+        max_socket_message_size: Some("1MiB".into()),
+        ..args()
+    })
+    .expect("valid sizes");
+    assert_eq!(config.max_message_bytes, 64 << 10);
+    assert_eq!(config.max_socket_message_bytes, 1 << 20);
+    let defaults = config_of(args()).expect("defaults");
+    assert_eq!(
+        (
+            defaults.max_message_bytes,
+            defaults.max_socket_message_bytes
+        ),
+        (128 << 10, 256 << 10)
+    );
+    for (message, socket, option) in [
+        ("512", "1MiB", "--max-message-size"),
+        ("12 parsecs", "1MiB", "--max-message-size"),
+        ("99999999999999999999", "1MiB", "--max-message-size"),
+        ("128KiB", "64KiB", "--max-socket-message-size"),
+        ("128KiB", "65MiB", "--max-socket-message-size"),
+    ] {
+        let error = config_of(RunArgs {
+            max_message_size: Some(message.into()),
+            max_socket_message_size: Some(socket.into()),
+            ..args()
+        })
+        .map(|_| ())
+        .expect_err("refused");
+        assert!(
+            error.to_string().contains(option),
+            "{message}/{socket}: {error}"
+        );
+    }
+}
