@@ -132,6 +132,9 @@ pub struct Stats {
     pub api_rate_limited: u64,
     /// Tokens issued.
     pub tokens_issued: u64,
+    /// Notification channels created (`POST /api/v2/notifications/channels` answered 200).
+    #[serde(default)]
+    pub channels_created: u64,
     /// Faults asked for (through the handle, `POST /emulator/faults` or chaos), by kind
     /// (`drop_socket`, ...), whether or not they hit anything.
     pub faults_requested: BTreeMap<String, u64>,
@@ -216,6 +219,7 @@ pub(crate) fn read_stats(shared: &Shared) -> Stats {
         api_requests: c.api_requests.load(Ordering::Relaxed),
         api_rate_limited: c.api_rate_limited.load(Ordering::Relaxed),
         tokens_issued: c.tokens_issued.load(Ordering::Relaxed),
+        channels_created: c.channels_created.load(Ordering::Relaxed),
         faults_requested: c
             .faults_requested
             .lock()

@@ -181,7 +181,7 @@ pub(crate) fn expire_all_tokens(shared: &Shared) -> usize {
     };
     if shared.config.channels_close_with_token {
         let gone = shared.channels.lock().sweep(now, &dead);
-        channels::close_expired(gone);
+        channels::close_expired(shared, gone);
     }
     live
 }

@@ -32,20 +32,44 @@ use crate::workload::World;
 const MAX_COMBINED_TOPIC_LEN: usize = 200;
 
 /// Why a topic was not granted.
-fn parse_topic(world: &World, name: &str) -> std::result::Result<Option<u32>, String> {
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Malformed or unsupported: a bad request (400 without `ignoreErrors`).
+    Malformed(String),
+    /// An unknown user, or one whose topics are refused: a permission failure (403 without
+    /// `ignoreErrors`).
+    Refused(String),
+}
+
+impl Refusal {
+    fn reason(&self) -> &str {
+        match self {
+            Refusal::Malformed(r) | Refusal::Refused(r) => r,
+        }
+    }
+}
+
+/// The user whose presence a topic delivers (`None` for other topics of a user), or why
+/// it is not granted.
+fn parse_topic(
+    world: &World,
+    refused: &HashSet<u32>,
+    name: &str,
+) -> std::result::Result<Option<u32>, Refusal> {
+    let malformed = |why: &str| Err(Refusal::Malformed(why.to_owned()));
     let lower = name.to_ascii_lowercase();
     let Some(rest) = lower.strip_prefix("v2.users.") else {
-        return Err("Only v2.users topics are supported by the emulator".to_owned());
+        return malformed("Only v2.users topics are supported by the emulator");
     };
     let (id, presence) = if let Some((id, parts)) = rest.split_once('?') {
         if name.len() > MAX_COMBINED_TOPIC_LEN {
-            return Err(format!(
+            return malformed(&format!(
                 "Combined topic is longer than {MAX_COMBINED_TOPIC_LEN} characters"
             ));
         }
         let parts: Vec<&str> = parts.split('&').collect();
         if parts.iter().any(|p| p.is_empty()) {
-            return Err("Malformed combined topic".to_owned());
+            return malformed("Malformed combined topic");
         }
         (id, parts.contains(&"presence"))
     } else {
@@ -53,12 +77,13 @@ fn parse_topic(world: &World, name: &str) -> std::result::Result<Option<u32>, St
             Some((id, suffix)) if !suffix.is_empty() && !suffix.contains('.') => {
                 (id, suffix == "presence")
             }
-            _ => return Err("Malformed topic".to_owned()),
+            _ => return malformed("Malformed topic"),
         }
     };
     let user = Guid::parse(id)
         .and_then(|guid| world.by_guid.get(&guid).copied())
-        .ok_or_else(|| "Unknown user, or not permitted".to_owned())?;
+        .filter(|user| !refused.contains(user))
+        .ok_or_else(|| Refusal::Refused("Unknown user, or not permitted".to_owned()))?;
     Ok(presence.then_some(user))
 }
 
@@ -114,14 +139,23 @@ fn tell_gone(shared: &Shared, channel: Channel) {
     }
 }
 
-/// Closes the sockets of channels removed by expiry (of the channel or its token).
-pub(crate) fn close_expired(channels: Vec<Channel>) {
+/// Closes the sockets of channels removed by expiry (of the channel or its token), first
+/// telling them `{"result":"404",...}` when
+/// [`socket_404_message`](crate::EmulatorConfig::socket_404_message) is on.
+pub(crate) fn close_expired(shared: &Shared, channels: Vec<Channel>) {
     for channel in channels {
         log::debug!("channel {} expired", channel.id);
         if let Some(conn) = channel.connection {
-            let _ = conn.control.send(Control::Close {
-                reason: "channel expired",
-            });
+            let order = if shared.config.socket_404_message {
+                Control::Gone {
+                    message: wire::channel_not_found(&channel.id),
+                }
+            } else {
+                Control::Close {
+                    reason: "channel expired",
+                }
+            };
+            let _ = conn.control.send(order);
         }
     }
 }
@@ -169,7 +203,7 @@ pub(crate) async fn create(
             };
             let Some(victim) = victim else {
                 drop(table);
-                close_expired(expired);
+                close_expired(&shared, expired);
                 return wire::bad_request(format!(
                     "The maximum of {} channels is reached and every channel has a connection",
                     config.max_channels_per_client
@@ -192,9 +226,13 @@ pub(crate) async fn create(
         };
         let summary = channel.summary(&connect_base(&shared));
         table.insert(channel);
+        shared
+            .counters
+            .channels_created
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         (summary, replaced, expired)
     };
-    close_expired(expired);
+    close_expired(&shared, expired);
     if let Some(old) = replaced {
         log::debug!("channel {} replaced by {id} (channel limit)", old.id);
         tell_gone(&shared, old);
@@ -314,24 +352,35 @@ fn subscribe(
     };
     let config = &shared.config;
     let mut granted = Vec::new();
-    let mut rejected = Vec::new();
-    for topic in requested {
-        match parse_topic(&shared.world, &topic.id) {
-            Ok(presence_of) => granted.push(Topic {
-                name: topic.id,
-                presence_of,
-            }),
-            Err(reason) => rejected.push((topic.id, reason)),
+    let mut rejected: Vec<(String, Refusal)> = Vec::new();
+    {
+        let refused = shared.refused_users.read();
+        for topic in requested {
+            match parse_topic(&shared.world, &refused, &topic.id) {
+                Ok(presence_of) => granted.push(Topic {
+                    name: topic.id,
+                    presence_of,
+                }),
+                Err(refusal) => rejected.push((topic.id, refusal)),
+            }
         }
     }
-    if config.strict_topics
-        && !ignore_errors
-        && let Some((topic, reason)) = rejected.first()
-    {
-        return wire::bad_request(format!(
-            "Topic {topic} cannot be subscribed: {reason} ({} topic(s) refused; use ignoreErrors=true to subscribe the rest)",
+    if config.strict_topics && !ignore_errors && !rejected.is_empty() {
+        // A permission failure on any topic fails the whole request with 403 (Genesys since
+        // 2021); a request with only malformed topics is a plain 400.
+        let (topic, refusal) = rejected
+            .iter()
+            .find(|(_, r)| matches!(r, Refusal::Refused(_)))
+            .unwrap_or(&rejected[0]);
+        let message = format!(
+            "Topic {topic} cannot be subscribed: {} ({} topic(s) refused; use ignoreErrors=true to subscribe the rest)",
+            refusal.reason(),
             rejected.len()
-        ));
+        );
+        return match refusal {
+            Refusal::Refused(_) => wire::api_error(StatusCode::FORBIDDEN, "forbidden", message),
+            Refusal::Malformed(_) => wire::bad_request(message),
+        };
     }
     let now = Instant::now();
     let mut table = shared.channels.lock();
@@ -366,9 +415,9 @@ fn subscribe(
     channel.expires_at = now + lifetime;
     channel.expires_wall = wall;
     let mut entities = channel.topics_json();
-    entities.extend(rejected.into_iter().map(
-        |(topic, reason)| json!({"id": topic, "state": "Rejected", "rejectionReason": reason}),
-    ));
+    entities.extend(rejected.into_iter().map(|(topic, refusal)| {
+        json!({"id": topic, "state": "Rejected", "rejectionReason": refusal.reason()})
+    }));
     axum::Json(json!({ "entities": entities })).into_response()
 }
 
@@ -380,6 +429,8 @@ mod tests {
     #[test]
     fn topics_parse() {
         let world = World::build(&EmulatorConfig::default().users(3));
+        let none = HashSet::new();
+        let parse_topic = |world: &World, name: &str| parse_topic(world, &none, name);
         let guid = world.users[2].guid;
         assert_eq!(
             parse_topic(&world, &format!("v2.users.{guid}.presence")),
@@ -399,6 +450,14 @@ mod tests {
         assert!(parse_topic(&world, "v2.routing.queues.x.members").is_err());
         assert!(parse_topic(&world, &format!("v2.users.{guid}")).is_err());
         let long = format!("v2.users.{guid}?presence&{}", "x".repeat(200));
-        assert!(parse_topic(&world, &long).is_err());
+        assert!(matches!(
+            parse_topic(&world, &long),
+            Err(Refusal::Malformed(_))
+        ));
+        let refused: HashSet<u32> = [2].into_iter().collect();
+        assert!(matches!(
+            super::parse_topic(&world, &refused, &format!("v2.users.{guid}.presence")),
+            Err(Refusal::Refused(_))
+        ));
     }
 }

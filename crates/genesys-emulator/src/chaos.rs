@@ -1,7 +1,7 @@
 //! Chaos mode: a task that injects faults at random, as a Poisson process at
 //! [`ChaosConfig::faults_per_minute`](crate::ChaosConfig::faults_per_minute), each of a kind
 //! drawn from [`ChaosConfig::kinds`](crate::ChaosConfig::kinds), aimed at a connected channel
-//! chosen at random (or the relay).
+//! chosen at random (or the relay); a maintenance wave hits every channel socket at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,7 @@ pub(crate) async fn run_chaos(shared: Arc<Shared>) {
                 target: target(),
                 grace_ms: None,
             },
+            FaultKind::MaintenanceWave => Fault::MaintenanceWave { grace_ms: None },
             FaultKind::Garbage => Fault::Garbage { target: target() },
             FaultKind::TruncatedJson => Fault::TruncatedJson { target: target() },
             FaultKind::Oversized => Fault::Oversized {

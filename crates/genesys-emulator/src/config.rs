@@ -103,6 +103,7 @@ pub struct EmulatorConfig {
     pub(crate) max_topics_per_channel: usize,
     pub(crate) strict_topics: bool,
     pub(crate) channels_close_with_token: bool,
+    pub(crate) socket_404_message: bool,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) socket_closing_grace: Duration,
     pub(crate) notification_modified_date: bool,
@@ -151,6 +152,7 @@ impl Default for EmulatorConfig {
             max_topics_per_channel: 1_000,
             strict_topics: true,
             channels_close_with_token: true,
+            socket_404_message: false,
             heartbeat_interval: Duration::from_secs(30),
             socket_closing_grace: Duration::from_secs(60),
             notification_modified_date: true,
@@ -347,10 +349,13 @@ impl EmulatorConfig {
         self
     }
 
-    /// When true, a subscription request with a topic that cannot be granted (unknown user,
-    /// malformed or unsupported topic) gets 400 and changes nothing unless it has
-    /// `ignoreErrors=true`, in which case those topics come back `Rejected`. When false, they
-    /// always come back `Rejected`. By default, true.
+    /// When true, a subscription request with a topic that cannot be granted changes nothing
+    /// unless it has `ignoreErrors=true`: it gets 403 when a topic is refused (an unknown
+    /// user, or one whose topics are refused with
+    /// [`EmulatorHandle::refuse_topics`](crate::EmulatorHandle::refuse_topics)), else 400 (a
+    /// malformed or unsupported topic). With `ignoreErrors=true` those topics come back
+    /// `Rejected` and the rest are subscribed. When false, they always come back `Rejected`.
+    /// By default, true.
     pub fn strict_topics(mut self, strict: bool) -> Self {
         self.strict_topics = strict;
         self
@@ -360,6 +365,17 @@ impl EmulatorConfig {
     /// reads the official wording). By default, true.
     pub fn channels_close_with_token(mut self, on: bool) -> Self {
         self.channels_close_with_token = on;
+        self
+    }
+
+    /// How a socket learns that its channel is gone (unconfirmed: some clients report a
+    /// message without `topicName`). When true, a socket whose channel expires (or whose
+    /// token does) is sent `{"result":"404","message":"Channel ... not found"}` before the
+    /// close, and a connection to a channel that does not exist is upgraded, sent that
+    /// message and closed; when false, the first is just closed and the second answered HTTP
+    /// 404. By default, false.
+    pub fn socket_404_message(mut self, on: bool) -> Self {
+        self.socket_404_message = on;
         self
     }
 

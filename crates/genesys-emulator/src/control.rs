@@ -17,9 +17,11 @@ pub(crate) enum Control {
         /// The close frame's reason.
         reason: &'static str,
     },
-    /// The channel was removed: send this system message, then close.
+    /// The channel was removed: send this message, then close.
     Gone {
-        /// The `no_longer_subscribed` message.
+        /// The `no_longer_subscribed` system message, or (for an expired channel, when
+        /// [`socket_404_message`](crate::EmulatorConfig::socket_404_message) is on) the
+        /// `{"result":"404",...}` message without a topic.
         message: String,
     },
     /// Close TCP without a close frame.
@@ -28,6 +30,9 @@ pub(crate) enum Control {
     Stall,
     /// Send the maintenance warning, close after `grace`.
     SocketClosing {
+        /// The fault it carries (`socket_closing` or `maintenance_wave`), counted once the
+        /// warning is written.
+        kind: FaultKind,
         /// Time until the close.
         grace: Duration,
         /// The `v2.system.socket_closing` message.

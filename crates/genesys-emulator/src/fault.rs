@@ -101,6 +101,15 @@ pub enum Fault {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grace_ms: Option<u64>,
     },
+    /// A maintenance wave: `v2.system.socket_closing` to every connected channel socket at
+    /// once (as Genesys may do to every channel of a client), each closed after the grace.
+    /// Relay sockets get nothing.
+    MaintenanceWave {
+        /// Milliseconds until the close; by default the configured
+        /// [`socket_closing_grace`](crate::EmulatorConfig::socket_closing_grace).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grace_ms: Option<u64>,
+    },
     /// Send a text message that is not JSON (on relay sockets: a binary message whose length
     /// is not a multiple of 16).
     Garbage {
@@ -172,6 +181,8 @@ pub enum FaultKind {
     StallSocket,
     /// [`Fault::SocketClosing`].
     SocketClosing,
+    /// [`Fault::MaintenanceWave`].
+    MaintenanceWave,
     /// [`Fault::Garbage`].
     Garbage,
     /// [`Fault::TruncatedJson`].
@@ -190,10 +201,11 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::DropSocket,
         FaultKind::StallSocket,
         FaultKind::SocketClosing,
+        FaultKind::MaintenanceWave,
         FaultKind::Garbage,
         FaultKind::TruncatedJson,
         FaultKind::Oversized,
@@ -209,6 +221,7 @@ impl FaultKind {
             FaultKind::DropSocket => "drop_socket",
             FaultKind::StallSocket => "stall_socket",
             FaultKind::SocketClosing => "socket_closing",
+            FaultKind::MaintenanceWave => "maintenance_wave",
             FaultKind::Garbage => "garbage",
             FaultKind::TruncatedJson => "truncated_json",
             FaultKind::Oversized => "oversized",
@@ -227,6 +240,7 @@ impl Fault {
             Fault::DropSocket { .. } => FaultKind::DropSocket,
             Fault::StallSocket { .. } => FaultKind::StallSocket,
             Fault::SocketClosing { .. } => FaultKind::SocketClosing,
+            Fault::MaintenanceWave { .. } => FaultKind::MaintenanceWave,
             Fault::Garbage { .. } => FaultKind::Garbage,
             Fault::TruncatedJson { .. } => FaultKind::TruncatedJson,
             Fault::Oversized { .. } => FaultKind::Oversized,
@@ -267,9 +281,14 @@ impl Fault {
             }),
             Fault::SocketClosing {
                 grace_ms: Some(ms), ..
-            } if Duration::from_millis(*ms) > MAX_DURATION => Err(Error::InvalidFault {
-                reason: "socket_closing grace must be at most one year".to_owned(),
-            }),
+            }
+            | Fault::MaintenanceWave { grace_ms: Some(ms) }
+                if Duration::from_millis(*ms) > MAX_DURATION =>
+            {
+                Err(Error::InvalidFault {
+                    reason: "socket_closing grace must be at most one year".to_owned(),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -441,6 +460,16 @@ mod tests {
                 },
             ),
             (r#"{"fault":"expire_tokens"}"#, Fault::ExpireTokens),
+            (
+                r#"{"fault":"maintenance_wave","graceMs":250}"#,
+                Fault::MaintenanceWave {
+                    grace_ms: Some(250),
+                },
+            ),
+            (
+                r#"{"fault":"maintenance_wave"}"#,
+                Fault::MaintenanceWave { grace_ms: None },
+            ),
         ];
         for (json, want) in cases {
             let got: Fault = serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"));

@@ -74,6 +74,19 @@ pub(crate) fn inject(shared: &Shared, fault: &Fault) -> Result<usize> {
             );
             removed
         }
+        Fault::MaintenanceWave { .. } => {
+            // Every channel socket at once; relay sockets have no maintenance warning.
+            let mut sent = 0;
+            for socket in connected_sockets(shared, &FaultTarget::All)? {
+                if !socket.is_relay
+                    && let Some(message) = socket_control(shared, fault, false, socket.user)
+                    && socket.control.send(message).is_ok()
+                {
+                    sent += 1;
+                }
+            }
+            sent
+        }
         socket_fault => {
             let target = socket_fault.target().cloned().unwrap_or_default();
             let mut sent = 0;
@@ -109,11 +122,14 @@ pub(crate) fn socket_control(
     Some(match fault {
         Fault::DropSocket { .. } => Control::Drop,
         Fault::StallSocket { .. } => Control::Stall,
-        Fault::SocketClosing { grace_ms, .. } if !is_relay => {
+        Fault::SocketClosing { grace_ms, .. } | Fault::MaintenanceWave { grace_ms }
+            if !is_relay =>
+        {
             let grace = grace_ms
                 .map(Duration::from_millis)
                 .unwrap_or(shared.config.socket_closing_grace);
             Control::SocketClosing {
+                kind: fault.kind(),
                 grace,
                 message: wire::socket_closing(shared.random_guid()),
             }

@@ -27,6 +27,6 @@ pub(crate) async fn run_janitor(shared: Arc<Shared>) {
             dead.clear();
         }
         let gone = shared.channels.lock().sweep(now, &dead);
-        channels::close_expired(gone);
+        channels::close_expired(&shared, gone);
     }
 }

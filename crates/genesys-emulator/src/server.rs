@@ -300,6 +300,41 @@ impl EmulatorHandle {
         self.inject(Fault::ExpireTokens)
     }
 
+    /// Sends `v2.system.socket_closing` to every connected channel socket at once (a
+    /// maintenance wave), each closed after `grace`.
+    pub fn maintenance_wave(&self, grace: Duration) -> Result<usize> {
+        self.inject(Fault::MaintenanceWave {
+            grace_ms: Some(grace.as_millis() as u64),
+        })
+    }
+
+    /// From now on, subscriptions refuse the topics of these users (unknown ids are
+    /// ignored), as Genesys refuses those of deleted users: a request holding one fails
+    /// whole (403) without `ignoreErrors=true`, and with it the topic comes back `Rejected`.
+    /// Existing subscriptions are left alone. Returns how many users are refused now.
+    pub fn refuse_topics(&self, users: &[Guid]) -> usize {
+        let mut refused = self.shared.refused_users.write();
+        refused.extend(
+            users
+                .iter()
+                .filter_map(|g| self.shared.world.by_guid.get(g).copied()),
+        );
+        refused.len()
+    }
+
+    /// Undoes [`refuse_topics`](Self::refuse_topics) for these users. Returns how many
+    /// users are still refused.
+    pub fn permit_topics(&self, users: &[Guid]) -> usize {
+        let mut refused = self.shared.refused_users.write();
+        for user in users
+            .iter()
+            .filter_map(|g| self.shared.world.by_guid.get(g))
+        {
+            refused.remove(user);
+        }
+        refused.len()
+    }
+
     /// Sends `no_longer_subscribed` to the target channels and removes them.
     pub fn no_longer_subscribed(&self, target: FaultTarget) -> Result<usize> {
         self.inject(Fault::NoLongerSubscribed { target })

@@ -142,7 +142,10 @@ async fn finish(mut socket: Socket, end: End) {
     }
 }
 
-/// `GET /channels/{id}`: 404 unless the channel exists; a second connection kicks the first.
+/// `GET /channels/{id}`: 404 unless the channel exists (or, with
+/// [`socket_404_message`](crate::EmulatorConfig::socket_404_message), a socket that says
+/// `{"result":"404",...}` and closes); a second connection takes delivery over from the
+/// first, which writes what was queued for it and closes.
 pub(crate) async fn channel_socket(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
@@ -150,6 +153,9 @@ pub(crate) async fn channel_socket(
 ) -> Response {
     let now = Instant::now();
     if shared.channels.lock().live(&id, now).is_none() {
+        if shared.config.socket_404_message {
+            return gone_channel_socket(&shared, &id, &mut request);
+        }
         return wire::not_found(format!("Channel {id} not found"));
     }
     let (accept_key, on_upgrade) = match accept(&mut request) {
@@ -205,6 +211,25 @@ pub(crate) async fn channel_socket(
         session.account_lost();
         shared.channels.lock().disconnect(&id, conn_id);
         log::debug!("socket {conn_id} of channel {id} ended");
+    });
+    switching_protocols(accept_key)
+}
+
+/// A socket to a channel that does not exist, answered the way some clients report seeing:
+/// upgraded, then a message without `topicName`, `{"result":"404","message":...}`, then a
+/// close.
+fn gone_channel_socket(shared: &Arc<Shared>, id: &str, request: &mut Request) -> Response {
+    let (accept_key, on_upgrade) = match accept(request) {
+        Ok(ok) => ok,
+        Err(error) => return error.into_response(),
+    };
+    let message = wire::channel_not_found(id);
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
+        if let Some(mut socket) = upgrade(on_upgrade).await {
+            let _ = socket.send(Message::text(message)).await;
+            finish(socket, End::Close(CloseCode::Normal, "channel not found")).await;
+        }
     });
     switching_protocols(accept_key)
 }
@@ -271,6 +296,11 @@ impl ChannelSession {
                         return (socket, End::Close(CloseCode::Normal, reason));
                     }
                     Some(Control::Kick) => {
+                        // Delivery moved to the new socket when it connected; what was queued
+                        // here before that is still this socket's to send.
+                        if !self.write_queued(&mut socket).await {
+                            return (socket, End::Drop);
+                        }
                         return (socket, End::Close(CloseCode::Normal, "another socket connected to this channel"));
                     }
                     Some(Control::Gone { message }) => {
@@ -285,11 +315,11 @@ impl ChannelSession {
                         self.stalled.store(true, Ordering::Relaxed);
                         shared.count_hit(FaultKind::StallSocket, Landed::ChannelSocket, 1);
                     }
-                    Some(Control::SocketClosing { grace, message }) => {
+                    Some(Control::SocketClosing { kind, grace, message }) => {
                         if socket.send(Message::text(message)).await.is_err() {
                             return (socket, End::Drop);
                         }
-                        shared.count_hit(FaultKind::SocketClosing, Landed::ChannelSocket, 1);
+                        shared.count_hit(kind, Landed::ChannelSocket, 1);
                         closing_at = Some(Instant::now() + grace);
                     }
                     Some(Control::Send { kind, message }) => {
@@ -324,6 +354,16 @@ impl ChannelSession {
                 }
             }
         }
+    }
+
+    /// Writes everything queued, in batches.
+    async fn write_queued(&mut self, socket: &mut Socket) -> bool {
+        while let Ok(first) = self.events.try_recv() {
+            if !self.write_batch(socket, first).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Writes `first` and whatever else is queued (up to a batch), then flushes.

@@ -6,7 +6,7 @@
 //! Plain data: it imports only the data types it holds, never the modules that act on it
 //! (those take `&Shared` and live in the file named after what they do).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -68,6 +68,7 @@ pub(crate) struct Counters {
     pub(crate) api_requests: AtomicU64,
     pub(crate) api_rate_limited: AtomicU64,
     pub(crate) tokens_issued: AtomicU64,
+    pub(crate) channels_created: AtomicU64,
     pub(crate) relay_messages_sent: AtomicU64,
     pub(crate) relay_frames_sent: AtomicU64,
     pub(crate) relay_messages_lost: AtomicU64,
@@ -88,6 +89,9 @@ pub(crate) struct Shared {
     pub(crate) presence: RwLock<Vec<UserPresence>>,
     pub(crate) tokens: Mutex<Tokens>,
     pub(crate) channels: Mutex<ChannelTable>,
+    /// Users (by index) whose topics a subscription refuses, as Genesys refuses the topics of
+    /// deleted users: see `EmulatorHandle::refuse_topics`.
+    pub(crate) refused_users: RwLock<HashSet<u32>>,
     pub(crate) api_faults: Mutex<ApiFaults>,
     pub(crate) login_faults: Mutex<ApiFaults>,
     /// Socket faults from the config, waiting for a socket to connect.
@@ -129,6 +133,7 @@ impl Shared {
             presence: RwLock::new(presence),
             tokens: Mutex::new(Tokens::default()),
             channels: Mutex::new(ChannelTable::new(world.users.len())),
+            refused_users: RwLock::new(HashSet::new()),
             world,
             api_faults: Mutex::new(ApiFaults::default()),
             login_faults: Mutex::new(ApiFaults::default()),

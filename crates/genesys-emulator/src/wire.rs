@@ -144,6 +144,16 @@ pub(crate) fn no_longer_subscribed(channel_id: &str, correlation: Guid) -> Strin
     .to_string()
 }
 
+/// What a socket of a channel that no longer exists is told, without a `topicName` (as
+/// koodaamo/genesys-notifications reports it): `{"result":"404","message":...}`.
+pub(crate) fn channel_not_found(channel_id: &str) -> String {
+    json!({
+        "result": "404",
+        "message": format!("Channel {channel_id} not found"),
+    })
+    .to_string()
+}
+
 /// A `channel.metadata` message padded to exactly `bytes` bytes (when `bytes` is at least
 /// the size of the empty message).
 pub(crate) fn oversized(bytes: usize) -> String {

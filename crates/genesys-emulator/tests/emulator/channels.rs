@@ -104,7 +104,7 @@ async fn subscriptions_get_post_put_delete() {
 }
 
 #[tokio::test]
-async fn unknown_topics_are_400_or_rejected_with_ignore_errors() {
+async fn unknown_topics_are_403_or_rejected_with_ignore_errors() {
     let emu = start(quiet().users(5)).await;
     let token = token(&emu).await;
     let users = emu.user_ids();
@@ -115,9 +115,11 @@ async fn unknown_topics_are_400_or_rejected_with_ignore_errors() {
         list.push(json!({"id": "v2.routing.queues.q.conversations"}));
         list.push(json!({"id": format!("v2.users.{}?presence&routingStatus", users[1])}));
     }
+    // An unknown user's topic is a permission failure: the whole request fails with 403
+    // (issue 12: Genesys since 2021), not 400.
     let strict = api_json(&emu, &token, "POST", &path, &body).await;
-    assert_eq!(strict.status, 400);
-    assert_eq!(strict.json()["code"], "bad.request");
+    assert_eq!(strict.status, 403);
+    assert_eq!(strict.json()["code"], "forbidden");
     let listed = api(&emu, &token, "GET", &path).await.json();
     assert_eq!(
         listed["entities"].as_array().map(Vec::len),
@@ -151,7 +153,19 @@ async fn unknown_topics_are_400_or_rejected_with_ignore_errors() {
         "permitted ones kept"
     );
 
-    // With strict_topics off, no 400 even without ignoreErrors.
+    // Only malformed or unsupported topics: a plain 400.
+    let malformed = api_json(
+        &emu,
+        &token,
+        "POST",
+        &path,
+        &json!([{"id": "v2.routing.queues.q.conversations"}]),
+    )
+    .await;
+    assert_eq!(malformed.status, 400);
+    assert_eq!(malformed.json()["code"], "bad.request");
+
+    // With strict_topics off, no error even without ignoreErrors.
     let relaxed = start(quiet().users(5).strict_topics(false)).await;
     let token = crate::common::token(&relaxed).await;
     let (id, _) = create_channel(&relaxed, &token).await;

@@ -8,6 +8,7 @@ mod auth;
 mod channels;
 mod events;
 mod faults;
+mod genesys_semantics;
 mod rate_limit;
 mod relay;
 mod rest;
