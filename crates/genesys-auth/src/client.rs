@@ -11,8 +11,10 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::limiter::RateLimiter;
+use crate::proxy::ProxySettings;
 use crate::region::Endpoints;
 use crate::secret::Secret;
+use crate::tls::TlsRoots;
 
 /// How a [`GenesysClient`] is set up. Every setting but the endpoints and credentials has a
 /// default; call [`validate`](AuthConfig::validate) (done by [`GenesysClient::new`]).
@@ -29,6 +31,8 @@ pub struct AuthConfig {
     timeout: Duration,
     max_body_bytes: u64,
     requests_per_minute: u32,
+    proxy: ProxySettings,
+    tls_roots: TlsRoots,
 }
 
 impl AuthConfig {
@@ -50,6 +54,8 @@ impl AuthConfig {
             timeout: Duration::from_secs(30),
             max_body_bytes: 32 << 20,
             requests_per_minute: 300,
+            proxy: ProxySettings::from_env(),
+            tls_roots: TlsRoots::bundled(),
         }
     }
 
@@ -101,6 +107,21 @@ impl AuthConfig {
         self
     }
 
+    /// Which proxy each request goes through. By default, the environment's
+    /// ([`ProxySettings::from_env`]: `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` and their
+    /// lowercase forms, as curl reads them).
+    pub fn proxy(mut self, proxy: ProxySettings) -> AuthConfig {
+        self.proxy = proxy;
+        self
+    }
+
+    /// Which certificate authorities TLS trusts. By default, only the bundled Mozilla roots
+    /// ([`TlsRoots::bundled`]).
+    pub fn tls_roots(mut self, roots: TlsRoots) -> AuthConfig {
+        self.tls_roots = roots;
+        self
+    }
+
     /// The endpoints in use.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
@@ -126,7 +147,7 @@ impl AuthConfig {
         if self.timeout.is_zero() {
             return bad("timeout", "must be more than zero");
         }
-        Ok(())
+        self.proxy.validate()
     }
 }
 
@@ -255,7 +276,9 @@ struct RawResponse {
 
 struct Inner {
     config: AuthConfig,
-    agent: ureq::Agent,
+    /// For the API's origin and for the login origin: each has its own proxy decision.
+    api_agent: ureq::Agent,
+    login_agent: ureq::Agent,
     /// The token held. Only ever locked to read or store it, never across a request, so that
     /// readiness ([`GenesysClient::token_state`]) can read it while a token request retries.
     token: parking_lot::Mutex<Option<AccessToken>>,
@@ -313,16 +336,13 @@ impl GenesysClient {
     /// A client; no request is made until one is needed.
     pub fn new(config: AuthConfig) -> Result<GenesysClient> {
         config.validate()?;
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(config.timeout))
-            .user_agent(concat!("presence-bridge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let api_agent = agent(&config, config.endpoints.api_base())?;
+        let login_agent = agent(&config, config.endpoints.login_base())?;
         Ok(GenesysClient {
             inner: Arc::new(Inner {
                 limiter: RateLimiter::new(config.requests_per_minute),
-                agent,
+                api_agent,
+                login_agent,
                 token: parking_lot::Mutex::new(None),
                 token_request: tokio::sync::Mutex::new(()),
                 requesting: AtomicBool::new(false),
@@ -407,7 +427,7 @@ impl GenesysClient {
         let url = config.endpoints.token_url();
         let started = Instant::now();
         let raw = self
-            .send_with_retries(Method::Post, "/oauth/token", move |agent| {
+            .send_with_retries(Origin::Login, Method::Post, "/oauth/token", move |agent| {
                 agent
                     .post(&url)
                     .header("Authorization", &format!("Basic {basic}"))
@@ -452,7 +472,7 @@ impl GenesysClient {
             let url = url.clone();
             let body = body.clone();
             let raw = self
-                .send_with_retries(method, &path_only, move |agent| {
+                .send_with_retries(Origin::Api, method, &path_only, move |agent| {
                     send(agent, method, &url, &bearer, body.as_deref())
                 })
                 .await?;
@@ -489,7 +509,13 @@ impl GenesysClient {
 
     /// Sends one request through the pacer, retrying 429 (after `Retry-After`), 502/503/504
     /// and network errors. Returns the last answer of any other status.
-    async fn send_with_retries<F>(&self, method: Method, path: &str, call: F) -> Result<RawResponse>
+    async fn send_with_retries<F>(
+        &self,
+        origin: Origin,
+        method: Method,
+        path: &str,
+        call: F,
+    ) -> Result<RawResponse>
     where
         F: Fn(&ureq::Agent) -> std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>
             + Send
@@ -503,7 +529,10 @@ impl GenesysClient {
             attempt += 1;
             self.inner.limiter.acquire().await;
             bump(&self.inner.stats.requests);
-            let agent = self.inner.agent.clone();
+            let agent = match origin {
+                Origin::Api => self.inner.api_agent.clone(),
+                Origin::Login => self.inner.login_agent.clone(),
+            };
             let call = Arc::clone(&call);
             let max_body = config.max_body_bytes;
             let outcome = tokio::task::spawn_blocking(move || {
@@ -582,6 +611,57 @@ impl GenesysClient {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// Which of the two origins a request goes to. Requests never leave them: an absolute URL on
+/// another origin is refused before it is sent ([`Error::ForeignUrl`]).
+#[derive(Clone, Copy)]
+enum Origin {
+    Api,
+    Login,
+}
+
+/// The HTTP agent for one origin: its proxy decided once from the configuration (ureq's own
+/// reading of the environment is never used, so REST and the WebSockets agree), trusting the
+/// configured roots.
+fn agent(config: &AuthConfig, base: &str) -> Result<ureq::Agent> {
+    let proxy = match config.proxy.for_url(base) {
+        Some(server) => {
+            log::info!("requests to {base} go through the proxy {server}");
+            let mut builder = ureq::Proxy::builder(ureq::ProxyProtocol::Http)
+                .host(server.host())
+                .port(server.port());
+            if let Some(user) = server.username() {
+                builder = builder.username(user);
+            }
+            if let Some(password) = server.password() {
+                builder = builder.password(password.expose());
+            }
+            Some(builder.build().map_err(|source| Error::Config {
+                option: "proxy",
+                reason: format!("{server}: {source}"),
+            })?)
+        }
+        None => None,
+    };
+    let roots = if config.tls_roots.is_bundled_only() {
+        ureq::tls::RootCerts::WebPki
+    } else {
+        let certificates = config.tls_roots.certificates()?;
+        ureq::tls::RootCerts::from(
+            certificates
+                .iter()
+                .map(|der| ureq::tls::Certificate::from_der(der.as_ref()).to_owned()),
+        )
+    };
+    Ok(ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(config.timeout))
+        .user_agent(concat!("presence-bridge/", env!("CARGO_PKG_VERSION")))
+        .proxy(proxy)
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .into())
 }
 
 fn send(

@@ -18,6 +18,11 @@
 //! - [`TokenState`]: whether a valid token is held and a token request is under way, read
 //!   without waiting ([`GenesysClient::token_state`]), even while that request retries: for
 //!   readiness.
+//! - [`ProxySettings`] and [`TlsRoots`]: behind a corporate proxy. Requests go through the
+//!   proxy that `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` name (as curl reads them; the default),
+//!   tunnelled with `CONNECT`, so the proxy sees only the host and port; TLS trusts the
+//!   bundled Mozilla roots and, when asked, the operating system's store (a TLS-inspecting
+//!   proxy's CA). `presence-sync`'s WebSockets use the same two settings.
 //!
 //! ```no_run
 //! use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
@@ -36,12 +41,16 @@
 mod client;
 mod error;
 mod limiter;
+mod proxy;
 mod region;
 mod secret;
+mod tls;
 
 pub use client::{
     AccessToken, ApiResponse, AuthConfig, ClientStats, GenesysClient, Method, TokenState,
 };
 pub use error::{Error, Result};
+pub use proxy::{ProxyServer, ProxySettings};
 pub use region::{ENVIRONMENTS, Endpoints, Environment};
 pub use secret::Secret;
+pub use tls::TlsRoots;
