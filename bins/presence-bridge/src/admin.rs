@@ -30,6 +30,16 @@ use crate::state::{AppState, RecentChanges, kafka_healthy, kafka_problem};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// The charting library, uPlot (MIT, `assets/uplot/LICENSE`), served from these bytes: the
+/// dashboard makes no request to another origin and works offline. The version is in the
+/// path, so browsers may keep the files for good.
+const UPLOT_JS: &str = include_str!("../assets/uplot/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../assets/uplot/uPlot.min.css");
+const UPLOT_LICENSE: &str = include_str!("../assets/uplot/LICENSE");
+/// Where the dashboard loads uPlot from (`<path>/uPlot.iife.min.js`, `uPlot.min.css`,
+/// `LICENSE`).
+pub const UPLOT_PATH: &str = "/assets/uplot-1.6.32";
+
 /// Default of [`AdminOptions::max_event_streams`].
 pub const DEFAULT_MAX_EVENT_STREAMS: usize = 16;
 
@@ -82,11 +92,65 @@ pub fn router_with(state: Arc<AppState>, options: AdminOptions) -> Router {
         .route("/v1/presence", get(list_presence))
         .route("/v1/presence/{user_id}", get(one_presence))
         .route("/v1/events", get(events))
+        .route("/v1/history", get(history))
+        .route(
+            &format!("{UPLOT_PATH}/uPlot.iife.min.js"),
+            get(|| asset("text/javascript; charset=utf-8", UPLOT_JS)),
+        )
+        .route(
+            &format!("{UPLOT_PATH}/uPlot.min.css"),
+            get(|| asset("text/css; charset=utf-8", UPLOT_CSS)),
+        )
+        .route(
+            &format!("{UPLOT_PATH}/LICENSE"),
+            get(|| asset("text/plain; charset=utf-8", UPLOT_LICENSE)),
+        )
         .with_state(admin)
 }
 
 async fn dashboard() -> Html<&'static str> {
     Html(DASHBOARD)
+}
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// `/v1/history`: the rolling history, column by column (`docs/history.md`); `?since=T`
+/// (Unix milliseconds) gives only the samples taken after `T`, for a client that polls.
+async fn history(
+    State(admin): State<Arc<Admin>>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Some(name) = params.keys().find(|name| name.as_str() != "since") {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown query parameter {name:?}: expected since"),
+        );
+    }
+    let since = match params.get("since").map(|text| (text, text.trim().parse::<i64>())) {
+        None => None,
+        Some((_, Ok(since))) => Some(since),
+        Some((text, Err(_))) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid since {text:?}: expected Unix milliseconds"),
+            );
+        }
+    };
+    // Copy the columns under the lock (microseconds for 900 samples), encode outside it.
+    let body = admin.app.history.lock().to_json(since);
+    match serde_json::to_string(&body) {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BridgeConfig, SourceConfig};
+use crate::history::{History, SAMPLE_INTERVAL};
 use crate::state::{AppState, RecentChanges};
 
 /// How often expired entries are swept (and tombstoned): a fraction of the TTL, between
@@ -100,7 +101,14 @@ pub async fn serve(
         started,
         recent: Arc::clone(&recent),
         sink: Arc::clone(join.stats()),
+        history: Mutex::new(History::new(config.history_window, SAMPLE_INTERVAL)),
     });
+
+    // The dashboard's history: one sample a second into a ring allocated above.
+    let sampler = tokio::spawn(crate::history::run_sampler(
+        Arc::clone(&state),
+        source_shutdown.clone(),
+    ));
 
     // Expiry: swept entries become tombstones (under the registry's locks, in the join), held
     // back while the source is not healthy.
@@ -161,6 +169,7 @@ pub async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut source).await;
     }
     let _ = sweeper.await;
+    let _ = sampler.await;
     let report = publisher.flush(config.shutdown_grace).await;
     if report.is_complete() {
         log::info!("Kafka flushed");

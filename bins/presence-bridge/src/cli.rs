@@ -187,6 +187,12 @@ pub struct RunArgs {
     #[arg(long, env = "ADMIN_MAX_EVENT_STREAMS", value_name = "N")]
     pub admin_max_event_streams: Option<String>,
 
+    /// How much history the dashboard and `/v1/history` keep, one sample per second, in a
+    /// ring allocated at start (about 110 bytes a sample: 15m is 99 KiB); 1m to 4h.
+    /// [default: 15m]
+    #[arg(long, env = "HISTORY_WINDOW", value_name = "DURATION")]
+    pub history_window: Option<String>,
+
     /// How long shutdown may spend flushing Kafka; at most 1h. [default: 10s]
     #[arg(long, env = "SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,

@@ -49,6 +49,7 @@ struct FileConfig {
     resync_interval: Option<String>,
     admin_addr: Option<String>,
     admin_max_event_streams: Option<String>,
+    history_window: Option<String>,
     shutdown_grace: Option<String>,
 }
 
@@ -100,6 +101,8 @@ pub struct BridgeConfig {
     pub admin_addr: SocketAddr,
     /// Admin server limits.
     pub admin: AdminOptions,
+    /// How much history the dashboard keeps (`/v1/history`).
+    pub history_window: Duration,
     /// Deadline of the Kafka flush at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -491,6 +494,15 @@ impl BridgeConfig {
                     )
                 })?,
         };
+        let history_window = duration(
+            "history-window",
+            &pick(args.history_window.clone(), file.history_window)
+                .unwrap_or_else(|| "15m".into()),
+            crate::history::MAX_WINDOW,
+        )?;
+        if history_window < crate::history::MIN_WINDOW {
+            bail!("invalid --history-window: at least 1m");
+        }
         let shutdown_grace = duration(
             "shutdown-grace",
             &pick(args.shutdown_grace.clone(), file.shutdown_grace).unwrap_or_else(|| "10s".into()),
@@ -517,6 +529,7 @@ impl BridgeConfig {
             resync_interval,
             admin_addr,
             admin: AdminOptions { max_event_streams },
+            history_window,
             shutdown_grace,
         })
     }

@@ -9,5 +9,6 @@ pub mod bridge;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod history;
 pub mod metrics;
 pub mod state;

@@ -11,6 +11,8 @@ use presence_kafka::{Health, Publisher, SinkStats};
 use presence_registry::{MonotonicClock, Registry};
 use presence_sync::SyncStatus;
 
+use crate::history::History;
+
 /// One entry of [`RecentChanges`]: a user changed (`expired` false) or expired.
 #[derive(Clone, Copy, Debug)]
 struct Recent {
@@ -160,6 +162,8 @@ pub struct AppState {
     /// What the join between the registry and Kafka has done: changes, expiries, states
     /// sent again, events from the future, expiry held back.
     pub sink: Arc<SinkStats>,
+    /// The dashboard's rolling history (`/v1/history`), filled by the sampler task.
+    pub history: Mutex<History>,
 }
 
 /// Whether Kafka takes records: a broker answered recently and the producer has not failed

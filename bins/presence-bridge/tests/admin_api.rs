@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
 use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use parking_lot::Mutex;
-use presence_bridge::admin::{AdminOptions, DEFAULT_MAX_EVENT_STREAMS};
+use presence_bridge::admin::{AdminOptions, DEFAULT_MAX_EVENT_STREAMS, UPLOT_PATH};
+use presence_bridge::history::{DEFAULT_WINDOW, History, SAMPLE_INTERVAL, Sample};
 use presence_bridge::state::{AppState, RecentChanges};
 use presence_frame::{
     EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
@@ -96,6 +97,7 @@ fn state(client: GenesysClient, registry: Arc<Registry<MonotonicClock>>) -> Arc<
         started: std::time::Instant::now(),
         recent: Arc::new(Mutex::new(RecentChanges::new(8_192))),
         sink: Arc::default(),
+        history: Mutex::new(History::new(DEFAULT_WINDOW, SAMPLE_INTERVAL)),
     })
 }
 
@@ -158,6 +160,60 @@ fn registry_of(n: u32) -> Arc<Registry<MonotonicClock>> {
 
 fn emulator_config() -> EmulatorConfig {
     EmulatorConfig::default().users(10).change_rate(0.0)
+}
+
+/// Issue 14: `/v1/history` serves the ring column by column, `since` keeps only newer samples,
+/// a bad parameter is a 400; uPlot is served from the binary with its licence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_the_charting_library_are_served() {
+    let emulator = Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("emulator");
+    let state = state(client_for(&emulator), registry_of(10));
+    for at in 1..=3 {
+        let mut users = [0; 11];
+        users[1] = 10 * at as u32;
+        state.history.lock().push(Sample {
+            at_ms: 1_000 * at,
+            events_per_s: [at as f32, 0.5, 0.0],
+            users,
+            queue_depth: 7,
+            ..Sample::default()
+        });
+    }
+    let addr = serve(presence_bridge::admin::router(state)).await;
+    let (status, body) = get(addr, "/v1/history").await;
+    assert_eq!(status, 200, "{body}");
+    let history: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(history["t"], serde_json::json!([1000, 2000, 3000]));
+    assert_eq!(history["capacity"], 900);
+    assert_eq!(
+        history["eventsPerSecond"]["stream"],
+        serde_json::json!([1.0, 2.0, 3.0])
+    );
+    assert_eq!(history["usersByStatus"][1]["status"], "Available");
+    assert_eq!(
+        history["usersByStatus"][1]["values"],
+        serde_json::json!([10, 20, 30])
+    );
+    assert_eq!(history["kafka"]["queueDepth"], serde_json::json!([7, 7, 7]));
+    let (_, body) = get(addr, "/v1/history?since=2000").await;
+    let newer: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(newer["t"], serde_json::json!([3000]));
+    for query in ["since=yesterday", "from=1"] {
+        let (status, body) = get(addr, &format!("/v1/history?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    let (status, js) = get(addr, &format!("{UPLOT_PATH}/uPlot.iife.min.js")).await;
+    assert_eq!(status, 200);
+    assert!(js.contains("uPlot") && js.len() > 40_000);
+    let (status, css) = get(addr, &format!("{UPLOT_PATH}/uPlot.min.css")).await;
+    assert_eq!(status, 200);
+    assert!(css.contains(".uplot"));
+    let (status, license) = get(addr, &format!("{UPLOT_PATH}/LICENSE")).await;
+    assert_eq!(status, 200);
+    assert!(license.contains("MIT License"));
+    emulator.shutdown().await;
 }
 
 /// Item 13: every bad `/v1/presence` parameter is a 400 whose JSON body names it.
