@@ -135,7 +135,10 @@ async fn history(
             format!("unknown query parameter {name:?}: expected since"),
         );
     }
-    let since = match params.get("since").map(|text| (text, text.trim().parse::<i64>())) {
+    let since = match params
+        .get("since")
+        .map(|text| (text, text.trim().parse::<i64>()))
+    {
         None => None,
         Some((_, Ok(since))) => Some(since),
         Some((text, Err(_))) => {

@@ -496,8 +496,7 @@ impl BridgeConfig {
         };
         let history_window = duration(
             "history-window",
-            &pick(args.history_window.clone(), file.history_window)
-                .unwrap_or_else(|| "15m".into()),
+            &pick(args.history_window.clone(), file.history_window).unwrap_or_else(|| "15m".into()),
             crate::history::MAX_WINDOW,
         )?;
         if history_window < crate::history::MIN_WINDOW {

@@ -137,7 +137,10 @@ fn small(now: u64, before: u64) -> u16 {
 }
 
 /// The latency quantiles of what was recorded between two snapshots of one histogram.
-fn latency_between(now: Option<&HistogramSnapshot>, before: Option<&HistogramSnapshot>) -> [u32; 2] {
+fn latency_between(
+    now: Option<&HistogramSnapshot>,
+    before: Option<&HistogramSnapshot>,
+) -> [u32; 2] {
     let Some(now) = now else {
         return [NO_LATENCY; 2];
     };
@@ -159,9 +162,9 @@ fn latency_between(now: Option<&HistogramSnapshot>, before: Option<&HistogramSna
             .saturating_sub(before.map_or(Duration::ZERO, |b| b.sum)),
     };
     let micros = |q: f64| {
-        delta
-            .percentile(q)
-            .map_or(NO_LATENCY, |d| u32::try_from(d.as_micros()).unwrap_or(NO_LATENCY - 1))
+        delta.percentile(q).map_or(NO_LATENCY, |d| {
+            u32::try_from(d.as_micros()).unwrap_or(NO_LATENCY - 1)
+        })
     };
     [micros(0.50), micros(0.99)]
 }
@@ -235,7 +238,12 @@ impl Reading {
         {
             // A channel that was not there before counts from zero (it was just created).
             let earlier = before.channels.get(i).map_or(0, |(_, n)| *n);
-            *out = state_code(*state) | if *reconnects > earlier { RECONNECTED } else { 0 };
+            *out = state_code(*state)
+                | if *reconnects > earlier {
+                    RECONNECTED
+                } else {
+                    0
+                };
         }
         sample
     }
@@ -547,7 +555,10 @@ mod tests {
         let json = serde_json::to_value(history.to_json(None)).expect("json");
         assert_eq!(json["intervalMs"], 1000);
         assert_eq!(json["capacity"], 900);
-        assert_eq!(json["eventsPerSecond"]["stream"], serde_json::json!([12.35]));
+        assert_eq!(
+            json["eventsPerSecond"]["stream"],
+            serde_json::json!([12.35])
+        );
         assert_eq!(json["kafka"]["latencyP50Ms"], serde_json::json!([2.5]));
         assert_eq!(json["kafka"]["latencyP99Ms"], serde_json::json!([null]));
         assert_eq!(json["channels"][1]["state"], serde_json::json!([2]));
@@ -571,6 +582,10 @@ mod tests {
         assert!(sample <= 112, "a sample grew to {sample} bytes");
         assert_eq!(default.capacity(), 900);
         assert!(default.byte_size() <= 101_000, "{}", default.byte_size());
-        assert!(longest.byte_size() < 2 * 1024 * 1024, "{}", longest.byte_size());
+        assert!(
+            longest.byte_size() < 2 * 1024 * 1024,
+            "{}",
+            longest.byte_size()
+        );
     }
 }

@@ -68,6 +68,11 @@ impl Drop for TempDir {
 }
 
 async fn start(brokers: &str, emulator: EmulatorConfig) -> Running {
+    start_with(brokers, emulator, false).await
+}
+
+/// Like [`start`]; with `group_bits`, the emulator's groups map to mask bits as in the demo.
+async fn start_with(brokers: &str, emulator: EmulatorConfig, group_bits: bool) -> Running {
     let emulator = Emulator::start(emulator, "127.0.0.1:0".parse().expect("addr"))
         .await
         .expect("emulator");
@@ -87,6 +92,14 @@ async fn start(brokers: &str, emulator: EmulatorConfig) -> Running {
         client_secret_file: Some(secret),
         kafka_brokers: Some(brokers.into()),
         topic: Some(format!("admin-test-{}", fastrand_suffix())),
+        group_bits: group_bits.then(|| {
+            emulator
+                .group_ids()
+                .iter()
+                .enumerate()
+                .map(|(bit, group)| format!("{group}={bit}"))
+                .collect()
+        }),
         ..RunArgs::default()
     })
     .expect("config");
@@ -326,6 +339,8 @@ struct Browser {
     >,
     next_id: u64,
     session: Option<String>,
+    /// DevTools events (messages with a `method`) received so far, in order.
+    events: Vec<Value>,
     _profile: TempDir,
 }
 
@@ -388,6 +403,7 @@ impl Browser {
             ws,
             next_id: 0,
             session: None,
+            events: Vec::new(),
             _profile: TempDir(profile),
         }
     }
@@ -417,6 +433,9 @@ impl Browser {
                 assert!(value.get("error").is_none(), "{method}: {value}");
                 return value["result"].clone();
             }
+            if value.get("method").is_some() {
+                self.events.push(value);
+            }
         }
     }
 
@@ -429,6 +448,47 @@ impl Browser {
             )
             .await;
         self.session = attached["sessionId"].as_str().map(str::to_owned);
+    }
+
+    /// Opens `url` in a new tab of `width` x `height` CSS pixels, with the network log on
+    /// from before the first request.
+    async fn open_watching(&mut self, url: &str, width: u32, height: u32) {
+        self.open("about:blank").await;
+        self.call("Network.enable", json!({})).await;
+        self.call("Page.enable", json!({})).await;
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
+        self.call("Page.navigate", json!({"url": url})).await;
+    }
+
+    /// Every URL the page requested so far (`Network.requestWillBeSent`).
+    async fn requested_urls(&mut self) -> Vec<String> {
+        // A round trip: every event sent before its answer is in `events` after it.
+        self.eval("1").await;
+        self.events
+            .iter()
+            .filter(|e| e["method"] == json!("Network.requestWillBeSent"))
+            .filter_map(|e| e["params"]["request"]["url"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The viewport as a PNG.
+    async fn screenshot(&mut self) -> Vec<u8> {
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
+        base64_decode(shot["data"].as_str().expect("screenshot data"))
+    }
+
+    /// Evaluates `expression` (which returns a JSON string) and parses it.
+    async fn eval_json(&mut self, expression: &str) -> Value {
+        let text = self.eval(expression).await;
+        text.as_str()
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default()
     }
 
     async fn eval(&mut self, expression: &str) -> Value {
@@ -544,6 +604,310 @@ async fn the_dashboard_shows_live_data_in_chromium() {
         ))
         .await;
     assert_eq!(rows, json!([user]), "search finds exactly that user");
+    drop(browser);
+    running.stop().await;
+}
+
+/// Standard base64 (DevTools screenshots), padding optional.
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        }
+    };
+    let digits: Vec<u8> = text.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::with_capacity(digits.len() * 3 / 4);
+    for chunk in digits.chunks(4) {
+        let mut bits = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            bits |= value(*c) << (18 - 6 * i);
+        }
+        let bytes = bits.to_be_bytes();
+        out.extend_from_slice(&bytes[1..chunk.len()]);
+    }
+    out
+}
+
+/// What the page's charts hold, read from uPlot's own data (`window.dashboard.charts`), and
+/// how many pixels each chart painted in its plot area.
+const CHART_DATA: &str = "JSON.stringify((() => { const c = window.dashboard.charts; \
+     const painted = (u) => { const b = u.bbox; const px = u.ctx.getImageData(b.left, b.top, b.width, b.height).data; \
+       let n = 0; for (let i = 3; i < px.length; i += 4) if (px[i] > 0) n++; return n; }; \
+     return c.events && c.users && c.kafka && c.latency ? { \
+       events: c.events.data, kafka: c.kafka.data, latency: c.latency.data, \
+       usersTotal: c.users.data[1], usersX: c.users.data[0], \
+       painted: [c.events, c.users, c.kafka, c.latency].map(painted) } : null; })())";
+
+/// The history charts and the channel timeline in a real browser: the charts hold exactly
+/// what `/v1/history` says, a socket the emulator drops shows on the timeline as a reconnect
+/// of that channel, and the page asks nothing of any other origin (the browser's network
+/// log). Ends with a screenshot of the dashboard: `docs/dashboard.png` with
+/// `UPDATE_SCREENSHOT=1` (how the README's picture is made), else a temporary file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_charts_history_and_a_reconnect_in_chromium() {
+    let Some(brokers) = brokers() else { return };
+    let Some(chromium) = Browser::binary() else {
+        assert!(
+            !in_ci(),
+            "CI is set but Chromium is not installed (.ci/run installs it)"
+        );
+        eprintln!("skipping: no Chromium (apt-get install chromium)");
+        return;
+    };
+    // Three channels (1,000 users each at most), group bits as in the demo.
+    let running = start_with(
+        &brokers,
+        EmulatorConfig::default().users(2_500).change_rate(150.0),
+        true,
+    )
+    .await;
+    running.until_ready().await;
+    let mut browser = Browser::launch(&chromium).await;
+    browser
+        .open_watching(&format!("{}/", running.admin), 1440, 1120)
+        .await;
+
+    // The charts appear, built from the history the page loaded, and grow every second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let seen = browser
+            .eval_json("JSON.stringify({samples: window.dashboard?.history()?.t.length || 0, charts: Object.keys(window.dashboard?.charts || {}).length, rows: document.querySelectorAll('#timeline rect').length})")
+            .await;
+        if seen["samples"].as_u64().unwrap_or(0) >= 6
+            && seen["charts"] == json!(4)
+            && seen["rows"].as_u64().unwrap_or(0) >= 3
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the history charts never filled: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Drop one channel's socket, and send some garbage for a fault marker.
+    let stats = running.json("/v1/stats").await;
+    let channel = stats["channels"][1]["channelId"]
+        .as_str()
+        .expect("channel 1 has an id")
+        .to_owned();
+    let dropped_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let dropped = running
+        .emulator
+        .drop_sockets(genesys_emulator::FaultTarget::Channel(channel.clone()))
+        .expect("drop");
+    assert_eq!(dropped, 1, "channel {channel} had one socket");
+    running
+        .emulator
+        .send_garbage(genesys_emulator::FaultTarget::All)
+        .expect("garbage");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let marks = loop {
+        let marks = browser
+            .eval_json("JSON.stringify([...document.querySelectorAll('#timeline line.reconnect')].map(l => ({channel: +l.dataset.channel, t: +l.dataset.t})))")
+            .await;
+        let shown = marks.as_array().is_some_and(|m| {
+            m.iter().any(|mark| {
+                mark["channel"] == json!(1) && mark["t"].as_u64().unwrap_or(0) >= dropped_at
+            })
+        });
+        if shown {
+            break marks;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reconnect of channel 1 never showed on the timeline: {marks}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        marks
+            .as_array()
+            .is_some_and(|m| m.iter().all(|mark| mark["channel"] == json!(1))),
+        "only channel 1 reconnected: {marks}"
+    );
+    // And the channel is back to streaming on the timeline afterwards.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let last_state = browser
+        .eval("[...document.querySelectorAll('#timeline rect[data-channel=\"1\"]')].pop()?.dataset.state")
+        .await;
+    assert_eq!(last_state, json!("streaming"));
+
+    // Every point of every chart is the history's value at that time.
+    let shown = browser.eval_json(CHART_DATA).await;
+    let history = running.json("/v1/history").await;
+    let times: Vec<u64> = history["t"]
+        .as_array()
+        .expect("t")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let column = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let at = |series: &Value, t: u64| -> Value {
+        times
+            .iter()
+            .position(|x| *x == t)
+            .map_or(Value::Null, |i| column(series)[i].clone())
+    };
+    let close = |a: &Value, b: &Value| match (a.as_f64(), b.as_f64()) {
+        (Some(a), Some(b)) => (a - b).abs() < 1e-9,
+        _ => a.is_null() && b.is_null(),
+    };
+    let chart_times: Vec<u64> = column(&shown["events"][0])
+        .iter()
+        .filter_map(Value::as_f64)
+        .map(|s| (s * 1000.0).round() as u64)
+        .collect();
+    assert!(chart_times.len() >= 10, "few points: {shown}");
+    assert!(
+        chart_times.iter().all(|t| times.contains(t)),
+        "chart times {chart_times:?} are not all in /v1/history {times:?}"
+    );
+    let users_total: Vec<Value> = (0..times.len())
+        .map(|i| {
+            json!(
+                column(&history["usersByStatus"])
+                    .iter()
+                    .map(|s| column(&s["values"])[i].as_u64().unwrap_or(0))
+                    .sum::<u64>() as f64
+            )
+        })
+        .collect();
+    let checks: [(&str, Value, Value); 8] = [
+        (
+            "events/stream",
+            shown["events"][1].clone(),
+            history["eventsPerSecond"]["stream"].clone(),
+        ),
+        (
+            "events/resync",
+            shown["events"][2].clone(),
+            history["eventsPerSecond"]["resync"].clone(),
+        ),
+        (
+            "events/relay",
+            shown["events"][3].clone(),
+            history["eventsPerSecond"]["relay"].clone(),
+        ),
+        (
+            "kafka/delivered",
+            shown["kafka"][1].clone(),
+            history["kafka"]["deliveredPerSecond"].clone(),
+        ),
+        (
+            "kafka/queue",
+            shown["kafka"][2].clone(),
+            history["kafka"]["queueDepth"].clone(),
+        ),
+        (
+            "latency/p50",
+            shown["latency"][1].clone(),
+            history["kafka"]["latencyP50Ms"].clone(),
+        ),
+        (
+            "latency/p99",
+            shown["latency"][2].clone(),
+            history["kafka"]["latencyP99Ms"].clone(),
+        ),
+        (
+            "users/total",
+            shown["usersTotal"].clone(),
+            Value::Array(users_total),
+        ),
+    ];
+    for (name, chart, series) in checks {
+        let chart = column(&chart);
+        assert_eq!(chart.len(), chart_times.len(), "{name}: one value per time");
+        for (t, value) in chart_times.iter().zip(&chart) {
+            let want = at(&series, *t);
+            assert!(
+                close(value, &want),
+                "{name} at {t}: the chart shows {value}, /v1/history says {want}"
+            );
+        }
+    }
+    assert!(
+        column(&history["eventsPerSecond"]["stream"])
+            .iter()
+            .any(|v| v.as_f64().unwrap_or(0.0) > 0.0),
+        "events flowed: {history}"
+    );
+    assert!(
+        column(&history["markers"]["reconnects"])
+            .iter()
+            .any(|v| v.as_u64().unwrap_or(0) > 0),
+        "the reconnect is a marker too"
+    );
+    for (chart, painted) in ["events", "users", "kafka", "latency"]
+        .iter()
+        .zip(column(&shown["painted"]))
+    {
+        assert!(
+            painted.as_u64().unwrap_or(0) > 200,
+            "the {chart} chart painted {painted} pixels"
+        );
+    }
+
+    // Nothing but the bridge itself was asked for anything.
+    let urls = browser.requested_urls().await;
+    let origin = format!("{}/", running.admin);
+    assert!(
+        urls.iter()
+            .any(|u| u.starts_with(&origin) && u.contains("uPlot.iife.min.js")),
+        "uPlot comes from the bridge: {urls:?}"
+    );
+    let foreign: Vec<&String> = urls
+        .iter()
+        .filter(|u| !(u.starts_with(&origin) || u.starts_with("data:") || u.starts_with("about:")))
+        .collect();
+    assert!(
+        foreign.is_empty(),
+        "requests to another origin: {foreign:?}"
+    );
+
+    // The picture for the README: a minute more of the same, with a maintenance rollover
+    // (socket_closing) of channel 0 half way, so the charts show a trend.
+    let update = std::env::var("UPDATE_SCREENSHOT").is_ok_and(|v| v == "1");
+    if update {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let first = stats["channels"][0]["channelId"]
+            .as_str()
+            .expect("channel 0 has an id")
+            .to_owned();
+        running
+            .emulator
+            .socket_closing(
+                genesys_emulator::FaultTarget::Channel(first),
+                Duration::from_secs(2),
+            )
+            .expect("socket_closing");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    let png = browser.screenshot().await;
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 20_000,
+        "{} bytes",
+        png.len()
+    );
+    let path = if update {
+        PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/dashboard.png"
+        ))
+    } else {
+        std::env::temp_dir().join(format!("pb-dashboard-{}.png", fastrand_suffix()))
+    };
+    std::fs::write(&path, &png).expect("screenshot written");
+    eprintln!("dashboard screenshot: {}", path.display());
     drop(browser);
     running.stop().await;
 }
