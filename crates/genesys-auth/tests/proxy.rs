@@ -8,26 +8,8 @@ mod support;
 use std::time::Duration;
 
 use genesys_auth::{AuthConfig, Endpoints, Error, GenesysClient, ProxySettings, Secret, TlsRoots};
-use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
-use support::proxy::{ConnectProxy, TestPki, TlsTerminator};
-
-async fn emulator() -> EmulatorHandle {
-    Emulator::start(
-        EmulatorConfig::default().users(5).change_rate(0.0),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .await
-    .expect("emulator starts")
-}
-
-/// Proxy settings as if these were the environment.
-fn env(vars: &[(&str, String)]) -> ProxySettings {
-    ProxySettings::from_lookup(|name| {
-        vars.iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.clone())
-    })
-}
+use genesys_emulator::EmulatorHandle;
+use support::proxy::{ConnectProxy, TestPki, TlsTerminator, emulator, env};
 
 fn config(base: &str, emulator: &EmulatorHandle, proxy: ProxySettings) -> AuthConfig {
     AuthConfig::new(
@@ -45,7 +27,7 @@ async fn list_users(client: &GenesysClient) -> Result<serde_json::Value, Error> 
 
 #[tokio::test]
 async fn over_tls_the_proxy_tunnels_and_never_sees_a_secret() {
-    let emulator = emulator().await;
+    let emulator = emulator(5, 0.0).await;
     let pki = TestPki::new();
     let tls = TlsTerminator::start(&pki, emulator.addr()).await;
     let proxy = ConnectProxy::start().await;
@@ -63,39 +45,25 @@ async fn over_tls_the_proxy_tunnels_and_never_sees_a_secret() {
     assert_eq!(users["entities"].as_array().map(Vec::len), Some(2));
     let token = client.token().await.expect("token").bearer();
 
-    let seen = proxy.seen.lock();
-    assert!(
-        !seen.connects.is_empty() && seen.connects.iter().all(|c| *c == tls.addr.to_string()),
-        "every request was tunnelled to the API's host: {:?}",
-        seen.connects
-    );
-    assert!(seen.other_requests.is_empty(), "{:?}", seen.other_requests);
-    assert_eq!(
-        seen.tunnelled.first(),
-        Some(&0x16),
-        "the tunnel starts with a TLS handshake record"
-    );
     let token_value = token.trim_start_matches("Bearer ");
-    for secret in [
-        token_value,
-        emulator.client_secret(),
-        "Authorization",
-        "Bearer",
-        "/api/v2/users",
-        "/oauth/token",
-        "client_credentials",
-    ] {
-        assert!(
-            !seen.tunnelled_contains(secret),
-            "the proxy saw {secret:?} in clear"
-        );
-    }
+    proxy.seen.lock().assert_only_tls_to(
+        tls.addr,
+        &[
+            token_value,
+            emulator.client_secret(),
+            "Authorization",
+            "Bearer",
+            "/api/v2/users",
+            "/oauth/token",
+            "client_credentials",
+        ],
+    );
 }
 
 #[tokio::test]
 async fn plain_http_goes_through_http_proxy_where_the_proxy_can_read_it() {
     // The control for the test above: the recorder does see a token when one passes in clear.
-    let emulator = emulator().await;
+    let emulator = emulator(5, 0.0).await;
     let proxy = ConnectProxy::start().await;
     let client = GenesysClient::new(config(
         &emulator.base_url(),
@@ -106,19 +74,13 @@ async fn plain_http_goes_through_http_proxy_where_the_proxy_can_read_it() {
     list_users(&client).await.expect("users through the proxy");
     let token = client.token().await.expect("token").bearer();
     let seen = proxy.seen.lock();
-    assert!(
-        seen.connects
-            .iter()
-            .any(|c| *c == emulator.addr().to_string()),
-        "{:?}",
-        seen.connects
-    );
+    assert!(seen.connected_to(emulator.addr()), "{:?}", seen.connects);
     assert!(seen.tunnelled_contains(&token), "the recorder works");
 }
 
 #[tokio::test]
 async fn no_proxy_hosts_go_direct() {
-    let emulator = emulator().await;
+    let emulator = emulator(5, 0.0).await;
     let proxy = ConnectProxy::start().await;
     for no_proxy in [
         ("NO_PROXY", "example.com, 127.0.0.1"),
@@ -143,7 +105,7 @@ async fn no_proxy_hosts_go_direct() {
 
 #[tokio::test]
 async fn proxy_credentials_go_to_the_proxy_only() {
-    let emulator = emulator().await;
+    let emulator = emulator(5, 0.0).await;
     let proxy = ConnectProxy::requiring("Basic dXNlcjpwQHNz").await; // user:p@ss
     let url = format!("http://user:p%40ss@{}", proxy.addr);
     let client = GenesysClient::new(config(
@@ -161,7 +123,7 @@ async fn proxy_credentials_go_to_the_proxy_only() {
 
 #[tokio::test]
 async fn a_certificate_from_an_unknown_ca_is_refused() {
-    let emulator = emulator().await;
+    let emulator = emulator(5, 0.0).await;
     let pki = TestPki::new();
     let tls = TlsTerminator::start(&pki, emulator.addr()).await;
     let client = GenesysClient::new(
@@ -229,7 +191,7 @@ async fn native_roots_child() {
 
 #[tokio::test]
 async fn native_roots_trust_the_operating_system_store() {
-    let emulator = emulator().await;
+    let emulator = emulator(5, 0.0).await;
     let pki = TestPki::new();
     let tls = TlsTerminator::start(&pki, emulator.addr()).await;
     let proxy = ConnectProxy::start().await;

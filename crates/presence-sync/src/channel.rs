@@ -79,7 +79,8 @@ struct SetupFailed {
     keep: Option<Channel>,
 }
 
-/// Opens a WebSocket with the size limits and a connect timeout. Messages up to the
+/// Opens a WebSocket with the size limits and a connect timeout, through the configured proxy
+/// when one applies (see [`crate::transport`]). Messages up to the
 /// socket cap ([`SyncConfig::max_socket_message_bytes`]) are read; those over the message cap
 /// are then counted and skipped with the socket kept. A message over the socket cap is refused
 /// from its frame header, before any of it is buffered, and ends the socket (see
@@ -96,7 +97,7 @@ pub(crate) async fn connect(
         .read_buffer_size(cap.min(64 * 1024));
     match timeout(
         config.connect_timeout,
-        tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true),
+        crate::transport::open(request, ws_config, config),
     )
     .await
     {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use genesys_auth::{ProxySettings, TlsRoots};
 use presence_frame::{GroupMask, Guid};
 
 use crate::error::{Error, Result};
@@ -44,6 +45,8 @@ pub struct SyncConfig {
     pub(crate) max_socket_message_bytes: usize,
     pub(crate) resync_interval: Option<Duration>,
     pub(crate) batch_size: usize,
+    pub(crate) proxy: ProxySettings,
+    pub(crate) tls_roots: TlsRoots,
 }
 
 impl Default for SyncConfig {
@@ -67,6 +70,8 @@ impl Default for SyncConfig {
             max_socket_message_bytes: DEFAULT_MAX_SOCKET_MESSAGE_BYTES,
             resync_interval: None,
             batch_size: 512,
+            proxy: ProxySettings::from_env(),
+            tls_roots: TlsRoots::bundled(),
         }
     }
 }
@@ -199,6 +204,22 @@ impl SyncConfig {
         self
     }
 
+    /// Which proxy each WebSocket goes through (tunnelled with `CONNECT`). Give it the same
+    /// settings as the API client's `AuthConfig::proxy`. By default, the environment's
+    /// (`ProxySettings::from_env`: `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` and their lowercase
+    /// forms, as curl reads them).
+    pub fn proxy(mut self, proxy: ProxySettings) -> SyncConfig {
+        self.proxy = proxy;
+        self
+    }
+
+    /// Which certificate authorities the WebSockets' TLS trusts. Give it the same roots as the
+    /// API client's `AuthConfig::tls_roots`. By default, only the bundled Mozilla roots.
+    pub fn tls_roots(mut self, roots: TlsRoots) -> SyncConfig {
+        self.tls_roots = roots;
+        self
+    }
+
     /// Checks the configuration.
     pub fn validate(&self) -> Result<()> {
         let bad = |option, reason: String| Err(Error::Config { option, reason });
@@ -253,7 +274,18 @@ impl SyncConfig {
         {
             return bad("resync-interval", "must be at least 1 s".into());
         }
-        Ok(())
+        // The operating system's store is read now, when asked for, so that an empty one
+        // fails at start rather than at the first connection.
+        self.proxy
+            .validate()
+            .and_then(|()| self.tls_roots.certificates().map(drop))
+            .map_err(|error| match error {
+                genesys_auth::Error::Config { option, reason } => Error::Config { option, reason },
+                other => Error::Config {
+                    option: "tls-native-roots",
+                    reason: other.to_string(),
+                },
+            })
     }
 }
 

@@ -21,6 +21,11 @@
 //!     is refused from its header and the socket replaced, so 20 sockets never hold more
 //!     than a few MiB.
 //! - [`RelaySource`]: the same for a binary relay of 16-byte frames, token in a header.
+//! - Behind a corporate proxy, every WebSocket goes through the proxy that
+//!   [`SyncConfig::proxy`] names for its host (by default `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`
+//!   as curl reads them), tunnelled with `CONNECT` so the proxy sees only the host and port,
+//!   and TLS trusts [`SyncConfig::tls_roots`] (the bundled roots, and the operating system's
+//!   store when asked). Give both the same settings as the API client's `AuthConfig`.
 //! - [`SyncStatus`]: counters ([`SyncStats`]) and per-channel states for metrics, readiness
 //!   and dashboards.
 //!
@@ -60,6 +65,7 @@ mod resync;
 mod sink;
 mod stats;
 mod sync;
+mod transport;
 
 pub use config::{
     DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_SOCKET_MESSAGE_BYTES, SyncConfig, UserSelection,

@@ -8,6 +8,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use genesys_auth::ProxySettings;
+use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,7 +27,56 @@ pub struct Seen {
     pub other_requests: Vec<String>,
 }
 
+/// The emulator on 127.0.0.1:0 with `users` users changing presence `change_rate` times a
+/// second.
+pub async fn emulator(users: u32, change_rate: f64) -> EmulatorHandle {
+    Emulator::start(
+        EmulatorConfig::default()
+            .users(users)
+            .change_rate(change_rate),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .await
+    .expect("emulator starts")
+}
+
+/// Proxy settings as if `vars` were the environment.
+pub fn env(vars: &[(&str, String)]) -> ProxySettings {
+    ProxySettings::from_lookup(|name| {
+        vars.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.clone())
+    })
+}
+
 impl Seen {
+    /// Asserts that every tunnel went to `target`, carried TLS from its first byte, and that
+    /// none of `secrets` passed through in clear.
+    pub fn assert_only_tls_to(&self, target: SocketAddr, secrets: &[&str]) {
+        assert!(
+            !self.connects.is_empty() && self.connects.iter().all(|c| *c == target.to_string()),
+            "every tunnel went to {target}: {:?}",
+            self.connects
+        );
+        assert!(self.other_requests.is_empty(), "{:?}", self.other_requests);
+        assert_eq!(
+            self.tunnelled.first(),
+            Some(&0x16),
+            "the tunnel starts with a TLS handshake record"
+        );
+        for secret in secrets {
+            assert!(
+                !self.tunnelled_contains(secret),
+                "the proxy saw {secret:?} in clear"
+            );
+        }
+    }
+
+    /// Whether a tunnel to `target` was asked for.
+    pub fn connected_to(&self, target: SocketAddr) -> bool {
+        self.connects.iter().any(|c| *c == target.to_string())
+    }
+
     /// Whether `needle` occurs in what clients sent through the tunnels.
     pub fn tunnelled_contains(&self, needle: &str) -> bool {
         let needle = needle.as_bytes();
