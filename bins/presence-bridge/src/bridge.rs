@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use genesys_auth::{AuthConfig, GenesysClient};
+use genesys_auth::{AuthConfig, GenesysClient, TlsRoots};
 use parking_lot::Mutex;
 use presence_frame::UserId;
 use presence_kafka::{KafkaPublisher, Publisher, RegistrySink, SinkConfig};
@@ -32,11 +32,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let started = Instant::now();
-    let client = GenesysClient::new(AuthConfig::new(
-        config.endpoints.clone(),
-        config.client_id.clone(),
-        config.client_secret.clone(),
-    ))?;
+    // Proxies come from the environment (HTTPS_PROXY, NO_PROXY, ...), for REST and sockets.
+    let tls_roots = TlsRoots::bundled().native(config.tls_native_roots);
+    let client = GenesysClient::new(
+        AuthConfig::new(
+            config.endpoints.clone(),
+            config.client_id.clone(),
+            config.client_secret.clone(),
+        )
+        .tls_roots(tls_roots.clone()),
+    )?;
     let registry = Arc::new(Registry::new(RegistryConfig::new(config.ttl))?);
     // Connects, checks the topic (creating it compacted if allowed) and starts the dispatcher.
     let publisher = Arc::new(
@@ -68,7 +73,8 @@ pub async fn serve(
         .allowed(config.allowed)
         .resync_interval(config.resync_interval)
         .max_message_bytes(config.max_message_bytes)
-        .max_socket_message_bytes(config.max_socket_message_bytes);
+        .max_socket_message_bytes(config.max_socket_message_bytes)
+        .tls_roots(tls_roots);
     let source_shutdown = shutdown.child_token();
     let (status, source) = match &config.source {
         SourceConfig::Genesys { groups } => {

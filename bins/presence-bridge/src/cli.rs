@@ -196,6 +196,13 @@ pub struct RunArgs {
     /// How long shutdown may spend flushing Kafka; at most 1h. [default: 10s]
     #[arg(long, env = "SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
+
+    /// Also trust the operating system's certificate store, beside the bundled Mozilla
+    /// roots, for Genesys REST and WebSockets: for a TLS-inspecting corporate proxy whose CA
+    /// is installed there. The proxy itself comes from HTTPS_PROXY/HTTP_PROXY/NO_PROXY (or
+    /// lowercase), as curl reads them.
+    #[arg(long, env = "TLS_NATIVE_ROOTS")]
+    pub tls_native_roots: bool,
 }
 
 /// A library type's value parsed by its own `FromStr` (trimmed; the library types accept any

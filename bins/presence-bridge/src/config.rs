@@ -51,6 +51,7 @@ struct FileConfig {
     admin_max_event_streams: Option<String>,
     history_window: Option<String>,
     shutdown_grace: Option<String>,
+    tls_native_roots: Option<bool>,
 }
 
 /// Where presence comes from.
@@ -105,6 +106,8 @@ pub struct BridgeConfig {
     pub history_window: Duration,
     /// Deadline of the Kafka flush at shutdown.
     pub shutdown_grace: Duration,
+    /// Whether Genesys TLS also trusts the operating system's certificate store.
+    pub tls_native_roots: bool,
 }
 
 fn pick<T>(flag: Option<T>, file: Option<T>) -> Option<T> {
@@ -530,6 +533,7 @@ impl BridgeConfig {
             admin: AdminOptions { max_event_streams },
             history_window,
             shutdown_grace,
+            tls_native_roots: args.tls_native_roots || file.tls_native_roots.unwrap_or(false),
         })
     }
 }
