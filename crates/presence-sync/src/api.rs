@@ -1,8 +1,9 @@
 //! The Genesys REST calls a sync makes, and their bodies.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use genesys_auth::{GenesysClient, Method};
+use genesys_auth::{AccessToken, GenesysClient, Method};
 use presence_frame::{
     EventTime, GenesysPresence, Guid, PresenceDefinitionRef, PresenceEvent, Source, UserId,
     presence_topic,
@@ -164,11 +165,33 @@ pub(crate) async fn bulk_presence(
 pub(crate) struct Channel {
     pub(crate) id: String,
     pub(crate) connect_uri: String,
-    /// When to stop using it: the earlier of its own expiry and its token's, on tokio's clock.
+    /// When the channel itself expires, on tokio's clock: its creation or its last
+    /// subscription plus its lifetime.
     pub(crate) expires_at: Instant,
-    /// Its lifetime at creation, to size the rollover margin.
+    /// When the token that created it expires: the channel dies then, whatever its own
+    /// expiry (genesys-api.md). Whether a later subscription with a newer token moves this is
+    /// not confirmed, so the client assumes it does not.
+    pub(crate) token_expires_at: Instant,
+    /// Its lifetime, as its `expires` said at creation: how long a subscription extends it,
+    /// and what sizes the margin before its end.
     pub(crate) lifetime: Duration,
 }
+
+impl Channel {
+    /// When to stop counting on it: the earlier of its own expiry and its token's.
+    pub(crate) fn ends_at(&self) -> Instant {
+        self.expires_at.min(self.token_expires_at)
+    }
+
+    /// Whether its own expiry comes before its token's: then subscribing again keeps it;
+    /// otherwise only a new channel (made with a fresh token) outlives the token.
+    pub(crate) fn extendable(&self) -> bool {
+        self.expires_at < self.token_expires_at
+    }
+}
+
+/// The lifetime assumed for a channel whose `expires` cannot be read: Genesys's 24 hours.
+pub(crate) const DEFAULT_CHANNEL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Deserialize)]
 struct ChannelBody {
@@ -194,13 +217,43 @@ struct TopicItem {
     rejection_reason: Option<String>,
 }
 
-/// Creates a channel and subscribes it to the presence topics of `users`.
+/// A token with at least `wanted` life left, or as much as a fresh token has been seen to
+/// have (`longest_ms`, updated here): channels die with the token that created them, so one
+/// created (or extended) with a token near its end would die early and make every rollover
+/// after it come sooner. The held token is kept unless it has lost more than an eighth of
+/// what a fresh one would give. Returns the token and whether it was fetched early.
+pub(crate) async fn token_for(
+    client: &GenesysClient,
+    wanted: Duration,
+    longest_ms: &AtomicU64,
+) -> genesys_auth::Result<(AccessToken, bool)> {
+    let token = client.token().await?;
+    let left = token.expires_at().saturating_duration_since(Instant::now());
+    let longest = longest_ms
+        .fetch_max(left.as_millis() as u64, Ordering::Relaxed)
+        .max(left.as_millis() as u64);
+    let attainable = wanted.min(Duration::from_millis(longest));
+    if left + attainable / 8 >= attainable {
+        return Ok((token, false));
+    }
+    log::info!(
+        "the access token has {}s left, less than a channel should live ({}s); getting a fresh one first",
+        left.as_secs(),
+        attainable.as_secs()
+    );
+    client.invalidate(&token).await;
+    let fresh = client.token().await?;
+    let left = fresh.expires_at().saturating_duration_since(Instant::now());
+    longest_ms.fetch_max(left.as_millis() as u64, Ordering::Relaxed);
+    Ok((fresh, true))
+}
+
+/// Creates a channel (`POST`, no body) with the client's current token, whose expiry is
+/// `token_expires_at`. It has no topics yet.
 pub(crate) async fn create_channel(
     client: &GenesysClient,
-    users: &[Guid],
+    token_expires_at: Instant,
 ) -> genesys_auth::Result<Channel> {
-    // Channels die with the token that created them: note its expiry before creating.
-    let token = client.token().await?;
     let response = client
         .request(Method::Post, "/api/v2/notifications/channels", None)
         .await?;
@@ -213,59 +266,81 @@ pub(crate) async fn create_channel(
             path: "/api/v2/notifications/channels".into(),
             source,
         })?;
-    let channel_lifetime = body
+    let lifetime = body
         .expires
         .as_deref()
         .and_then(|e| EventTime::parse_rfc3339(e).ok())
         .map(|e| {
             Duration::from_millis(e.as_millis().saturating_sub(now_wall.as_millis()).max(0) as u64)
         })
-        .unwrap_or(Duration::from_secs(24 * 3600));
-    let token_left = token.expires_at().saturating_duration_since(now);
-    let lifetime = channel_lifetime.min(token_left);
+        .unwrap_or(DEFAULT_CHANNEL_LIFETIME);
+    Ok(Channel {
+        id: body.id,
+        connect_uri: body.connect_uri,
+        expires_at: now + lifetime,
+        token_expires_at,
+        lifetime,
+    })
+}
 
+/// What a subscription answered about its topics.
+#[derive(Debug, Default)]
+pub(crate) struct Subscribed {
+    /// Users whose topic came back in a state other than `Permitted`.
+    pub(crate) rejected: Vec<Guid>,
+    /// The first rejection's reason, if one was given.
+    pub(crate) reason: Option<String>,
+}
+
+/// Subscribes channel `id` to exactly the presence topics of `users` (`PUT`, which also
+/// restarts the channel's lifetime), with `ignoreErrors=true` so that a refused topic (a
+/// deleted user, a missing permission) comes back `Rejected` instead of failing the whole
+/// request. An answer that lists no states (or is not a listing) is taken as every topic
+/// subscribed.
+pub(crate) async fn subscribe(
+    client: &GenesysClient,
+    id: &str,
+    users: &[Guid],
+) -> genesys_auth::Result<Subscribed> {
     let topics: Vec<serde_json::Value> = users
         .iter()
         .map(|u| serde_json::json!({ "id": presence_topic(*u) }))
         .collect();
-    let path = format!("/api/v2/notifications/channels/{}/subscriptions", body.id);
-    let subscribed = client
+    let path = format!("/api/v2/notifications/channels/{id}/subscriptions?ignoreErrors=true");
+    let answer = client
         .request(
             Method::Put,
             &path,
             Some(serde_json::to_vec(&topics).unwrap_or_default()),
         )
         .await?;
-    if let Ok(listing) = subscribed.json::<TopicListing>() {
-        let rejected: Vec<&TopicItem> = listing
-            .entities
-            .iter()
-            .filter(|t| {
-                t.state
-                    .as_deref()
-                    .is_some_and(|s| !s.eq_ignore_ascii_case("permitted"))
-            })
-            .collect();
-        if let Some(first) = rejected.first() {
-            log::warn!(
-                "channel {}: {} of {} topics rejected (first: {} {})",
-                body.id,
-                rejected.len(),
-                users.len(),
-                first.id,
-                first
-                    .rejection_reason
-                    .as_deref()
-                    .unwrap_or("no reason given")
-            );
+    let mut out = Subscribed::default();
+    if let Ok(listing) = answer.json::<TopicListing>() {
+        for item in listing.entities.iter().filter(|t| {
+            t.state
+                .as_deref()
+                .is_some_and(|s| !s.eq_ignore_ascii_case("permitted"))
+        }) {
+            if out.reason.is_none() {
+                out.reason = Some(
+                    item.rejection_reason
+                        .clone()
+                        .unwrap_or_else(|| item.state.clone().unwrap_or_default()),
+                );
+            }
+            if let Some(user) = user_of_topic(&item.id) {
+                out.rejected.push(user);
+            }
         }
     }
-    Ok(Channel {
-        id: body.id,
-        connect_uri: body.connect_uri,
-        expires_at: now + lifetime,
-        lifetime,
-    })
+    Ok(out)
+}
+
+/// The user of a presence topic (`v2.users.{id}.presence`, any case).
+fn user_of_topic(topic: &str) -> Option<Guid> {
+    let lower = topic.to_ascii_lowercase();
+    let id = lower.strip_prefix("v2.users.")?.strip_suffix(".presence")?;
+    Guid::parse(id)
 }
 
 /// Whether the channel still exists (`HEAD`): `Ok(false)` on 404.
@@ -275,5 +350,25 @@ pub(crate) async fn channel_exists(client: &GenesysClient, id: &str) -> genesys_
         Ok(_) => Ok(true),
         Err(e) if e.status() == Some(404) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presence_topics_give_their_user() {
+        let user = Guid(0x9ed7_d9f6_0c59_4360_ac54_40dd_35eb_9c2f);
+        assert_eq!(user_of_topic(&presence_topic(user)), Some(user));
+        assert_eq!(
+            user_of_topic(&presence_topic(user).to_ascii_uppercase()),
+            Some(user)
+        );
+        assert_eq!(
+            user_of_topic(&format!("v2.users.{user}.routingStatus")),
+            None
+        );
+        assert_eq!(user_of_topic("v2.users.nope.presence"), None);
     }
 }

@@ -1,8 +1,10 @@
 //! One notification channel's life: create and subscribe, connect, resync after every gap,
-//! stream, watch the heartbeat, roll over before expiry or on `socket_closing`, reconnect
-//! with backoff.
+//! stream, watch the heartbeat, hand the socket over to a new one on the same channel on
+//! `socket_closing`, keep the channel alive by subscribing again, roll to a new channel only
+//! when the old one is gone or its token ends, reconnect with backoff.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use genesys_auth::GenesysClient;
@@ -18,7 +20,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{Channel, channel_exists, create_channel};
+use crate::api::{
+    Channel, DEFAULT_CHANNEL_LIFETIME, channel_exists, create_channel, subscribe, token_for,
+};
 use crate::backoff::full_jitter;
 use crate::config::SyncConfig;
 use crate::decode::{Control, Decoder};
@@ -37,6 +41,12 @@ const PING: &str = r#"{"message":"ping"}"#;
 /// How long both sockets are read after a rollover's new socket is connected.
 const ROLLOVER_OVERLAP: Duration = Duration::from_secs(1);
 
+/// After `socket_closing`, an old socket that the server closes (with a close frame) while
+/// the new socket to the same channel connects was closed because the new one took delivery
+/// over, so nothing fell between them, provided the new one connected within this long.
+/// Genesys gives about a minute between the warning and its own close.
+const HANDOVER_TRUST: Duration = Duration::from_secs(10);
+
 /// What every channel worker shares.
 pub(crate) struct ChannelContext {
     pub(crate) client: GenesysClient,
@@ -52,13 +62,36 @@ pub(crate) struct ChannelContext {
     /// The sync's tasks: the drains of old sockets after a rollover join them, so that the
     /// sync's `run` returns only once none of them can reach the sink any more.
     pub(crate) tasks: TaskTracker,
+    /// The longest life left seen on a token, in milliseconds: what a fresh token gives.
+    pub(crate) token_life_ms: AtomicU64,
 }
 
-/// A new channel with its socket connected, holding a rollover slot until adopted.
+/// A socket connected to take over from the session's current one: to the same channel
+/// (after `socket_closing`), or to a new channel holding a rollover slot until the old
+/// socket is dropped.
 pub(crate) struct Replacement {
     channel: Channel,
     ws: Ws,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Whether `channel` is a new channel (else a new socket to the same one).
+    new_channel: bool,
+}
+
+/// A replacement on its way.
+struct Pending {
+    task: JoinHandle<Result<Replacement, SessionError>>,
+    cause: ReconnectCause,
+    started: Instant,
+}
+
+/// What happened to a subscription that extends the channel.
+enum Extension {
+    /// Subscribed again at this time: the channel lives a lifetime from then.
+    Done(Instant),
+    /// The channel is gone (404).
+    Gone,
+    /// Failed for now; try again.
+    Failed(SessionError),
 }
 
 /// Why a session ended.
@@ -168,7 +201,9 @@ impl ChannelContext {
             }
             connected_once = true;
             let started = Instant::now();
-            let end = self.session(index, &users, channel, ws, &cancel).await;
+            let end = Arc::clone(&self)
+                .session(index, &users, channel, ws, &cancel)
+                .await;
             if started.elapsed() >= self.config.healthy_after {
                 attempt = 0;
             }
@@ -199,7 +234,7 @@ impl ChannelContext {
         kept: Option<Channel>,
     ) -> Result<(Channel, Ws), SetupFailed> {
         let reusable = match kept {
-            Some(c) if Instant::now() + rollover_margin(&self.config, &c) < c.expires_at => {
+            Some(c) if Instant::now() + rollover_margin(&self.config, &c) < c.ends_at() => {
                 match channel_exists(&self.client, &c.id).await {
                     Ok(true) => Some(c),
                     Ok(false) => {
@@ -221,11 +256,11 @@ impl ChannelContext {
             Some(c) => c,
             None => {
                 self.status.set_state(index, ChannelState::Setup);
-                create_channel(&self.client, users)
+                self.new_channel(users, None)
                     .await
-                    .map_err(|e| SetupFailed {
+                    .map_err(|error| SetupFailed {
                         context: "creating channel".into(),
-                        error: e.into(),
+                        error,
                         keep: None,
                     })?
             }
@@ -273,30 +308,137 @@ impl ChannelContext {
         answer
     }
 
-    /// Creates a replacement channel for the same users and connects it, in the background,
-    /// once a free channel slot is available. The slot is released when the task's result is
-    /// dropped: after the old socket is closed, or when the replacement failed.
-    fn start_replacement(
+    /// Creates a channel for `users` and subscribes it, first getting a fresh token when the
+    /// held one has less life left than the channel should live (`lifetime`, or Genesys's 24
+    /// hours when no channel has said yet): a channel dies with the token that created it.
+    async fn new_channel(
         &self,
+        users: &[Guid],
+        lifetime: Option<Duration>,
+    ) -> Result<Channel, SessionError> {
+        let wanted = lifetime.unwrap_or(DEFAULT_CHANNEL_LIFETIME);
+        let (token, early) = token_for(&self.client, wanted, &self.token_life_ms).await?;
+        if early {
+            bump(&self.status.stats.early_token_refreshes);
+        }
+        let channel = create_channel(&self.client, token.expires_at()).await?;
+        bump(&self.status.stats.channels_created);
+        self.subscribe(&channel.id, users).await?;
+        Ok(channel)
+    }
+
+    /// Subscribes `id` to the topics of `users` (the whole list, so that topics rejected
+    /// before are asked for again) and records which were rejected. Users accepted again
+    /// are resynced: their changes while rejected never streamed.
+    async fn subscribe(&self, id: &str, users: &[Guid]) -> genesys_auth::Result<()> {
+        let answer = subscribe(&self.client, id, users).await?;
+        let again =
+            self.status
+                .record_subscription(id, users, &answer.rejected, answer.reason.as_deref());
+        if !again.is_empty() {
+            // Best effort: a failed resync leaves them to the periodic one.
+            drop(self.request_resync(&again.into()));
+        }
+        Ok(())
+    }
+
+    /// Keeps `channel` alive by subscribing its topics again, first getting a fresh token
+    /// when the held one has less life left than the channel's lifetime. In the background.
+    fn start_extension(
+        self: &Arc<Self>,
+        channel: &Channel,
         users: &Arc<[Guid]>,
-    ) -> JoinHandle<Result<Replacement, SessionError>> {
-        let client = self.client.clone();
-        let config = self.config.clone();
+    ) -> JoinHandle<Extension> {
+        let context = Arc::clone(self);
+        let id = channel.id.clone();
+        let lifetime = channel.lifetime;
         let users = Arc::clone(users);
-        let slots = Arc::clone(&self.rollover_slots);
         tokio::spawn(async move {
-            let slot = slots.acquire_owned().await?;
-            let channel = create_channel(&client, &users).await?;
-            let request = channel.connect_uri.as_str().into_client_request()?;
-            let ws = connect(request, &config).await?;
-            Ok(Replacement { channel, ws, slot })
+            match token_for(&context.client, lifetime, &context.token_life_ms).await {
+                Ok((_, early)) => {
+                    if early {
+                        bump(&context.status.stats.early_token_refreshes);
+                    }
+                }
+                Err(e) => return Extension::Failed(e.into()),
+            }
+            let requested = Instant::now();
+            match context.subscribe(&id, &users).await {
+                Ok(()) => Extension::Done(requested),
+                Err(e) if e.status() == Some(404) => Extension::Gone,
+                Err(e) => Extension::Failed(e.into()),
+            }
         })
     }
 
-    /// Streams one connected channel until it must be reconnected or the sync stops.
-    /// Rollovers (planned replacements) happen inside without a gap.
-    async fn session(
+    /// Creates a replacement channel for the same users and connects it, in the background,
+    /// once a free channel slot is available. The slot is released when the task's result is
+    /// dropped: after the old socket is closed, or when the replacement failed.
+    fn start_replacement(self: &Arc<Self>, channel: &Channel, users: &Arc<[Guid]>) -> Pending {
+        let context = Arc::clone(self);
+        let users = Arc::clone(users);
+        let lifetime = channel.lifetime;
+        Pending {
+            task: tokio::spawn(async move { context.replacement_channel(&users, lifetime).await }),
+            cause: ReconnectCause::Expiring,
+            started: Instant::now(),
+        }
+    }
+
+    async fn replacement_channel(
         &self,
+        users: &[Guid],
+        lifetime: Duration,
+    ) -> Result<Replacement, SessionError> {
+        let slot = Arc::clone(&self.rollover_slots).acquire_owned().await?;
+        let channel = self.new_channel(users, Some(lifetime)).await?;
+        let request = channel.connect_uri.as_str().into_client_request()?;
+        let ws = connect(request, &self.config).await?;
+        Ok(Replacement {
+            channel,
+            ws,
+            slot: Some(slot),
+            new_channel: true,
+        })
+    }
+
+    /// After `socket_closing`: connects a new socket to the same channel (the server moves
+    /// delivery to it and closes the old one), in the background. Only when the channel is
+    /// gone (404) does it create a new channel instead.
+    fn start_handover(self: &Arc<Self>, channel: &Channel, users: &Arc<[Guid]>) -> Pending {
+        let context = Arc::clone(self);
+        let users = Arc::clone(users);
+        let channel = channel.clone();
+        Pending {
+            task: tokio::spawn(async move {
+                let request = channel.connect_uri.as_str().into_client_request()?;
+                match connect(request, &context.config).await {
+                    Ok(ws) => Ok(Replacement {
+                        channel,
+                        ws,
+                        slot: None,
+                        new_channel: false,
+                    }),
+                    Err(SessionError::Gone) => {
+                        log::info!(
+                            "channel {} is gone (404) after socket_closing; creating a new one",
+                            channel.id
+                        );
+                        context.replacement_channel(&users, channel.lifetime).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }),
+            cause: ReconnectCause::SocketClosing,
+            started: Instant::now(),
+        }
+    }
+
+    /// Streams one connected channel until it must be reconnected or the sync stops.
+    /// Handovers (a new socket to the same channel), extensions (subscribing again) and
+    /// rollovers (a new channel) happen inside without a gap.
+    async fn session(
+        self: Arc<Self>,
         index: usize,
         users: &Arc<[Guid]>,
         mut channel: Channel,
@@ -311,18 +453,21 @@ impl ChannelContext {
         let mut resync_attempt = 0u32;
         let mut last_message = Instant::now();
         let mut ping_sent: Option<Instant> = None;
-        let mut replacement: Option<(
-            JoinHandle<Result<Replacement, SessionError>>,
-            ReconnectCause,
-        )> = None;
-        let mut replacement_retry_at: Option<Instant> = None;
+        let mut replacement: Option<Pending> = None;
+        let mut extension: Option<JoinHandle<Extension>> = None;
+        let mut renew_retry_at: Option<Instant> = None;
+        let mut renew_attempt = 0u32;
+        let mut handover_retry_at: Option<Instant> = None;
         let mut batch: Vec<PresenceEvent> = Vec::with_capacity(config.batch_size);
         self.status
             .update(index, |s| s.last_message = Some(last_message));
 
         loop {
-            let rollover_at = channel.expires_at - rollover_margin(config, &channel);
-            let rollover_at = replacement_retry_at.map_or(rollover_at, |r| r.min(rollover_at));
+            // Before the channel ends: subscribe again while its own expiry comes first, else
+            // (its token ends first) roll to a new channel made with a fresh token.
+            let renew_at = channel.ends_at() - rollover_margin(config, &channel);
+            let renew_at = renew_retry_at.map_or(renew_at, |r| r.min(renew_at));
+            let renewing = replacement.is_some() || extension.is_some();
             let watchdog_at = match ping_sent {
                 Some(at) => at + config.pong_timeout,
                 None => last_message + config.idle_before_ping,
@@ -330,7 +475,10 @@ impl ChannelContext {
             tokio::select! {
                 _ = cancel.cancelled() => {
                     let _ = ws.close(None).await;
-                    if let Some((task, _)) = replacement.take() {
+                    if let Some(pending) = replacement.take() {
+                        pending.task.abort();
+                    }
+                    if let Some(task) = extension.take() {
                         task.abort();
                     }
                     return End::Cancelled;
@@ -341,18 +489,30 @@ impl ChannelContext {
                             if let Some(Err(e)) = &ended {
                                 self.decoder.socket_error(e, &context);
                             }
-                            // A replacement on its way (after socket_closing) is waited for a
-                            // little; the switch then has a gap, so resync.
-                            let pending = replacement.take();
-                            if let Some((task, cause)) = pending
-                                && let Ok(Ok(Ok(new))) = timeout(config.connect_timeout, task).await
-                            {
-                                self.adopt(index, &mut channel, &mut ws, new, cause, &mut context, cancel);
-                                last_message = Instant::now();
-                                ping_sent = None;
-                                self.status.set_state(index, ChannelState::Resyncing);
-                                resync = Some(self.request_resync(users));
-                                continue;
+                            let closed_cleanly = matches!(ended, Some(Ok(Message::Close(_))));
+                            // A replacement on its way is waited for a little.
+                            if let Some(pending) = replacement.take() {
+                                let (cause, started) = (pending.cause, pending.started);
+                                if let Ok(Ok(Ok(new))) = timeout(config.connect_timeout, pending.task).await {
+                                    // A new socket to the same channel took delivery over when it
+                                    // connected, and the server then closed this one after
+                                    // writing what it had: no gap. A new channel, a broken
+                                    // socket or a slow connect may have one: resync.
+                                    let handover = !new.new_channel
+                                        && closed_cleanly
+                                        && started.elapsed() < HANDOVER_TRUST;
+                                    self.adopt(index, &mut channel, &mut ws, new, cause, &mut context, cancel);
+                                    last_message = Instant::now();
+                                    ping_sent = None;
+                                    if !handover {
+                                        self.status.set_state(index, ChannelState::Resyncing);
+                                        resync = Some(self.request_resync(users));
+                                    }
+                                    continue;
+                                }
+                            }
+                            if let Some(task) = extension.take() {
+                                task.abort();
                             }
                             return End::Reconnect(ReconnectCause::Closed, Some(channel));
                         }
@@ -372,21 +532,35 @@ impl ChannelContext {
                         self.sink.publish(&mut batch);
                         batch.clear();
                     }
-                    match control {
-                        Control::None => {}
+                    let gone = match control {
+                        Control::None => false,
                         Control::SocketClosing => {
                             if replacement.is_none() {
-                                log::info!("{context}: socket_closing received; connecting a replacement channel");
-                                replacement = Some((self.start_replacement(users), ReconnectCause::SocketClosing));
+                                log::info!("{context}: socket_closing received; connecting a new socket to the same channel");
+                                replacement = Some(self.start_handover(&channel, users));
                             }
+                            false
                         }
-                        Control::ChannelGone => {
+                        Control::NoLongerSubscribed { channel_id: Some(other) }
+                            if !other.eq_ignore_ascii_case(&channel.id) =>
+                        {
+                            log::warn!("{context}: no_longer_subscribed about another channel ({other}); ignored");
+                            false
+                        }
+                        Control::NoLongerSubscribed { .. } => {
                             log::warn!("{context}: no_longer_subscribed; the channel is gone");
-                            if let Some((task, _)) = replacement.take() {
-                                task.abort();
-                            }
-                            return End::Reconnect(ReconnectCause::ChannelGone, None);
+                            true
                         }
+                        Control::ChannelNotFound => true,
+                    };
+                    if gone {
+                        if let Some(pending) = replacement.take() {
+                            pending.task.abort();
+                        }
+                        if let Some(task) = extension.take() {
+                            task.abort();
+                        }
+                        return End::Reconnect(ReconnectCause::ChannelGone, None);
                     }
                 }
                 _ = sleep_until(watchdog_at) => {
@@ -399,32 +573,79 @@ impl ChannelContext {
                         }
                     } else {
                         log::warn!("{context}: no heartbeat, traffic or pong; the socket is dead");
-                        if let Some((task, _)) = replacement.take() {
+                        if let Some(pending) = replacement.take() {
+                            pending.task.abort();
+                        }
+                        if let Some(task) = extension.take() {
                             task.abort();
                         }
                         return End::Reconnect(ReconnectCause::HeartbeatTimeout, Some(channel));
                     }
                 }
-                _ = sleep_until(rollover_at), if replacement.is_none() => {
-                    replacement_retry_at = None;
-                    log::info!("{context}: channel or its token expires soon; rolling to a new channel");
-                    replacement = Some((self.start_replacement(users), ReconnectCause::Expiring));
+                _ = sleep_until(renew_at), if !renewing => {
+                    renew_retry_at = None;
+                    if channel.extendable() {
+                        log::debug!("{context}: expires soon; subscribing again to keep it");
+                        extension = Some(self.start_extension(&channel, users));
+                    } else {
+                        log::info!("{context}: the token that created it expires soon; rolling to a new channel");
+                        replacement = Some(self.start_replacement(&channel, users));
+                    }
                 }
-                outcome = async { match replacement.as_mut() { Some((task, _)) => task.await, None => std::future::pending().await } } => {
-                    let cause = replacement.take().map_or(ReconnectCause::Expiring, |(_, c)| c);
+                outcome = async { match extension.as_mut() { Some(task) => task.await, None => std::future::pending().await } } => {
+                    extension = None;
+                    match outcome {
+                        Ok(Extension::Done(at)) => {
+                            renew_attempt = 0;
+                            channel.expires_at = at + channel.lifetime;
+                            bump(&self.status.stats.channels_extended);
+                            log::info!(
+                                "{context}: kept alive by subscribing again ({}s more)",
+                                channel.lifetime.as_secs()
+                            );
+                        }
+                        Ok(Extension::Gone) => {
+                            log::warn!("{context}: subscribing again answered 404; the channel is gone");
+                            if let Some(pending) = replacement.take() {
+                                pending.task.abort();
+                            }
+                            return End::Reconnect(ReconnectCause::ChannelGone, None);
+                        }
+                        Ok(Extension::Failed(why)) => {
+                            renew_attempt += 1;
+                            log::warn!("{context}: subscribing again failed: {why}; retrying");
+                            renew_retry_at = Some(Instant::now() + full_jitter(config.backoff_base, config.backoff_cap, renew_attempt));
+                        }
+                        Err(join) => {
+                            log::warn!("{context}: subscription task failed: {join}");
+                            renew_retry_at = Some(Instant::now() + config.backoff_base);
+                        }
+                    }
+                }
+                outcome = async { match replacement.as_mut() { Some(pending) => (&mut pending.task).await, None => std::future::pending().await } } => {
+                    let cause = replacement.take().map_or(ReconnectCause::Expiring, |p| p.cause);
                     match outcome {
                         Ok(Ok(new)) => {
+                            renew_attempt = 0;
                             self.adopt(index, &mut channel, &mut ws, new, cause, &mut context, cancel);
                             last_message = Instant::now();
                             ping_sent = None;
                         }
                         Ok(Err(why)) => {
-                            log::warn!("{context}: replacement channel failed: {why}; retrying");
-                            replacement_retry_at = Some(Instant::now() + full_jitter(config.backoff_base, config.backoff_cap, 2));
+                            renew_attempt += 1;
+                            log::warn!("{context}: replacement socket or channel failed: {why}; retrying");
+                            let retry_at = Instant::now() + full_jitter(config.backoff_base, config.backoff_cap, renew_attempt.max(2));
+                            if cause == ReconnectCause::SocketClosing {
+                                // Try the handover again soon; the old socket still streams
+                                // until the server closes it.
+                                handover_retry_at = Some(retry_at);
+                            } else {
+                                renew_retry_at = Some(retry_at);
+                            }
                         }
                         Err(join) => {
                             log::warn!("{context}: replacement task failed: {join}");
-                            replacement_retry_at = Some(Instant::now() + config.backoff_base);
+                            renew_retry_at = Some(Instant::now() + config.backoff_base);
                         }
                     }
                 }
@@ -444,6 +665,12 @@ impl ChannelContext {
                 _ = async { match resync_retry_at { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {
                     resync_retry_at = None;
                     resync = Some(self.request_resync(users));
+                }
+                _ = async { match handover_retry_at { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {
+                    handover_retry_at = None;
+                    if replacement.is_none() {
+                        replacement = Some(self.start_handover(&channel, users));
+                    }
                 }
             }
         }
@@ -471,8 +698,8 @@ impl ChannelContext {
         Control::None
     }
 
-    /// Switches the session to a replacement channel and socket; the old socket is drained
-    /// and closed in the background, by a task of the sync's tracker that stops (closing the
+    /// Switches the session to a replacement socket (on the same channel or a new one); the
+    /// old socket is drained and closed in the background, by a task of the sync's tracker that stops (closing the
     /// old socket without forwarding anything more) as soon as the sync is cancelled.
     #[allow(clippy::too_many_arguments)]
     fn adopt(
@@ -489,6 +716,7 @@ impl ChannelContext {
             channel: new_channel,
             ws: new_ws,
             slot,
+            new_channel: is_new,
         } = new;
         let mut old = std::mem::replace(ws, new_ws);
         let decoder = Arc::clone(&self.decoder);
@@ -536,12 +764,21 @@ impl ChannelContext {
             }
             drop(slot);
         });
-        log::info!(
-            "channel {index}: rolled from {} to {} ({})",
-            channel.id,
-            new_channel.id,
-            cause.as_str()
-        );
+        if is_new {
+            log::info!(
+                "channel {index}: rolled from {} to {} ({})",
+                channel.id,
+                new_channel.id,
+                cause.as_str()
+            );
+        } else {
+            bump(&self.status.stats.socket_handovers);
+            log::info!(
+                "channel {index}: a new socket to {} took over ({})",
+                channel.id,
+                cause.as_str()
+            );
+        }
         *channel = new_channel;
         *context = format!("channel {index} ({})", channel.id);
         self.status.stats.reconnect(cause);

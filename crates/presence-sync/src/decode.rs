@@ -37,14 +37,52 @@ impl UserMasks {
 }
 
 /// What a message means for the socket beyond the events it carried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Control {
     /// Nothing special.
     None,
-    /// `v2.system.socket_closing`.
+    /// `v2.system.socket_closing`: connect a new socket to the same channel.
     SocketClosing,
-    /// `no_longer_subscribed`: the channel is gone.
-    ChannelGone,
+    /// A `no_longer_subscribed` system message (by its topic or its `systemTopicType`): the
+    /// channel named by `channel_id` is gone, or the one it arrived on when it names none.
+    NoLongerSubscribed {
+        /// The body's `channelId`, when present.
+        channel_id: Option<String>,
+    },
+    /// A message without `topicName` saying `"result":"404"`: this socket's channel no longer
+    /// exists.
+    ChannelNotFound,
+}
+
+/// A socket message without `topicName`, such as `{"result":"404","message":"..."}`.
+#[derive(serde::Deserialize)]
+struct Untopiced {
+    #[serde(rename = "topicName", default)]
+    topic_name: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    result: Option<serde_json::Value>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+impl Untopiced {
+    /// Whether the message says "404": `"result":"404"` or `"result":404`.
+    fn is_not_found(&self) -> bool {
+        match &self.result {
+            Some(serde_json::Value::String(s)) => s.trim() == "404",
+            Some(serde_json::Value::Number(n)) => n.as_u64() == Some(404),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a `v2.system.*` topic is `no_longer_subscribed`, recognised by its prefix (the
+/// exact topic name is unconfirmed: it may carry a suffix).
+fn is_no_longer_subscribed_topic(topic: &str) -> bool {
+    const PREFIX: &str = "v2.system.no_longer_subscribed";
+    topic
+        .get(..PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX))
 }
 
 /// Logs at most one line per kind of bad input every ten seconds, with the number suppressed.
@@ -56,6 +94,14 @@ struct LogLimiter {
 
 impl LogLimiter {
     fn warn(&self, what: std::fmt::Arguments<'_>) {
+        self.log(log::Level::Warn, what);
+    }
+
+    fn info(&self, what: std::fmt::Arguments<'_>) {
+        self.log(log::Level::Info, what);
+    }
+
+    fn log(&self, level: log::Level, what: std::fmt::Arguments<'_>) {
         let now = Instant::now();
         let mut last = self.last.lock();
         if last.is_some_and(|t| now.duration_since(t).as_secs() < 10) {
@@ -65,9 +111,9 @@ impl LogLimiter {
         *last = Some(now);
         let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
         if suppressed > 0 {
-            log::warn!("{what} ({suppressed} similar messages suppressed)");
+            log::log!(level, "{what} ({suppressed} similar messages suppressed)");
         } else {
-            log::warn!("{what}");
+            log::log!(level, "{what}");
         }
     }
 }
@@ -80,6 +126,8 @@ pub(crate) struct Decoder {
     allowed: Option<GroupMask>,
     max_bytes: usize,
     log: LogLimiter,
+    /// For messages without `topicName` other than a 404.
+    untopiced_log: LogLimiter,
 }
 
 impl Decoder {
@@ -95,6 +143,7 @@ impl Decoder {
             allowed,
             max_bytes,
             log: LogLimiter::default(),
+            untopiced_log: LogLimiter::default(),
         }
     }
 
@@ -234,6 +283,9 @@ impl Decoder {
         let notification = match decode_notification(json, EventTime::now()) {
             Ok(n) => n,
             Err(e) => {
+                if let Some(control) = self.without_topic(json, context) {
+                    return control;
+                }
                 let head = String::from_utf8_lossy(&json[..json.len().min(60)]).into_owned();
                 self.bad(
                     DecodeErrorKind::of(&e),
@@ -257,8 +309,10 @@ impl Decoder {
             }
             Notification::System(system) => {
                 bump(&self.stats.system_messages);
-                if system.channel_gone() {
-                    return Control::ChannelGone;
+                if system.channel_gone() || is_no_longer_subscribed_topic(&system.topic) {
+                    return Control::NoLongerSubscribed {
+                        channel_id: system.channel_id,
+                    };
                 }
                 log::info!(
                     "{context}: system message {} ({:?})",
@@ -276,11 +330,95 @@ impl Decoder {
         Control::None
     }
 
+    /// A JSON object without `topicName` is a message from the service, not garbage: a 404
+    /// means the channel is gone, anything else is logged (rate-limited) and skipped. `None`
+    /// when the message is not such an object (then it is bad input).
+    fn without_topic(&self, json: &[u8], context: &str) -> Option<Control> {
+        let message: Untopiced = serde_json::from_slice(json).ok()?;
+        if message.topic_name.is_some() {
+            return None;
+        }
+        bump(&self.stats.messages_without_topic);
+        let text = message.message.as_deref().unwrap_or("");
+        let mut cut = text.len().min(200);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let text = &text[..cut];
+        if message.is_not_found() {
+            log::warn!("{context}: the service says 404 ({text:?}); the channel is gone");
+            return Some(Control::ChannelNotFound);
+        }
+        self.untopiced_log.info(format_args!(
+            "{context}: a message without topicName (result {:?}, message {text:?}); skipped",
+            message.result
+        ));
+        Some(Control::None)
+    }
+
     fn bad(&self, kind: DecodeErrorKind, context: &str, what: std::fmt::Arguments<'_>) {
         self.stats.decode_error(kind);
         self.log.warn(format_args!(
             "{context}: skipped a bad message ({}): {what}",
             kind.as_str()
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder() -> Decoder {
+        Decoder::new(
+            Arc::new(SyncStats::default()),
+            Arc::new(UserMasks::default()),
+            None,
+            64 * 1024,
+        )
+    }
+
+    #[test]
+    fn a_404_without_topic_name_is_a_gone_channel_not_garbage() {
+        let d = decoder();
+        let mut out = Vec::new();
+        for text in [
+            r#"{"result":"404","message":"Channel streaming-0-x not found"}"#,
+            r#"{"result":404}"#,
+        ] {
+            assert_eq!(d.text(text, "test", &mut out), Control::ChannelNotFound);
+        }
+        assert_eq!(
+            d.text(r#"{"result":"500","message":"busy"}"#, "test", &mut out),
+            Control::None
+        );
+        assert_eq!(d.stats.messages_without_topic.load(Ordering::Relaxed), 3);
+        assert_eq!(d.stats.decode_errors_total(), 0);
+        // Garbage is still garbage.
+        assert_eq!(d.text("<html>", "test", &mut out), Control::None);
+        assert_eq!(d.text("[1,2]", "test", &mut out), Control::None);
+        assert_eq!(d.stats.decode_errors_total(), 2);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn no_longer_subscribed_is_known_by_its_topic_prefix_and_names_its_channel() {
+        let d = decoder();
+        let mut out = Vec::new();
+        let by_prefix = r#"{"topicName":"v2.system.no_longer_subscribed.streaming-0-a","eventBody":{"message":"gone"}}"#;
+        assert_eq!(
+            d.text(by_prefix, "test", &mut out),
+            Control::NoLongerSubscribed { channel_id: None }
+        );
+        let by_type = r#"{"topicName":"v2.system.something","eventBody":{"systemTopicType":"no_longer_subscribed","channelId":"streaming-0-b"}}"#;
+        assert_eq!(
+            d.text(by_type, "test", &mut out),
+            Control::NoLongerSubscribed {
+                channel_id: Some("streaming-0-b".into())
+            }
+        );
+        let other = r#"{"topicName":"v2.system.subscription_changed","eventBody":{}}"#;
+        assert_eq!(d.text(other, "test", &mut out), Control::None);
+        assert_eq!(d.stats.decode_errors_total(), 0);
     }
 }

@@ -7,10 +7,21 @@
 //!   1,000 topics ([`ChannelPlan`], within the 20-channel limit), creates and subscribes them,
 //!   connects one WebSocket each and hands decoded, group-filtered events to a
 //!   [`PresenceSink`]. It
+//!   - subscribes with `ignoreErrors=true`: a `Rejected` topic (a deleted user, a missing
+//!     permission) is that user's problem, counted and kept in
+//!     [`SyncStatus::rejected_users`] and asked for again at the channel's next
+//!     subscription, while the rest of the channel streams;
 //!   - pings a quiet socket and replaces one that stays silent (no heartbeat, no pong);
-//!   - on `v2.system.socket_closing`, and before a channel or the token that created it
-//!     expires, connects a replacement channel before dropping the old socket (no gap);
-//!   - recovers from `no_longer_subscribed` and vanished channels (404) with a new channel;
+//!   - on `v2.system.socket_closing`, connects a new socket to the same channel before
+//!     dropping the old one (the server moves delivery to the newest socket): no new
+//!     channel, no resync, even when every channel is warned at once;
+//!   - keeps a channel alive past its lifetime by subscribing again before it expires,
+//!     getting a fresh token first when the held one has less life left than the channel
+//!     should have; only before the token that created it ends does it roll to a new
+//!     channel (made with a fresh token), with no gap;
+//!   - recovers from `no_longer_subscribed` (by topic or type, when its `channelId` is this
+//!     channel's), `{"result":"404"}` without a topic, and vanished channels (404) with a new
+//!     channel;
 //!   - after every gap resyncs that channel's users over REST (bulk presence, or the paged
 //!     user listing when many channels ask at once), with Genesys's own `modifiedDate`;
 //!   - reconnects with exponential backoff and full jitter, capped, and logs one line per

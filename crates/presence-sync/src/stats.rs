@@ -1,11 +1,13 @@
 //! What a sync has seen and where each channel stands: counters for metrics and state for
 //! readiness and dashboards. Libraries count; the binary exports.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use presence_frame::Guid;
 use tokio::time::Instant;
 
 /// Kinds of bad input, for the decode-error counters.
@@ -133,6 +135,23 @@ pub struct SyncStats {
     pub resyncs: AtomicU64,
     /// Resyncs that failed (and will be retried).
     pub resync_failures: AtomicU64,
+    /// Notification channels created (at start, and when one was gone or its token was
+    /// about to expire).
+    pub channels_created: AtomicU64,
+    /// Channels kept alive past their lifetime by subscribing their topics again.
+    pub channels_extended: AtomicU64,
+    /// Sockets replaced by a new socket to the same channel (after `socket_closing`), with
+    /// no new channel and no resync.
+    pub socket_handovers: AtomicU64,
+    /// Tokens fetched ahead of the client's own refresh because the held one had less life
+    /// left than a channel created or extended with it should have.
+    pub early_token_refreshes: AtomicU64,
+    /// Topics that came back `Rejected` from a subscription (each time; the users rejected
+    /// now are [`SyncStatus::rejected_users`]).
+    pub topics_rejected: AtomicU64,
+    /// Socket messages without `topicName` (such as `{"result":"404",...}`): understood,
+    /// logged, never counted as decode errors.
+    pub messages_without_topic: AtomicU64,
     /// Duration of the last completed resync, in milliseconds.
     pub last_resync_ms: AtomicU64,
     /// Sum of the durations of completed resyncs, in milliseconds.
@@ -267,12 +286,66 @@ pub struct SyncStatus {
     pub(crate) stats: Arc<SyncStats>,
     pub(crate) channels: Arc<Mutex<Vec<ChannelSlot>>>,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
+    /// Users whose topic the last subscription of their channel rejected.
+    pub(crate) rejected: Arc<Mutex<BTreeSet<Guid>>>,
 }
 
 impl SyncStatus {
     /// The counters.
     pub fn stats(&self) -> &SyncStats {
         &self.stats
+    }
+
+    /// Users whose presence topic their channel's last subscription rejected (a deleted
+    /// user, a missing permission): they do not stream, the rest of their channel does.
+    /// Every subscription of the channel asks for them again (when it is extended or
+    /// replaced); a re-discovery can drop them or try them sooner.
+    pub fn rejected_users(&self) -> Vec<Guid> {
+        self.rejected.lock().iter().copied().collect()
+    }
+
+    /// Records the answer to a subscription of `asked` users: `rejected` of them (with the
+    /// first reason given) are rejected now, the others are not. Each user newly rejected,
+    /// or accepted again, is logged once, in one line per subscription. Returns the users
+    /// accepted again, whose changes while rejected never streamed.
+    pub(crate) fn record_subscription(
+        &self,
+        channel: &str,
+        asked: &[Guid],
+        rejected: &[Guid],
+        reason: Option<&str>,
+    ) -> Vec<Guid> {
+        add(&self.stats.topics_rejected, rejected.len() as u64);
+        let now_rejected: BTreeSet<Guid> = rejected.iter().copied().collect();
+        let (newly, again) = {
+            let mut held = self.rejected.lock();
+            let newly: Vec<Guid> = rejected
+                .iter()
+                .copied()
+                .filter(|u| held.insert(*u))
+                .collect();
+            let again: Vec<Guid> = asked
+                .iter()
+                .copied()
+                .filter(|u| !now_rejected.contains(u) && held.remove(u))
+                .collect();
+            (newly, again)
+        };
+        if let Some(first) = newly.first() {
+            log::warn!(
+                "channel {channel}: {} of {} topics newly rejected, those users will not stream (first: {first}: {}); asked again at the channel's next subscription",
+                newly.len(),
+                asked.len(),
+                reason.unwrap_or("no reason given")
+            );
+        }
+        if let Some(first) = again.first() {
+            log::info!(
+                "channel {channel}: {} previously rejected topics accepted now (first: {first}); resyncing them",
+                again.len()
+            );
+        }
+        again
     }
 
     /// Every channel's state.

@@ -149,6 +149,7 @@ impl PresenceSync {
             status: self.status.clone(),
             resync: resync_tx.clone(),
             tasks: tracker.clone(),
+            token_life_ms: Default::default(),
         });
         let all_users: Arc<[Guid]> = plan.channels().iter().flatten().copied().collect();
         for (index, users) in plan.channels().iter().enumerate() {
