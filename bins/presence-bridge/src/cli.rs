@@ -338,6 +338,20 @@ pub struct DemoArgs {
     pub admin_addr: String,
 }
 
+/// Default of `demo --chaos`: gentle, a fault every 30 s on average.
+pub const DEMO_CHAOS: f64 = 2.0;
+
+/// Default of `demo --faults`.
+pub const DEMO_FAULTS: [&str; 7] = [
+    "drop_socket",
+    "stall_socket",
+    "socket_closing",
+    "maintenance_wave",
+    "no_longer_subscribed",
+    "garbage",
+    "rate_limit_burst",
+];
+
 /// The emulator settings of `demo`.
 #[derive(Debug, Clone, Args)]
 pub struct DemoEmulatorArgs {
@@ -353,11 +367,19 @@ pub struct DemoEmulatorArgs {
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
-    /// Random faults per minute, to watch the bridge recover; 0 for none.
-    #[arg(long, default_value_t = 0.0, value_name = "PER_MINUTE")]
+    /// Random faults per minute, so that reconnects, resyncs and faults show on the dashboard
+    /// while you watch; 0 for none.
+    #[arg(long, default_value_t = DEMO_CHAOS, value_name = "PER_MINUTE")]
     pub chaos: f64,
 
-    /// Which faults --chaos injects (comma-separated kinds, as for `emulate`). [default: all]
-    #[arg(long, value_name = "KINDS", value_delimiter = ',')]
+    /// Which faults --chaos injects (comma-separated kinds, as for `emulate`; `all` for
+    /// every kind). By default the ones an operator would recognise: dropped, stalled and
+    /// rolled-over sockets, a maintenance wave, lost subscriptions, garbage, 429 bursts.
+    #[arg(
+        long,
+        value_name = "KINDS",
+        value_delimiter = ',',
+        default_values = DEMO_FAULTS
+    )]
     pub faults: Vec<String>,
 }

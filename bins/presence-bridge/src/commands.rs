@@ -188,7 +188,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
 
 /// The fault kinds named on the command line (all when none are).
 fn fault_kinds(names: &[String]) -> Result<Vec<FaultKind>> {
-    if names.is_empty() {
+    if names.is_empty() || names.iter().any(|name| name.trim() == "all") {
         return Ok(FaultKind::ALL.to_vec());
     }
     names
@@ -294,10 +294,20 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
         .await
         .context("cannot start the emulator")?;
     let base = emulator.base_url();
+    // The emulator's group i is bit i of the mask (as in its relay frames): the demo maps
+    // them, so the dashboard and the records show real masks.
+    let groups = emulator.group_ids();
     let run_args = RunArgs {
         api_url: Some(base.clone()),
         login_url: Some(base),
         client_id: Some(emulator.client_id().to_owned()),
+        group_bits: Some(
+            groups
+                .iter()
+                .enumerate()
+                .map(|(bit, group)| format!("{group}={bit}"))
+                .collect(),
+        ),
         kafka_brokers: Some(args.kafka_brokers.clone()),
         topic: Some(args.topic.clone()),
         admin_addr: Some(args.admin_addr.clone()),
@@ -333,8 +343,26 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
         e.users,
         e.rate
     );
+    say!(
+        "  groups:     {} emulator groups mapped to bits 0-{} of the group mask",
+        groups.len(),
+        groups.len().saturating_sub(1)
+    );
+    if e.chaos > 0.0 {
+        say!(
+            "  chaos:      {} faults a minute ({}); watch the channel timeline",
+            e.chaos,
+            if e.faults.is_empty() {
+                "every kind".to_owned()
+            } else {
+                e.faults.join(", ")
+            }
+        );
+    }
     say!("  kafka:      {} topic {}", args.kafka_brokers, args.topic);
-    say!("Ctrl-C to stop.");
+    say!(
+        "To stop: Ctrl-C (the emulator and the bridge). A broker started with scripts/kafka.sh (scripts/demo.sh starts one) keeps running: scripts/kafka.sh stop"
+    );
     let result = bridge::serve(config, admin, shutdown).await;
     tokio::time::timeout(Duration::from_secs(5), emulator.shutdown())
         .await

@@ -579,6 +579,28 @@ mod tests {
             longest.capacity(),
             longest.byte_size()
         );
+        // A full default ring, busy numbers, 19 channels: the transient cost of one
+        // `/v1/history` answer.
+        let mut full = History::new(DEFAULT_WINDOW, SAMPLE_INTERVAL);
+        for i in 0..full.capacity() as i64 {
+            full.push(Sample {
+                at_ms: 1_795_000_000_000 + 1_000 * i,
+                events_per_s: [123_456.78, 1_234.5, 0.0],
+                users: [10_000; 11],
+                delivered_per_s: 99_999.99,
+                queue_depth: 12_345,
+                latency_us: [7_812, 45_123],
+                channel_count: 19,
+                channels: [4; MAX_TIMELINE_CHANNELS],
+                ..Sample::default()
+            });
+        }
+        let body = serde_json::to_string(&full.to_json(None)).expect("json");
+        println!(
+            "/v1/history, full default ring, 19 channels: {} bytes",
+            body.len()
+        );
+        assert!(body.len() < 512 * 1024, "{}", body.len());
         assert!(sample <= 112, "a sample grew to {sample} bytes");
         assert_eq!(default.capacity(), 900);
         assert!(default.byte_size() <= 101_000, "{}", default.byte_size());

@@ -975,6 +975,15 @@ async fn demo_prints_its_dashboard_and_sigterm_exits_0() {
     }
     let stats = probe.json("/v1/stats").await;
     assert_eq!(stats["users"], json!(100));
+    // The emulator's groups are mapped to mask bits: users show real masks, not 0x0.
+    let page = probe.json("/v1/presence?pageSize=100").await;
+    let masks: Vec<u64> = page["entities"]
+        .as_array()
+        .expect("entities")
+        .iter()
+        .filter_map(|e| e["groupMask"].as_u64())
+        .collect();
+    assert!(masks.iter().any(|m| *m != 0), "every mask is 0: {masks:?}");
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -84,7 +84,11 @@ fn error_of(args: RunArgs) -> String {
     // The secret comes from a file here so the test does not depend on the environment.
     let dir = std::env::temp_dir().join(format!("pb-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let secret = dir.join("secret");
+    // One file per call: tests run in parallel, and rewriting a shared file (truncate, then
+    // write) lets another test read it empty.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let secret = dir.join(format!("secret-{call}"));
     std::fs::write(&secret, "s3cret-value").expect("secret");
     let args = RunArgs {
         client_secret_file: args.client_secret_file.or(Some(secret)),
