@@ -285,6 +285,17 @@ pub async fn emulate(args: &EmulateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--group-bits` for the emulator's groups: group `i` is bit `i` of the mask, as in its
+/// relay frames. The demo maps them, so the dashboard and the records show real masks.
+pub fn group_bits_of(emulator: &EmulatorHandle) -> Vec<String> {
+    emulator
+        .group_ids()
+        .iter()
+        .enumerate()
+        .map(|(bit, group)| format!("{group}={bit}"))
+        .collect()
+}
+
 /// `presence-bridge demo`: the emulator on a free port and the bridge against it.
 pub async fn demo(args: &DemoArgs) -> Result<()> {
     let e = &args.emulator;
@@ -294,20 +305,12 @@ pub async fn demo(args: &DemoArgs) -> Result<()> {
         .await
         .context("cannot start the emulator")?;
     let base = emulator.base_url();
-    // The emulator's group i is bit i of the mask (as in its relay frames): the demo maps
-    // them, so the dashboard and the records show real masks.
     let groups = emulator.group_ids();
     let run_args = RunArgs {
         api_url: Some(base.clone()),
         login_url: Some(base),
         client_id: Some(emulator.client_id().to_owned()),
-        group_bits: Some(
-            groups
-                .iter()
-                .enumerate()
-                .map(|(bit, group)| format!("{group}={bit}"))
-                .collect(),
-        ),
+        group_bits: Some(group_bits_of(&emulator)),
         kafka_brokers: Some(args.kafka_brokers.clone()),
         topic: Some(args.topic.clone()),
         admin_addr: Some(args.admin_addr.clone()),
