@@ -5,175 +5,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
-use genesys_emulator::{
-    ChaosConfig, Emulator, EmulatorConfig, EmulatorHandle, FaultKind, FaultTarget, TruthEntry,
-};
-use presence_frame::{EventTime, Frame, GroupMask, Guid, Location, PresenceEvent, UserId};
-use presence_registry::{ManualClock, Registry, RegistryConfig};
+use genesys_emulator::{ChaosConfig, EmulatorConfig, FaultKind, FaultTarget};
+use presence_frame::{EventTime, Frame, GroupMask, Location, PresenceEvent, UserId};
+use presence_registry::{ManualClock, Registry};
 use presence_sync::{
     ChannelState, DecodeErrorKind, PresenceSink, PresenceSync, ReconnectCause, RelaySource,
-    SyncConfig, SyncStatus,
+    SyncConfig,
 };
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// An emulator, a sync feeding a registry, and the means to judge convergence.
-struct Harness {
-    emulator: EmulatorHandle,
-    client: GenesysClient,
-    registry: Arc<Registry<ManualClock>>,
-    status: SyncStatus,
-    shutdown: CancellationToken,
-    task: JoinHandle<presence_sync::Result<()>>,
-}
+mod harness;
 
-fn fast_sync() -> SyncConfig {
-    SyncConfig::default()
-        .idle_before_ping(Duration::from_secs(2))
-        .pong_timeout(Duration::from_secs(1))
-        .backoff(Duration::from_millis(20), Duration::from_millis(500))
-        .connect_timeout(Duration::from_secs(5))
-}
-
-async fn start_emulator(config: EmulatorConfig) -> EmulatorHandle {
-    Emulator::start(config, "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("emulator starts")
-}
-
-fn client_for(emulator: &EmulatorHandle, rpm: u32) -> GenesysClient {
-    let base = emulator.base_url();
-    let config = AuthConfig::new(
-        Endpoints::new(&base, &base).expect("endpoints"),
-        emulator.client_id(),
-        Secret::new(emulator.client_secret()),
-    )
-    .backoff(Duration::from_millis(20), Duration::from_millis(500))
-    .requests_per_minute(rpm)
-    .max_attempts(8);
-    GenesysClient::new(config).expect("client")
-}
-
-fn registry() -> Arc<Registry<ManualClock>> {
-    Arc::new(
-        Registry::with_clock(
-            RegistryConfig::new(Duration::from_secs(3600)),
-            ManualClock::new(),
-        )
-        .expect("registry"),
-    )
-}
-
-impl Harness {
-    async fn start(emulator: EmulatorConfig, sync: SyncConfig) -> Harness {
-        let emulator = start_emulator(emulator).await;
-        let client = client_for(&emulator, 300);
-        let bits: Vec<(Guid, u32)> = emulator.group_ids().into_iter().zip(0u32..).collect();
-        let registry = registry();
-        let sink_registry = Arc::clone(&registry);
-        let sync = PresenceSync::new(
-            client.clone(),
-            sync.group_bits(bits),
-            move |events: &mut Vec<PresenceEvent>| {
-                for event in events.drain(..) {
-                    let _ = sink_registry.apply(event);
-                }
-            },
-        )
-        .expect("sync");
-        let status = sync.status();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(sync.run(shutdown.clone()));
-        Harness {
-            emulator,
-            client,
-            registry,
-            status,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn wait_for(&self, what: &str, limit: Duration, mut done: impl FnMut(&Harness) -> bool) {
-        let deadline = tokio::time::Instant::now() + limit;
-        while !done(self) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; channels {:?}; stats {:?}",
-                self.status.channels(),
-                self.status.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn ready(&self) {
-        self.wait_for("every channel streaming", Duration::from_secs(60), |h| {
-            h.status.is_ready()
-        })
-        .await;
-    }
-
-    /// Quiesces the emulator and waits until the registry equals its truth.
-    async fn converge(&self, limit: Duration) {
-        self.emulator.quiesce().await;
-        let truth = self.emulator.truth();
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let wrong = mismatches(&self.registry, &truth);
-            if wrong.is_empty() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} of {} users differ from the truth, e.g. {:?}; stats {:?}",
-                wrong.len(),
-                truth.len(),
-                &wrong[..wrong.len().min(3)],
-                self.status.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-        assert!(
-            matches!(result, Ok(Ok(Ok(())))),
-            "sync ends cleanly: {result:?}"
-        );
-        self.emulator.shutdown().await;
-    }
-}
-
-/// Users whose registry entry differs from the emulator's truth (status, definition, message,
-/// event time and group mask).
-fn mismatches(registry: &Registry<ManualClock>, truth: &[TruthEntry]) -> Vec<String> {
-    truth
-        .iter()
-        .filter_map(|t| {
-            let guid = t.user()?;
-            let Some(held) = registry.get(UserId::Genesys(guid)) else {
-                return Some(format!("{guid}: missing"));
-            };
-            let time = EventTime::parse_rfc3339(&t.modified_date).ok()?;
-            let message = (!t.message.is_empty()).then_some(t.message.as_str());
-            let ok = held.state.status == t.status()
-                && held.time == time
-                && held.state.message.as_deref() == message
-                && held.state.definition_id.as_deref() == Some(t.presence_definition_id.as_str())
-                && held.state.groups == GroupMask(t.group_mask);
-            (!ok).then(|| {
-                format!(
-                    "{guid}: held {:?} at {:?}, truth {} at {}",
-                    held.state, held.time, t.system_presence, t.modified_date
-                )
-            })
-        })
-        .collect()
-}
+use harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_changes_into_the_registry() {

@@ -297,3 +297,19 @@ pub(crate) async fn eventually(within: Duration, mut check: impl FnMut() -> bool
     }
     check()
 }
+
+/// Waits (up to 5 s) until `n` of the emulator's channels have a socket connected.
+pub(crate) async fn wait_connected(emu: &EmulatorHandle, n: usize) {
+    assert!(
+        eventually(Duration::from_secs(5), || emu
+            .stats()
+            .channels
+            .iter()
+            .filter(|c| c.connected)
+            .count()
+            == n)
+        .await,
+        "{n} channel(s) connected: {:?}",
+        emu.stats().channels
+    );
+}

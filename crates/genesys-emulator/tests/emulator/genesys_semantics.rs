@@ -94,16 +94,7 @@ async fn a_maintenance_wave_warns_every_channel_socket_at_once() {
     let relay = connect_status(&emu.relay_url(), Some(&token))
         .await
         .expect("relay");
-    assert!(
-        eventually(Duration::from_secs(5), || emu
-            .stats()
-            .channels
-            .iter()
-            .filter(|c| c.connected)
-            .count()
-            == 3)
-        .await
-    );
+    wait_connected(&emu, 3).await;
     assert_eq!(
         emu.maintenance_wave(Duration::from_secs(30)).expect("wave"),
         3
@@ -173,14 +164,7 @@ async fn a_new_socket_takes_delivery_over_and_the_old_one_writes_what_it_had() {
     let (id, uri) = create_channel(&emu, &token).await;
     subscribe(&emu, &token, &id, &emu.user_ids()).await;
     let mut old = connect(&uri).await;
-    assert!(
-        eventually(Duration::from_secs(5), || emu
-            .stats()
-            .channels
-            .iter()
-            .any(|c| c.connected))
-        .await
-    );
+    wait_connected(&emu, 1).await;
     emu.set_change_rate(5_000.0).expect("rate");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Connect a second socket to the same channel while the first is busy.
@@ -228,14 +212,7 @@ async fn a_gone_channel_can_say_result_404_without_a_topic() {
     // A connected socket whose channel goes with its token.
     let (_, uri) = create_channel(&emu, &token).await;
     let mut socket = connect(&uri).await;
-    assert!(
-        eventually(Duration::from_secs(5), || emu
-            .stats()
-            .channels
-            .iter()
-            .any(|c| c.connected))
-        .await
-    );
+    wait_connected(&emu, 1).await;
     emu.expire_tokens().expect("expire");
     loop {
         match recv(&mut socket, Duration::from_secs(5)).await {
