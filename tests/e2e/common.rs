@@ -453,6 +453,12 @@ pub async fn run_chaos(
         })
         .await;
         sockets_up(bridge, t).await;
+        land_one(bridge, t, FaultKind::MaintenanceWave, |e| {
+            e.maintenance_wave(Duration::from_secs(2))
+                .expect("maintenance wave");
+        })
+        .await;
+        sockets_up(bridge, t).await;
     }
     land_one(bridge, t, FaultKind::ExpireTokens, |e| {
         e.expire_tokens().expect("expire tokens");

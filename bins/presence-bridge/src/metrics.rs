@@ -315,6 +315,45 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
         "REST resyncs that failed (retried)",
         load(&sync.resync_failures),
     );
+    for (name, help, counter) in [
+        (
+            "channels_created",
+            "Notification channels created (at start, and when one was gone or its token ending)",
+            &sync.channels_created,
+        ),
+        (
+            "channels_extended",
+            "Channels kept past their lifetime by subscribing their topics again",
+            &sync.channels_extended,
+        ),
+        (
+            "socket_handovers",
+            "Sockets replaced by a new socket to the same channel after socket_closing (no new channel, no resync)",
+            &sync.socket_handovers,
+        ),
+        (
+            "early_token_refreshes",
+            "Tokens fetched early because the held one would die before a channel created or extended with it",
+            &sync.early_token_refreshes,
+        ),
+        (
+            "topics_rejected",
+            "Topics a subscription answered Rejected (one user's problem, retried at the next subscription)",
+            &sync.topics_rejected,
+        ),
+        (
+            "messages_without_topic",
+            "Socket messages without topicName (such as a 404 for a gone channel)",
+            &sync.messages_without_topic,
+        ),
+    ] {
+        s.counter(name, help, load(counter));
+    }
+    s.gauge(
+        "topics_rejected_users",
+        "Users whose topic is rejected now",
+        state.sync.rejected_users().len() as f64,
+    );
     s.gauge(
         "resync_last_duration_seconds",
         "Duration of the last resync",
