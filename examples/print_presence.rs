@@ -17,7 +17,7 @@
 
 use std::process::ExitCode;
 
-use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+use genesys_auth::{AuthConfig, Endpoints, GenesysClient, SecretString};
 use presence_sync::{ChannelSink, PresenceSync, SyncConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +41,8 @@ fn endpoints() -> Result<Endpoints, String> {
 
 async fn run() -> Result<(), String> {
     let id = env("GENESYS_CLIENT_ID").ok_or("set GENESYS_CLIENT_ID")?;
-    let secret = Secret::new(env("GENESYS_CLIENT_SECRET").ok_or("set GENESYS_CLIENT_SECRET")?);
+    let secret =
+        SecretString::from(env("GENESYS_CLIENT_SECRET").ok_or("set GENESYS_CLIENT_SECRET")?);
     let client =
         GenesysClient::new(AuthConfig::new(endpoints()?, id, secret)).map_err(|e| e.to_string())?;
     let (sink, mut events) = ChannelSink::new(100_000);

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use genesys_auth::{Endpoints, Secret};
+use genesys_auth::{Endpoints, SecretString};
 use presence_frame::{GroupMask, Guid};
 use presence_kafka::{KafkaConfig, Sasl, SaslMechanism, SecurityProtocol, Tls};
 use serde::Deserialize;
@@ -77,7 +77,7 @@ pub struct BridgeConfig {
     /// OAuth client id.
     pub client_id: String,
     /// OAuth client secret.
-    pub client_secret: Secret,
+    pub client_secret: SecretString,
     /// Where presence comes from.
     pub source: SourceConfig,
     /// Group id to mask bit.
@@ -172,21 +172,21 @@ where
         .with_context(|| format!("invalid --{option} in --config"))
 }
 
-fn read_secret_file(option: &str, path: &Path) -> Result<Secret> {
+fn read_secret_file(option: &str, path: &Path) -> Result<SecretString> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("invalid --{option}: cannot read {}", path.display()))?;
     let secret = text.trim_end_matches(['\r', '\n']);
     if secret.is_empty() {
         bail!("invalid --{option}: {} is empty", path.display());
     }
-    Ok(Secret::new(secret))
+    Ok(SecretString::from(secret))
 }
 
-fn env_secret(name: &str) -> Option<Secret> {
+fn env_secret(name: &str) -> Option<SecretString> {
     std::env::var(name)
         .ok()
         .filter(|v| !v.is_empty())
-        .map(Secret::new)
+        .map(SecretString::from)
 }
 
 fn guid(option: &str, text: &str) -> Result<Guid> {
@@ -386,7 +386,7 @@ impl BridgeConfig {
             (Some(username), Some(password)) => Some(Sasl::new(
                 sasl_mechanism.unwrap_or(SaslMechanism::ScramSha512),
                 username,
-                presence_kafka::Secret::new(password.expose()),
+                password,
             )),
             _ => bail!(
                 "invalid --kafka-security-protocol {security_protocol}: SASL needs --kafka-sasl-username and a password (KAFKA_SASL_PASSWORD or --kafka-sasl-password-file)"

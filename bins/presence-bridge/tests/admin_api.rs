@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+use genesys_auth::{AuthConfig, Endpoints, GenesysClient, SecretString};
 use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use parking_lot::Mutex;
 use presence_bridge::admin::{AdminOptions, DEFAULT_MAX_EVENT_STREAMS, UPLOT_PATH};
@@ -81,7 +81,7 @@ fn client_for(emulator: &EmulatorHandle) -> GenesysClient {
         AuthConfig::new(
             endpoints,
             emulator.client_id(),
-            Secret::new(emulator.client_secret()),
+            SecretString::from(emulator.client_secret()),
         )
         .backoff(Duration::from_millis(200), Duration::from_secs(1)),
     )

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
@@ -13,7 +14,6 @@ use crate::error::{Error, Result};
 use crate::limiter::RateLimiter;
 use crate::proxy::ProxySettings;
 use crate::region::Endpoints;
-use crate::secret::Secret;
 use crate::tls::TlsRoots;
 
 /// How a [`GenesysClient`] is set up. Every setting but the endpoints and credentials has a
@@ -22,7 +22,7 @@ use crate::tls::TlsRoots;
 pub struct AuthConfig {
     endpoints: Endpoints,
     client_id: String,
-    client_secret: Secret,
+    client_secret: SecretString,
     refresh_margin: Duration,
     max_attempts: u32,
     backoff_base: Duration,
@@ -40,7 +40,7 @@ impl AuthConfig {
     pub fn new(
         endpoints: Endpoints,
         client_id: impl Into<String>,
-        client_secret: Secret,
+        client_secret: SecretString,
     ) -> AuthConfig {
         AuthConfig {
             endpoints,
@@ -138,7 +138,7 @@ impl AuthConfig {
         if self.client_id.trim().is_empty() {
             return bad("client-id", "is empty (set GENESYS_CLIENT_ID)");
         }
-        if self.client_secret.is_empty() {
+        if self.client_secret.expose_secret().is_empty() {
             return bad("client-secret", "is empty (set GENESYS_CLIENT_SECRET)");
         }
         if self.max_attempts == 0 {
@@ -151,10 +151,10 @@ impl AuthConfig {
     }
 }
 
-/// An OAuth access token. Prints as `<redacted>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An OAuth access token. Its value never prints (`Debug` shows `[REDACTED]`).
+#[derive(Clone, Debug)]
 pub struct AccessToken {
-    secret: Secret,
+    secret: SecretString,
     expires_at: Instant,
     refresh_at: Instant,
 }
@@ -162,7 +162,7 @@ pub struct AccessToken {
 impl AccessToken {
     /// The value for an `Authorization` header: `Bearer ...`.
     pub fn bearer(&self) -> String {
-        format!("Bearer {}", self.secret.expose())
+        format!("Bearer {}", self.secret.expose_secret())
     }
 
     /// When the token expires (on tokio's clock).
@@ -170,6 +170,18 @@ impl AccessToken {
         self.expires_at
     }
 }
+
+// `SecretString` has no `PartialEq` (on purpose); `invalidate` must tell the held token from
+// a newer one, so the value is compared here, where it stays inside the crate.
+impl PartialEq for AccessToken {
+    fn eq(&self, other: &AccessToken) -> bool {
+        self.expires_at == other.expires_at
+            && self.refresh_at == other.refresh_at
+            && self.secret.expose_secret() == other.secret.expose_secret()
+    }
+}
+
+impl Eq for AccessToken {}
 
 /// The client's token as readiness sees it, from [`GenesysClient::token_state`]: read at
 /// once, never waiting for a token request, however long that one retries.
@@ -422,7 +434,7 @@ impl GenesysClient {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!(
             "{}:{}",
             config.client_id,
-            config.client_secret.expose()
+            config.client_secret.expose_secret()
         ));
         let url = config.endpoints.token_url();
         let started = Instant::now();
@@ -635,7 +647,7 @@ fn agent(config: &AuthConfig, base: &str) -> Result<ureq::Agent> {
                 builder = builder.username(user);
             }
             if let Some(password) = server.password() {
-                builder = builder.password(password.expose());
+                builder = builder.password(password.expose_secret());
             }
             Some(builder.build().map_err(|source| Error::Config {
                 option: "proxy",
@@ -749,7 +761,7 @@ fn token_from_body(body: &[u8], started: Instant, margin: Duration) -> Result<Ac
     let expires_at = started.checked_add(lifetime).unwrap_or(started);
     let refresh_at = expires_at.checked_sub(margin).unwrap_or(started);
     Ok(AccessToken {
-        secret: Secret::new(body.access_token),
+        secret: SecretString::from(body.access_token),
         expires_at,
         refresh_at,
     })
@@ -858,5 +870,22 @@ mod tests {
             .expect("token");
         assert_eq!(token.expires_at - started, DEFAULT_TOKEN_LIFETIME);
         assert_eq!(token.expires_at - token.refresh_at, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_client_secret_and_the_token_never_print() {
+        let endpoints =
+            Endpoints::new("https://api.example", "https://login.example").expect("endpoints");
+        let config = AuthConfig::new(endpoints, "id", SecretString::from("hunter2-client"));
+        let token = token_from_body(
+            br#"{"access_token":"hunter2-token"}"#,
+            Instant::now(),
+            Duration::from_secs(60),
+        )
+        .expect("token");
+        let shown = format!("{config:?} {token:?} {:?}", Some(&token));
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(config.client_secret.expose_secret(), "hunter2-client");
+        assert_eq!(token.bearer(), "Bearer hunter2-token");
     }
 }

@@ -12,8 +12,10 @@
 //!   token goes only to the API's own origin: an absolute URL (a page's `nextUri`) on any
 //!   other scheme, host or port is refused ([`Error::ForeignUrl`]). A token response's
 //!   `expires_in` is believed up to Genesys's maximum of 48 hours, never beyond.
-//! - [`Secret`] and [`AccessToken`]: the client secret and tokens print as `<redacted>`, in
-//!   `Debug`, `Display`, logs and errors alike.
+//! - [`SecretString`] (re-exported from the `secrecy` crate, with [`ExposeSecret`]) and
+//!   [`AccessToken`]: the client secret and tokens never print (`Debug` shows `[REDACTED]`,
+//!   there is no `Display`), so they stay out of logs and errors, and are wiped from memory
+//!   when dropped.
 //! - [`ClientStats`]: counters for metrics (token refreshes, 429s, retries, ...).
 //! - [`TokenState`]: whether a valid token is held and a token request is under way, read
 //!   without waiting ([`GenesysClient::token_state`]), even while that request retries: for
@@ -25,11 +27,11 @@
 //!   proxy's CA). `presence-sync`'s WebSockets use the same two settings.
 //!
 //! ```no_run
-//! use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+//! use genesys_auth::{AuthConfig, Endpoints, GenesysClient, SecretString};
 //!
 //! # async fn demo() -> Result<(), genesys_auth::Error> {
 //! let endpoints = Endpoints::for_environment("mypurecloud.ie")?;
-//! let secret = Secret::new(std::env::var("GENESYS_CLIENT_SECRET").unwrap_or_default());
+//! let secret = SecretString::from(std::env::var("GENESYS_CLIENT_SECRET").unwrap_or_default());
 //! let client = GenesysClient::new(AuthConfig::new(endpoints, "my-client-id", secret))?;
 //! let definitions: serde_json::Value = client.get_json("/api/v2/presence/definitions").await?;
 //! println!("{definitions}");
@@ -43,7 +45,6 @@ mod error;
 mod limiter;
 mod proxy;
 mod region;
-mod secret;
 mod tls;
 
 pub use client::{
@@ -52,5 +53,5 @@ pub use client::{
 pub use error::{Error, Result};
 pub use proxy::{ProxyServer, ProxySettings};
 pub use region::{ENVIRONMENTS, Endpoints, Environment};
-pub use secret::Secret;
+pub use secrecy::{ExposeSecret, SecretString};
 pub use tls::TlsRoots;

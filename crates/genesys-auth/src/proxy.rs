@@ -8,19 +8,19 @@ use std::fmt;
 use std::net::IpAddr;
 
 use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, Result};
-use crate::secret::Secret;
 
 /// curl's default proxy port, used when a proxy URL names none.
 const DEFAULT_PROXY_PORT: u16 = 1080;
 
 /// An HTTP proxy that tunnels with `CONNECT`. Prints without its credentials.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ProxyServer {
     host: String,
     port: u16,
-    credentials: Option<(String, Secret)>,
+    credentials: Option<(String, SecretString)>,
 }
 
 impl ProxyServer {
@@ -47,7 +47,10 @@ impl ProxyServer {
         let (host, port) = split_host_port(host_port)?;
         let credentials = userinfo.map(|userinfo| {
             let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
-            (percent_decode(user), Secret::new(percent_decode(password)))
+            (
+                percent_decode(user),
+                SecretString::from(percent_decode(password)),
+            )
         });
         Ok(ProxyServer {
             host,
@@ -75,7 +78,7 @@ impl ProxyServer {
     /// credentials. Goes only to the proxy, in the `CONNECT` request.
     pub fn authorization(&self) -> Option<String> {
         self.credentials.as_ref().map(|(user, password)| {
-            let pair = format!("{user}:{}", password.expose());
+            let pair = format!("{user}:{}", password.expose_secret());
             format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(pair)
@@ -84,7 +87,7 @@ impl ProxyServer {
     }
 
     /// The password, for an HTTP client that builds its own `Proxy-Authorization`.
-    pub(crate) fn password(&self) -> Option<&Secret> {
+    pub(crate) fn password(&self) -> Option<&SecretString> {
         self.credentials.as_ref().map(|(_, password)| password)
     }
 }
@@ -187,7 +190,7 @@ fn in_network(ip: IpAddr, network: IpAddr, bits: u8) -> bool {
 /// assert!(proxy.for_url("https://relay.internal/").is_none());
 /// assert!(proxy.for_url("http://localhost:8080/").is_none());
 /// ```
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct ProxySettings {
     https: Option<ProxyServer>,
     http: Option<ProxyServer>,

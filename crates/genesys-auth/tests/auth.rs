@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use genesys_auth::{AuthConfig, Endpoints, Error, GenesysClient, Method, Secret};
+use genesys_auth::{AuthConfig, Endpoints, Error, GenesysClient, Method, SecretString};
 use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use tokio::time::Instant;
 
@@ -24,7 +24,7 @@ fn config_for(emulator: &EmulatorHandle) -> AuthConfig {
     AuthConfig::new(
         endpoints,
         emulator.client_id(),
-        Secret::new(emulator.client_secret()),
+        SecretString::from(emulator.client_secret()),
     )
     .backoff(Duration::from_millis(10), Duration::from_millis(100))
 }
@@ -57,7 +57,7 @@ async fn wrong_credentials_are_a_clear_error_without_the_secret() {
     let config = AuthConfig::new(
         endpoints,
         emulator.client_id(),
-        Secret::new("not-the-secret-xyz"),
+        SecretString::from("not-the-secret-xyz"),
     );
     let client = GenesysClient::new(config.clone()).expect("client");
     let err = client.token().await.expect_err("refused");
@@ -230,7 +230,7 @@ async fn nothing_listens_is_a_transport_error() {
     let config = AuthConfig::new(
         Endpoints::new(&base, &base).expect("endpoints"),
         "id",
-        Secret::new("s"),
+        SecretString::from("s"),
     )
     .max_attempts(2)
     .backoff(Duration::from_millis(1), Duration::from_millis(5));
@@ -261,10 +261,14 @@ async fn pacing_keeps_us_under_the_rate_limit() {
 #[test]
 fn config_is_validated() {
     let endpoints = Endpoints::new("http://a", "http://b").expect("endpoints");
-    let err = GenesysClient::new(AuthConfig::new(endpoints.clone(), "", Secret::new("s")))
-        .expect_err("no id");
+    let err = GenesysClient::new(AuthConfig::new(
+        endpoints.clone(),
+        "",
+        SecretString::from("s"),
+    ))
+    .expect_err("no id");
     assert!(err.to_string().contains("client-id"));
-    let err = GenesysClient::new(AuthConfig::new(endpoints, "id", Secret::new("")))
+    let err = GenesysClient::new(AuthConfig::new(endpoints, "id", SecretString::from("")))
         .expect_err("no secret");
     assert!(err.to_string().contains("client-secret"));
 }

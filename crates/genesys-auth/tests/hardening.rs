@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Method, Secret};
+use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Method, SecretString};
 use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -68,7 +68,7 @@ fn client(api: &str, login: &str, id: &str, secret: &str) -> GenesysClient {
     let config = AuthConfig::new(
         Endpoints::new(api, login).expect("endpoints"),
         id,
-        Secret::new(secret),
+        SecretString::from(secret),
     )
     .max_attempts(2)
     .backoff(Duration::from_millis(1), Duration::from_millis(5));

@@ -7,7 +7,9 @@ mod support;
 
 use std::time::Duration;
 
-use genesys_auth::{AuthConfig, Endpoints, Error, GenesysClient, ProxySettings, Secret, TlsRoots};
+use genesys_auth::{
+    AuthConfig, Endpoints, Error, GenesysClient, ProxySettings, SecretString, TlsRoots,
+};
 use genesys_emulator::EmulatorHandle;
 use support::proxy::{ConnectProxy, TestPki, TlsTerminator, emulator, env};
 
@@ -15,7 +17,7 @@ fn config(base: &str, emulator: &EmulatorHandle, proxy: ProxySettings) -> AuthCo
     AuthConfig::new(
         Endpoints::new(base, base).expect("endpoints"),
         emulator.client_id(),
-        Secret::new(emulator.client_secret()),
+        SecretString::from(emulator.client_secret()),
     )
     .backoff(Duration::from_millis(10), Duration::from_millis(50))
     .proxy(proxy)
@@ -146,7 +148,7 @@ fn unusable_proxy_variables_fail_at_start_naming_the_variable() {
     let config = AuthConfig::new(
         Endpoints::new(base, base).expect("endpoints"),
         "id",
-        Secret::new("secret"),
+        SecretString::from("secret"),
     )
     .proxy(env(&[(
         "HTTPS_PROXY",
@@ -171,7 +173,7 @@ async fn native_roots_child() {
         AuthConfig::new(
             Endpoints::new(&target, &target).expect("endpoints"),
             id.clone(),
-            Secret::new(secret.clone()),
+            SecretString::from(secret.clone()),
         )
         .max_attempts(1)
         .proxy(ProxySettings::from_env())

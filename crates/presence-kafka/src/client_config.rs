@@ -67,7 +67,8 @@ fn config_with(config: &KafkaConfig, extra: &[(&str, String)]) -> ClientConfig {
 mod tests {
     use super::*;
     use crate::config::Compression;
-    use crate::security::{Sasl, SaslMechanism, Secret, Tls};
+    use crate::security::{Sasl, SaslMechanism, Tls};
+    use secrecy::SecretString;
 
     #[test]
     fn fixed_properties_are_always_set() {
@@ -88,7 +89,7 @@ mod tests {
 
     #[test]
     fn security_protocol_follows_tls_and_sasl() {
-        let sasl = Sasl::new(SaslMechanism::ScramSha512, "u", Secret::new("p"));
+        let sasl = Sasl::new(SaslMechanism::ScramSha512, "u", SecretString::from("p"));
         let base = KafkaConfig::default();
         assert_eq!(
             base.clone().tls(Tls::system_roots()).security_protocol(),

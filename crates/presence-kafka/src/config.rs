@@ -6,6 +6,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::error::{Error, Result};
 use crate::security::{Sasl, Tls, security_protocol};
 
@@ -424,18 +426,18 @@ impl KafkaConfig {
     }
 
     /// Every secret in this configuration, to scrub from messages that echo config values.
-    pub(crate) fn secrets(&self) -> Vec<String> {
+    pub(crate) fn secrets(&self) -> Vec<SecretString> {
         let mut secrets = Vec::new();
         if let Some(sasl) = &self.sasl {
-            secrets.push(sasl.password().expose().to_owned());
+            secrets.push(sasl.password().clone());
         }
         if let Some(password) = self.tls.as_ref().and_then(Tls::key_passphrase) {
-            secrets.push(password.expose().to_owned());
+            secrets.push(password.clone());
         }
         for property in self.properties.iter().filter(|p| p.is_sensitive()) {
-            secrets.push(property.value.clone());
+            secrets.push(SecretString::from(property.value.as_str()));
         }
-        secrets.retain(|s| !s.is_empty());
+        secrets.retain(|s| !s.expose_secret().is_empty());
         secrets
     }
 }
@@ -477,7 +479,7 @@ fn check_topic_name(topic: &str) -> std::result::Result<(), String> {
 #[allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 mod tests {
     use super::*;
-    use crate::security::{SaslMechanism, Secret, redact};
+    use crate::security::{SaslMechanism, redact};
 
     fn option_of(config: &KafkaConfig) -> String {
         match config.validate() {
@@ -537,7 +539,7 @@ mod tests {
             option_of(&KafkaConfig::default().sasl(Sasl::new(
                 SaslMechanism::Plain,
                 "",
-                Secret::new("x")
+                SecretString::from("x")
             ))),
             "sasl.username"
         );
@@ -545,7 +547,7 @@ mod tests {
             option_of(&KafkaConfig::default().sasl(Sasl::new(
                 SaslMechanism::Plain,
                 "u",
-                Secret::new("")
+                SecretString::from("")
             ))),
             "sasl.password"
         );
@@ -569,11 +571,11 @@ mod tests {
             .sasl(Sasl::new(
                 SaslMechanism::Plain,
                 "user",
-                Secret::new("hunter2-sasl"),
+                SecretString::from("hunter2-sasl"),
             ))
-            .tls(Tls::system_roots().key_password(Secret::new("hunter2-key")))
+            .tls(Tls::system_roots().key_password(SecretString::from("hunter2-key")))
             .property("sasl.oauthbearer.client.secret", "hunter2-raw");
-        let shown = format!("{config:?} {}", Secret::new("hunter2-x"));
+        let shown = format!("{config:?} {:?}", SecretString::from("hunter2-x"));
         assert!(!shown.contains("hunter2"), "{shown}");
         let secrets = config.secrets();
         assert_eq!(secrets.len(), 3);

@@ -10,6 +10,7 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
+use secrecy::SecretString;
 
 use crate::client_config::{client_config, producer_config};
 use crate::config::KafkaConfig;
@@ -72,7 +73,7 @@ pub(crate) fn create_producer(config: &KafkaConfig, shared: &Arc<Shared>) -> Res
 
 /// A client-creation error with secrets scrubbed. A configuration error names the property
 /// but never echoes its value.
-fn client_error(what: &'static str, error: &KafkaError, secrets: &[String]) -> Error {
+fn client_error(what: &'static str, error: &KafkaError, secrets: &[SecretString]) -> Error {
     let message = match error {
         KafkaError::ClientConfig(_, description, key, _value) => {
             format!("property {key}: {}", redact(description, secrets))

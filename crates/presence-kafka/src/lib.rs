@@ -12,7 +12,8 @@
 //!   [`stats`](Publisher::stats).
 //! - [`KafkaPublisher`]: the librdkafka implementation. Idempotent producer, `acks=all`, the
 //!   Java client's murmur2 key placement, compression; TLS and SASL (PLAIN, SCRAM) for managed
-//!   Kafka ([`KafkaConfig`], [`Tls`], [`Sasl`], with passwords held as a redacted [`Secret`];
+//!   Kafka ([`KafkaConfig`], [`Tls`], [`Sasl`], with passwords held as a [`SecretString`],
+//!   re-exported from `secrecy` with [`ExposeSecret`]: never printed, wiped when dropped;
 //!   [`SecurityProtocol`] and [`SaslMechanism`] parse from and print as librdkafka's names).
 //!   At start it checks the topic and creates it compacted when missing ([`TopicCheck`]).
 //! - Backpressure: between the callers and librdkafka sits a bounded queue that keeps only the
@@ -40,12 +41,12 @@
 //! use std::time::{Duration, Instant};
 //! use presence_frame::{EventTime, GroupMask, Location, PresenceEvent, PresenceState, Source,
 //!                      Status, UserId};
-//! use presence_kafka::{KafkaConfig, KafkaPublisher, Publisher, Sasl, SaslMechanism, Secret, Tls};
+//! use presence_kafka::{KafkaConfig, KafkaPublisher, Publisher, Sasl, SaslMechanism, SecretString, Tls};
 //!
 //! # async fn demo() -> Result<(), presence_kafka::Error> {
 //! let config = KafkaConfig::new("broker-1.example.com:9093")
 //!     .tls(Tls::system_roots())
-//!     .sasl(Sasl::new(SaslMechanism::ScramSha512, "presence", Secret::new("from-a-vault")));
+//!     .sasl(Sasl::new(SaslMechanism::ScramSha512, "presence", SecretString::from("from-a-vault")));
 //! let publisher = KafkaPublisher::start(config).await?;
 //!
 //! let event = PresenceEvent {
@@ -90,6 +91,7 @@ pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
 pub use queue::Update;
 pub use record::{HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION};
 pub use registry_sink::{Observer, RegistrySink, SinkConfig, SinkStats, Sweep};
-pub use security::{CaRoots, Sasl, SaslMechanism, Secret, SecurityProtocol, Tls};
+pub use secrecy::{ExposeSecret, SecretString};
+pub use security::{CaRoots, Sasl, SaslMechanism, SecurityProtocol, Tls};
 pub use stats::{Health, PublisherStats, StatsSnapshot};
 pub use topic::TopicCheck;

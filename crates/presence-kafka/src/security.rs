@@ -1,50 +1,16 @@
 //! Who the brokers see: TLS to the brokers ([`Tls`], [`CaRoots`]), SASL credentials
-//! ([`Sasl`], [`SaslMechanism`]), the [`SecurityProtocol`] the two select, the [`Secret`]
-//! that holds their passwords (and [`redact`], which scrubs secrets from messages), and how
-//! these become librdkafka properties (`security.protocol`, `ssl.*`, `sasl.*`).
+//! ([`Sasl`], [`SaslMechanism`]), the [`SecurityProtocol`] the two select, [`redact`], which
+//! scrubs their passwords (each a `secrecy` [`SecretString`]) from messages, and how these
+//! become librdkafka properties (`security.protocol`, `ssl.*`, `sasl.*`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use rdkafka::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, Result};
-
-/// A password or key passphrase. It never appears in `Debug` or `Display` output, so it stays
-/// out of logs and error messages; only the client connection sees it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<str>);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<Arc<str>>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The secret itself. Call only where it is handed to the client.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether the secret is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// Where the broker's TLS certificate is checked against.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,11 +22,11 @@ pub enum CaRoots {
 }
 
 /// TLS to the brokers. Setting it selects `SSL` (or `SASL_SSL` with [`Sasl`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Tls {
     ca: CaRoots,
     client_cert: Option<(PathBuf, PathBuf)>,
-    key_password: Option<Secret>,
+    key_password: Option<SecretString>,
 }
 
 impl Tls {
@@ -89,8 +55,9 @@ impl Tls {
         self
     }
 
-    /// The passphrase of an encrypted private key. By default, none.
-    pub fn key_password(mut self, password: Secret) -> Tls {
+    /// The passphrase of an encrypted private key. It never prints (`Debug` shows
+    /// `[REDACTED]`). By default, none.
+    pub fn key_password(mut self, password: SecretString) -> Tls {
         self.key_password = Some(password);
         self
     }
@@ -101,7 +68,7 @@ impl Tls {
     }
 
     /// The passphrase of the private key, if any (to scrub from messages).
-    pub(crate) fn key_passphrase(&self) -> Option<&Secret> {
+    pub(crate) fn key_passphrase(&self) -> Option<&SecretString> {
         self.key_password.as_ref()
     }
 
@@ -131,7 +98,7 @@ impl Tls {
                 .set("ssl.key.location", key.to_string_lossy());
         }
         if let Some(password) = &self.key_password {
-            config.set("ssl.key.password", password.expose());
+            config.set("ssl.key.password", password.expose_secret());
         }
     }
 }
@@ -290,16 +257,20 @@ fn parse_name<T: Copy>(
 
 /// SASL username/password authentication. Setting it selects `SASL_PLAINTEXT` (or `SASL_SSL`
 /// with [`Tls`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Sasl {
     mechanism: SaslMechanism,
     username: String,
-    password: Secret,
+    password: SecretString,
 }
 
 impl Sasl {
-    /// Credentials for a mechanism.
-    pub fn new(mechanism: SaslMechanism, username: impl Into<String>, password: Secret) -> Sasl {
+    /// Credentials for a mechanism. The password never prints (`Debug` shows `[REDACTED]`).
+    pub fn new(
+        mechanism: SaslMechanism,
+        username: impl Into<String>,
+        password: SecretString,
+    ) -> Sasl {
         Sasl {
             mechanism,
             username: username.into(),
@@ -318,7 +289,7 @@ impl Sasl {
     }
 
     /// The password (to scrub from messages).
-    pub(crate) fn password(&self) -> &Secret {
+    pub(crate) fn password(&self) -> &SecretString {
         &self.password
     }
 
@@ -334,7 +305,7 @@ impl Sasl {
         if self.username.is_empty() {
             return bad("sasl.username", "must not be empty".into());
         }
-        if self.password.is_empty() {
+        if self.password.expose_secret().is_empty() {
             return bad("sasl.password", "must not be empty".into());
         }
         Ok(())
@@ -345,7 +316,7 @@ impl Sasl {
         config
             .set("sasl.mechanism", self.mechanism.as_str())
             .set("sasl.username", &self.username)
-            .set("sasl.password", self.password.expose());
+            .set("sasl.password", self.password.expose_secret());
     }
 }
 
@@ -369,11 +340,12 @@ fn check_file(option: &str, path: &Path) -> Result<()> {
 }
 
 /// Replaces every occurrence of a secret in `text` with `<redacted>`.
-pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
+pub(crate) fn redact(text: &str, secrets: &[SecretString]) -> String {
     let mut text = text.to_owned();
     for secret in secrets {
+        let secret = secret.expose_secret();
         if !secret.is_empty() {
-            text = text.replace(secret.as_str(), "<redacted>");
+            text = text.replace(secret, "<redacted>");
         }
     }
     text
@@ -447,7 +419,7 @@ mod tests {
     #[test]
     fn the_protocol_says_which_settings_it_needs_and_settings_select_it() {
         let tls = Tls::system_roots();
-        let sasl = Sasl::new(SaslMechanism::Plain, "u", Secret::new("p"));
+        let sasl = Sasl::new(SaslMechanism::Plain, "u", SecretString::from("p"));
         for protocol in SecurityProtocol::ALL {
             let selected = SecurityProtocol::selected_by(
                 protocol.uses_tls().then_some(&tls),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, warn};
 use parking_lot::Mutex;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +49,7 @@ pub(crate) struct Shared {
     pub(crate) queue: Mutex<Queue>,
     pub(crate) stats: PublisherStats,
     health: Mutex<HealthState>,
-    pub(crate) secrets: Vec<String>,
+    pub(crate) secrets: Vec<SecretString>,
     /// Wakes the dispatcher: something became ready, or an acknowledgement freed a slot.
     pub(crate) wake: Notify,
     /// Wakes flushes: a delivery report arrived, or records moved into librdkafka.

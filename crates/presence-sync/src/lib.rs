@@ -45,13 +45,13 @@
 //! limits allow).
 //!
 //! ```no_run
-//! use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+//! use genesys_auth::{AuthConfig, Endpoints, GenesysClient, SecretString};
 //! use presence_sync::{ChannelSink, PresenceSync, SyncConfig};
 //! use tokio_util::sync::CancellationToken;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let endpoints = Endpoints::for_environment("mypurecloud.com")?;
-//! let client = GenesysClient::new(AuthConfig::new(endpoints, "client-id", Secret::new("secret")))?;
+//! let client = GenesysClient::new(AuthConfig::new(endpoints, "client-id", SecretString::from("secret")))?;
 //! let (sink, mut events) = ChannelSink::new(10_000);
 //! let sync = PresenceSync::new(client, SyncConfig::default(), sink)?;
 //! let shutdown = CancellationToken::new();

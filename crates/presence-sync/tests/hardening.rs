@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+use genesys_auth::{AuthConfig, Endpoints, GenesysClient, SecretString};
 use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle, FaultTarget};
 use presence_frame::PresenceEvent;
 use presence_sync::{PresenceSync, ReconnectCause, SyncConfig, SyncStatus};
@@ -34,7 +34,7 @@ fn client(api: &str, emulator: &EmulatorHandle) -> GenesysClient {
     let config = AuthConfig::new(
         Endpoints::new(api, &emulator.base_url()).expect("endpoints"),
         emulator.client_id(),
-        Secret::new(emulator.client_secret()),
+        SecretString::from(emulator.client_secret()),
     )
     .backoff(Duration::from_millis(20), Duration::from_millis(200))
     .max_attempts(8);

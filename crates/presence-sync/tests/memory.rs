@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Method, Secret};
+use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Method, SecretString};
 use genesys_emulator::{Emulator, EmulatorConfig};
 use presence_frame::PresenceEvent;
 use presence_sync::{DecodeErrorKind, PresenceSync, SyncConfig};
@@ -134,7 +134,7 @@ async fn oversized_messages_on_every_socket_keep_memory_bounded() {
     let config = AuthConfig::new(
         Endpoints::new(&emulator.base, &emulator.base).expect("endpoints"),
         emulator.id.clone(),
-        Secret::new(emulator.secret.clone()),
+        SecretString::from(emulator.secret.clone()),
     )
     .backoff(Duration::from_millis(20), Duration::from_millis(200))
     .requests_per_minute(0)

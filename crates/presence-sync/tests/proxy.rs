@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use genesys_auth::{AuthConfig, Endpoints, GenesysClient, ProxySettings, Secret, TlsRoots};
+use genesys_auth::{AuthConfig, Endpoints, GenesysClient, ProxySettings, SecretString, TlsRoots};
 use genesys_emulator::EmulatorHandle;
 use presence_frame::PresenceEvent;
 use presence_sync::{PresenceSync, RelaySource, SyncConfig, SyncStatus};
@@ -23,7 +23,7 @@ fn client(emulator: &EmulatorHandle) -> GenesysClient {
         AuthConfig::new(
             Endpoints::new(&base, &base).expect("endpoints"),
             emulator.client_id(),
-            Secret::new(emulator.client_secret()),
+            SecretString::from(emulator.client_secret()),
         )
         .proxy(ProxySettings::none()),
     )

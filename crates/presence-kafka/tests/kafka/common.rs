@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use presence_frame::{
     EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
 };
-use presence_kafka::{KafkaConfig, Sasl, SaslMechanism, Secret, Tls};
+use presence_kafka::{KafkaConfig, Sasl, SaslMechanism, SecretString, Tls};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -33,7 +33,11 @@ impl Broker {
         Broker {
             brokers: endpoint.brokers.clone(),
             sasl: endpoint.sasl.clone().map(|(username, password)| {
-                Sasl::new(SaslMechanism::ScramSha512, username, Secret::new(password))
+                Sasl::new(
+                    SaslMechanism::ScramSha512,
+                    username,
+                    SecretString::from(password),
+                )
             }),
             tls: endpoint.tls_ca.clone().map(Tls::ca_file),
             endpoint,

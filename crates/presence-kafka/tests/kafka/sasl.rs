@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use presence_frame::Status;
-use presence_kafka::{Error, KafkaPublisher, Publisher, Sasl, SaslMechanism, Secret};
+use presence_kafka::{Error, KafkaPublisher, Publisher, Sasl, SaslMechanism, SecretString};
 
 use crate::common::{self, sasl_broker};
 
@@ -32,7 +32,7 @@ async fn publishes_with(mechanism: SaslMechanism) {
         .sasl(Sasl::new(
             mechanism,
             sasl.username().to_owned(),
-            Secret::new(common::sasl_password()),
+            SecretString::from(common::sasl_password()),
         ));
     let topic = config.topic_name().to_owned();
     let publisher = KafkaPublisher::start(config).await.unwrap();
@@ -56,7 +56,7 @@ async fn a_wrong_password_is_a_clear_authentication_error_that_hides_it() {
     let config = broker.config("sasl-wrong").sasl(Sasl::new(
         SaslMechanism::ScramSha512,
         username,
-        Secret::new(wrong),
+        SecretString::from(wrong),
     ));
     assert!(!format!("{config:?}").contains(wrong));
     let started = Instant::now();

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use genesys_auth::{AuthConfig, Endpoints, GenesysClient, Secret};
+use genesys_auth::{AuthConfig, Endpoints, GenesysClient, SecretString};
 use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle, TruthEntry};
 use presence_frame::{EventTime, GroupMask, Guid, PresenceEvent, UserId};
 use presence_registry::{ManualClock, Registry, RegistryConfig};
@@ -51,7 +51,7 @@ pub(crate) fn client_with(
     let config = AuthConfig::new(
         Endpoints::new(&base, &base).expect("endpoints"),
         emulator.client_id(),
-        Secret::new(emulator.client_secret()),
+        SecretString::from(emulator.client_secret()),
     )
     .backoff(Duration::from_millis(20), Duration::from_millis(500))
     .refresh_margin(refresh_margin)
