@@ -13,6 +13,7 @@
 //! - [`Payload`]: tells JSON from frames (a text message, or a binary one starting with `{`).
 //! - [`decode_notification`]: a Genesys notification to a typed [`Notification`].
 //! - [`PresenceSink`]: where decoded events go, the interface between sources and consumers.
+//! - [`RateLimit`]: the workspace's limiter for log lines that bad input can repeat.
 //! - [`Error`]: everything that can be wrong with input. Nothing here panics on any input.
 //!
 //! ```
@@ -40,6 +41,7 @@ mod error;
 mod event;
 mod frame;
 mod json;
+mod ratelimit;
 mod sink;
 
 pub use error::{Error, Result};
@@ -51,4 +53,5 @@ pub use json::{
     GenesysPresence, Notification, PresenceDefinitionRef, RoutingStatusEvent, SystemMessage,
     SystemTopicType, decode_notification, presence_topic,
 };
+pub use ratelimit::RateLimit;
 pub use sink::PresenceSink;

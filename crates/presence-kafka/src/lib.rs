@@ -74,7 +74,6 @@ mod kafka_publisher;
 mod latency;
 mod publisher;
 mod queue;
-mod ratelimit;
 mod record;
 mod registry_sink;
 mod security;

@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use parking_lot::Mutex;
-use presence_frame::{EventTime, Frame, PresenceEvent, PresenceSink, UserId};
+use presence_frame::{EventTime, Frame, PresenceEvent, PresenceSink, RateLimit, UserId};
 use presence_registry::{Clock, MonotonicClock, Outcome, Registry};
 
 use crate::publisher::{Enqueue, Publisher};
 use crate::queue::Update;
-use crate::ratelimit::RateLimit;
 
 /// Told of the users a batch changed (`false`) or a sweep expired (`true`), outside every
 /// lock: for a dashboard's list of recent changes, say.

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
 use parking_lot::Mutex;
+use presence_frame::RateLimit;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -17,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KafkaConfig;
 use crate::publisher::Enqueue;
 use crate::queue::{Backoff, Failure, Pending, Push, Queue, Update};
-use crate::ratelimit::RateLimit;
 use crate::security::redact;
 use crate::stats::{Health, PublisherStats};
 

@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::Duration;
 
 use presence_frame::{
-    EventTime, Frame, GroupMask, Guid, Notification, Payload, PresenceEvent, UserId,
+    EventTime, Frame, GroupMask, Guid, Notification, Payload, PresenceEvent, RateLimit, UserId,
     decode_notification,
 };
 
@@ -85,11 +84,15 @@ fn is_no_longer_subscribed_topic(topic: &str) -> bool {
         .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX))
 }
 
-/// Logs at most one line per kind of bad input every ten seconds, with the number suppressed.
-#[derive(Debug, Default)]
-struct LogLimiter {
-    last: parking_lot::Mutex<Option<Instant>>,
-    suppressed: AtomicU64,
+/// Logs at most one line every ten seconds through a shared [`RateLimit`], with the number
+/// of lines held back since the last one.
+#[derive(Debug)]
+struct LogLimiter(RateLimit);
+
+impl Default for LogLimiter {
+    fn default() -> LogLimiter {
+        LogLimiter(RateLimit::new(Duration::from_secs(10)))
+    }
 }
 
 impl LogLimiter {
@@ -102,18 +105,10 @@ impl LogLimiter {
     }
 
     fn log(&self, level: log::Level, what: std::fmt::Arguments<'_>) {
-        let now = Instant::now();
-        let mut last = self.last.lock();
-        if last.is_some_and(|t| now.duration_since(t).as_secs() < 10) {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        *last = Some(now);
-        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
-        if suppressed > 0 {
-            log::log!(level, "{what} ({suppressed} similar messages suppressed)");
-        } else {
-            log::log!(level, "{what}");
+        match self.0.check() {
+            None => {}
+            Some(0) => log::log!(level, "{what}"),
+            Some(held) => log::log!(level, "{what} ({held} similar messages suppressed)"),
         }
     }
 }
@@ -368,6 +363,7 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     fn decoder() -> Decoder {
         Decoder::new(
