@@ -1,7 +1,7 @@
 //! Where decoded presence goes: the one interface between the sources of events (a Genesys
 //! sync, a relay, a test) and what consumes them (a registry joined to a publisher, a channel).
 
-use crate::{Frame, PresenceEvent};
+use crate::{Frame, PresenceEvent, UserId};
 
 /// Receives decoded, group-filtered events from a source.
 ///
@@ -33,6 +33,13 @@ pub trait PresenceSink: Send + Sync + 'static {
         let mut events = frames.iter().map(Frame::to_event).collect();
         self.publish(&mut events);
     }
+
+    /// Told that `users` are gone from the source: deleted or deactivated, no longer in a
+    /// watched group, or filtered out by a new group mask. A sink that keeps state forgets
+    /// them (a registry joined to Kafka tombstones them). By default, nothing.
+    fn remove(&self, users: &[UserId]) {
+        let _ = users;
+    }
 }
 
 impl<F> PresenceSink for F
@@ -47,7 +54,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Location, Status, UserId};
+    use crate::{Location, Status};
 
     #[test]
     fn frames_reach_a_sink_without_publish_frames_as_their_events() {

@@ -77,6 +77,9 @@ pub struct SinkStats {
     pub unpublished: AtomicU64,
     /// Users expired (each a tombstone).
     pub expired: AtomicU64,
+    /// Users the source said are gone (deleted, deactivated, no longer watched), each
+    /// removed and tombstoned ([`PresenceSink::remove`]).
+    pub removed: AtomicU64,
     /// Tombstones the publisher could not take at once, sent again later while the user is
     /// still absent.
     pub tombstones_retried: AtomicU64,
@@ -249,6 +252,18 @@ where
             join.apply_frames(frames, |user| changed.push(user));
         });
     }
+
+    /// Removes each user from the registry and tombstones it under its shard's lock (dated
+    /// now, or the state's own time when that is later, as expiry does); the observer, if
+    /// any, is told of them as expired.
+    fn remove(&self, users: &[UserId]) {
+        let removed = self.join.remove(users);
+        if let Some(observer) = &self.join.observer
+            && !removed.is_empty()
+        {
+            observer(&removed, true);
+        }
+    }
 }
 
 /// What the handles share.
@@ -399,6 +414,29 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         }
         SinkStats::add(&self.stats.expired, expired.len() as u64);
         Sweep { expired, held }
+    }
+
+    /// Removes `users` that the registry holds, each tombstoned under its shard's lock;
+    /// returns them.
+    fn remove(&self, users: &[UserId]) -> Vec<UserId> {
+        let now = Instant::now();
+        let wall = EventTime::now();
+        let mut removed = Vec::new();
+        let mut refused = Vec::new();
+        for &user in users {
+            self.registry.remove_with(user, |gone| {
+                let time = wall.max(gone.last.time);
+                if self.publisher.tombstone(user, time, now) == Enqueue::QueueFull {
+                    refused.push((user, time));
+                }
+                removed.push(user);
+            });
+        }
+        if !refused.is_empty() {
+            self.keep_tombstones(refused);
+        }
+        SinkStats::add(&self.stats.removed, removed.len() as u64);
+        removed
     }
 
     /// Marks the states the publisher gave up on; keeps its given-up tombstones for later.
@@ -612,6 +650,44 @@ mod tests {
             .iter()
             .filter(|u| matches!(u, Update::State(_)))
             .count()
+    }
+
+    #[test]
+    fn a_removed_user_is_tombstoned_after_its_state_and_forgotten() {
+        let (sink, publisher, _) = sink();
+        let now = EventTime::now();
+        // A state dated ahead of this machine's clock: its tombstone is never dated before it.
+        let ahead = event(1, EventTime(now.0 + 60_000), Status::BUSY);
+        let _ = apply(&sink, &ahead);
+        let _ = apply(&sink, &event(2, now, Status::AVAILABLE));
+        PresenceSink::remove(&sink, &[UserId::Relay(1), UserId::Relay(3)]);
+        assert_eq!(
+            publisher.updates(UserId::Relay(1)),
+            [
+                Update::State(ahead.clone()),
+                Update::Tombstone {
+                    user: UserId::Relay(1),
+                    time: ahead.time
+                }
+            ]
+        );
+        assert!(publisher.updates(UserId::Relay(3)).is_empty());
+        assert_eq!(sink.registry().get(UserId::Relay(1)), None);
+        assert!(sink.registry().get(UserId::Relay(2)).is_some());
+        assert_eq!(SinkStats::get(&sink.stats().removed), 1);
+        // Removed again: nothing more. Its next event starts afresh.
+        PresenceSink::remove(&sink, &[UserId::Relay(1)]);
+        assert_eq!(publisher.updates(UserId::Relay(1)).len(), 2);
+        assert_eq!(apply(&sink, &event(1, now, Status::AWAY)), 1);
+        // A tombstone that finds the queue full is kept and sent while the user is absent.
+        publisher.full.store(true, Ordering::Relaxed);
+        PresenceSink::remove(&sink, &[UserId::Relay(2)]);
+        publisher.full.store(false, Ordering::Relaxed);
+        let _ = sink.sweep(true);
+        assert!(matches!(
+            publisher.last(UserId::Relay(2)),
+            Some(Update::Tombstone { .. })
+        ));
     }
 
     #[test]

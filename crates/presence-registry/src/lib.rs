@@ -501,6 +501,24 @@ impl<C: Clock> Registry<C> {
         StatusCounts(counts)
     }
 
+    /// Removes `user` (live or past its time-to-live) and hands its entry to `removed` while
+    /// its shard is still locked, as [`sweep_with`](Registry::sweep_with) does for expired
+    /// entries: whatever `removed` does (say, enqueue a tombstone) is ordered before any later
+    /// event of the user. Returns whether the user was held. For users that left the source
+    /// (deleted, deactivated, no longer watched). Keep `removed` short and never call back
+    /// into the registry from it.
+    pub fn remove_with(&self, user: UserId, removed: impl FnOnce(Expired)) -> bool {
+        let hash = user.mix64();
+        let mut shard = self.shards[self.shard_index(hash)].0.lock();
+        match shard.remove_user(user, hash) {
+            Some((last, confirmed_ms)) => {
+                removed(Expired { last, confirmed_ms });
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes entries past their time-to-live and returns them, oldest first per shard.
     pub fn sweep(&self) -> Vec<Expired> {
         let mut out = Vec::new();

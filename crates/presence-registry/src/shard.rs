@@ -415,6 +415,13 @@ impl Shard {
         true
     }
 
+    /// Removes `user` (hash `hash`), returning its last state and when it was last confirmed.
+    pub(crate) fn remove_user(&mut self, user: UserId, hash: u64) -> Option<(PresenceEvent, u64)> {
+        let at = self.find(user, hash)?;
+        let confirmed_ms = self.hot[at as usize].confirmed_ms;
+        Some((self.remove(at), confirmed_ms))
+    }
+
     /// Whether `user` (hash `hash`) has an entry, live or not yet swept.
     pub(crate) fn contains(&self, user: UserId, hash: u64) -> bool {
         self.find(user, hash).is_some()

@@ -351,6 +351,32 @@ fn sweep_with_hands_each_expiry_over_under_the_lock() {
 }
 
 #[test]
+fn remove_with_hands_the_removed_entry_over_and_forgets_the_user() {
+    let (registry, clock) = registry();
+    for user in 0..10 {
+        let _ = registry.apply(event(user, 100, Status::AVAILABLE));
+    }
+    let _ = registry.apply(event(4, 300, Status::BUSY));
+    clock.advance(Duration::from_secs(1));
+    let mut seen = Vec::new();
+    assert!(registry.remove_with(UserId::Relay(4), |e| seen.push((e.last, e.confirmed_ms))));
+    assert_eq!(seen, [(event(4, 300, Status::BUSY), 0)]);
+    assert_eq!(registry.get(UserId::Relay(4)), None);
+    assert_eq!(registry.len(), 9);
+    assert_eq!(registry.counts_by_status().get(Status::BUSY), 0);
+    // Not held (any more): nothing to hand over.
+    assert!(!registry.remove_with(UserId::Relay(4), |_| panic!("not held")));
+    assert!(!registry.remove_with(UserId::Relay(99), |_| panic!("not held")));
+    // It is not swept later, and comes back afresh with its next event.
+    clock.advance(TTL * 2);
+    assert_eq!(registry.sweep().len(), 9);
+    assert!(matches!(
+        registry.apply(event(4, 50, Status::AWAY)),
+        Outcome::Changed(Change { previous: None, .. })
+    ));
+}
+
+#[test]
 fn counts_follow_changes() {
     let (registry, _) = registry();
     for user in 0..10 {
