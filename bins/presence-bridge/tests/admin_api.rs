@@ -101,6 +101,25 @@ fn state(client: GenesysClient, registry: Arc<Registry<MonotonicClock>>) -> Arc<
     })
 }
 
+/// An emulator on a free loopback port.
+async fn start_emulator() -> EmulatorHandle {
+    Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("emulator")
+}
+
+/// The default admin router over `registry`, with a client of `emulator`, on a free port.
+async fn serve_default(
+    emulator: &EmulatorHandle,
+    registry: Arc<Registry<MonotonicClock>>,
+) -> SocketAddr {
+    serve(presence_bridge::admin::router(state(
+        client_for(emulator),
+        registry,
+    )))
+    .await
+}
+
 /// Serves `router` on a free loopback port; the server ends with the test's runtime.
 async fn serve(router: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -166,9 +185,7 @@ fn emulator_config() -> EmulatorConfig {
 /// a bad parameter is a 400; uPlot is served from the binary with its licence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_and_the_charting_library_are_served() {
-    let emulator = Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("emulator");
+    let emulator = start_emulator().await;
     let state = state(client_for(&emulator), registry_of(10));
     for at in 1..=3 {
         let mut users = [0; 11];
@@ -219,14 +236,8 @@ async fn history_and_the_charting_library_are_served() {
 /// Item 13: every bad `/v1/presence` parameter is a 400 whose JSON body names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_query_parameters_are_400_with_a_message() {
-    let emulator = Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("emulator");
-    let addr = serve(presence_bridge::admin::router(state(
-        client_for(&emulator),
-        registry_of(50),
-    )))
-    .await;
+    let emulator = start_emulator().await;
+    let addr = serve_default(&emulator, registry_of(50)).await;
     for (query, names) in [
         ("pageSize=0", "pageSize"),
         ("pageSize=5001", "pageSize"),
@@ -257,17 +268,11 @@ async fn invalid_query_parameters_are_400_with_a_message() {
 /// Item 12: pages, with and without a status, are exactly the registry sorted by user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_are_the_sorted_registry() {
-    let emulator = Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("emulator");
+    let emulator = start_emulator().await;
     let registry = registry_of(2_000);
     let mut want = registry.snapshot();
     want.sort_unstable_by_key(|e| e.user);
-    let addr = serve(presence_bridge::admin::router(state(
-        client_for(&emulator),
-        Arc::clone(&registry),
-    )))
-    .await;
+    let addr = serve_default(&emulator, Arc::clone(&registry)).await;
     for status in [None, Some(Status::BUSY), Some(Status::ON_QUEUE)] {
         let filter = status
             .map(|s| format!("&status={}", s.to_string().replace(' ', "%20")))
@@ -313,14 +318,8 @@ async fn pages_are_the_sorted_registry() {
 /// 100,000 users, page requests after the first are answered from the snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_does_not_cost_the_whole_registry() {
-    let emulator = Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("emulator");
-    let addr = serve(presence_bridge::admin::router(state(
-        client_for(&emulator),
-        registry_of(100_000),
-    )))
-    .await;
+    let emulator = start_emulator().await;
+    let addr = serve_default(&emulator, registry_of(100_000)).await;
     let started = Instant::now();
     let (status, _) = get(addr, "/v1/presence?pageSize=100&page=7").await;
     assert_eq!(status, 200);
@@ -375,9 +374,7 @@ fn open_event_stream(addr: SocketAddr) -> (u16, TcpStream) {
 /// message, and a place frees when a client goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_clients_beyond_the_cap_get_503() {
-    let emulator = Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("emulator");
+    let emulator = start_emulator().await;
     let state = state(client_for(&emulator), registry_of(10));
     let addr = serve(presence_bridge::admin::router_with(
         Arc::clone(&state),
@@ -417,14 +414,8 @@ async fn event_stream_clients_beyond_the_cap_get_503() {
 /// Item 12: the default router has a cap too ([`DEFAULT_MAX_EVENT_STREAMS`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_router_caps_event_streams() {
-    let emulator = Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("emulator");
-    let addr = serve(presence_bridge::admin::router(state(
-        client_for(&emulator),
-        registry_of(10),
-    )))
-    .await;
+    let emulator = start_emulator().await;
+    let addr = serve_default(&emulator, registry_of(10)).await;
     let mut open = Vec::new();
     for _ in 0..DEFAULT_MAX_EVENT_STREAMS {
         let (status, stream) = tokio::task::spawn_blocking(move || open_event_stream(addr))
@@ -443,9 +434,7 @@ async fn the_default_router_caps_event_streams() {
 /// naming the token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_at_once_while_a_token_request_retries() {
-    let emulator = Emulator::start(emulator_config(), "127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("emulator");
+    let emulator = start_emulator().await;
     emulator.login_error_burst(100_000, 503).expect("fault");
     let client = client_for(&emulator);
     let addr = serve(presence_bridge::admin::router(state(
