@@ -152,15 +152,40 @@ pub struct Stats {
     pub quiesced: bool,
     /// The current change rate (changes per second).
     pub change_rate: f64,
+    /// Org churn so far.
+    #[serde(default)]
+    pub churn: ChurnStats,
+}
+
+/// What org churn has done (`churn` in `/emulator/stats`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChurnStats {
+    /// Active users now.
+    pub active_users: u64,
+    /// Users created.
+    pub created: u64,
+    /// Users deleted.
+    pub deleted: u64,
+    /// Users deactivated.
+    pub deactivated: u64,
+    /// Users moved between groups (their groups set to something else).
+    pub moved: u64,
 }
 
 /// Every user's current state.
 pub(crate) fn read_truth(shared: &Shared) -> Vec<TruthEntry> {
+    // Deactivated, deleted and spare users are absent.
+    let (active, groups): (Vec<u32>, Vec<u64>) = {
+        let org = shared.org.read();
+        org.active().iter().map(|&u| (u, org.groups(u))).unzip()
+    };
     let presence = shared.presence.read().clone();
-    presence
+    active
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
+        .zip(groups)
+        .filter_map(|(&u, groups)| Some((u as usize, presence.get(u as usize)?, groups)))
+        .map(|(i, p, groups)| {
             let info = &shared.world.users[i];
             TruthEntry {
                 user_id: info.guid.to_string(),
@@ -178,10 +203,10 @@ pub(crate) fn read_truth(shared: &Shared) -> Vec<TruthEntry> {
                     .groups
                     .iter()
                     .enumerate()
-                    .filter(|(g, _)| info.groups & (1 << g) != 0)
+                    .filter(|(g, _)| groups & (1 << g) != 0)
                     .map(|(_, g)| g.guid.to_string())
                     .collect(),
-                group_mask: info.groups,
+                group_mask: groups,
                 location: info.location.to_string(),
             }
         })
@@ -240,6 +265,13 @@ pub(crate) fn read_stats(shared: &Shared) -> Stats {
         },
         quiesced: shared.is_quiesced(),
         change_rate: shared.change_rate(),
+        churn: ChurnStats {
+            active_users: shared.org.read().active().len() as u64,
+            created: c.users_created.load(Ordering::Relaxed),
+            deleted: c.users_deleted.load(Ordering::Relaxed),
+            deactivated: c.users_deactivated.load(Ordering::Relaxed),
+            moved: c.users_moved.load(Ordering::Relaxed),
+        },
     }
 }
 

@@ -53,7 +53,7 @@ impl Refusal {
 /// it is not granted.
 fn parse_topic(
     world: &World,
-    refused: &HashSet<u32>,
+    refused: &dyn Fn(u32) -> bool,
     name: &str,
 ) -> std::result::Result<Option<u32>, Refusal> {
     let malformed = |why: &str| Err(Refusal::Malformed(why.to_owned()));
@@ -82,7 +82,7 @@ fn parse_topic(
     };
     let user = Guid::parse(id)
         .and_then(|guid| world.by_guid.get(&guid).copied())
-        .filter(|user| !refused.contains(user))
+        .filter(|&user| !refused(user))
         .ok_or_else(|| Refusal::Refused("Unknown user, or not permitted".to_owned()))?;
     Ok(presence.then_some(user))
 }
@@ -354,7 +354,10 @@ fn subscribe(
     let mut granted = Vec::new();
     let mut rejected: Vec<(String, Refusal)> = Vec::new();
     {
-        let refused = shared.refused_users.read();
+        let refused_users = shared.refused_users.read();
+        let org = shared.org.read();
+        // Deleted users are in the refused set; spare users do not exist yet.
+        let refused = |user: u32| refused_users.contains(&user) || !org.exists(user);
         for topic in requested {
             match parse_topic(&shared.world, &refused, &topic.id) {
                 Ok(presence_of) => granted.push(Topic {
@@ -429,8 +432,7 @@ mod tests {
     #[test]
     fn topics_parse() {
         let world = World::build(&EmulatorConfig::default().users(3));
-        let none = HashSet::new();
-        let parse_topic = |world: &World, name: &str| parse_topic(world, &none, name);
+        let parse_topic = |world: &World, name: &str| parse_topic(world, &|_| false, name);
         let guid = world.users[2].guid;
         assert_eq!(
             parse_topic(&world, &format!("v2.users.{guid}.presence")),
@@ -456,7 +458,11 @@ mod tests {
         ));
         let refused: HashSet<u32> = [2].into_iter().collect();
         assert!(matches!(
-            super::parse_topic(&world, &refused, &format!("v2.users.{guid}.presence")),
+            super::parse_topic(
+                &world,
+                &|u| refused.contains(&u),
+                &format!("v2.users.{guid}.presence")
+            ),
             Err(Refusal::Refused(_))
         ));
     }

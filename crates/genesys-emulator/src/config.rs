@@ -83,6 +83,9 @@ pub struct EmulatorConfig {
     pub(crate) shift_change_fraction: f64,
     pub(crate) message_change_fraction: f64,
     pub(crate) custom_definitions: bool,
+    pub(crate) churn_per_day: f64,
+    pub(crate) day: Duration,
+    pub(crate) spare_users: u32,
 
     pub(crate) client_id: String,
     pub(crate) client_secret: Secret,
@@ -132,6 +135,9 @@ impl Default for EmulatorConfig {
             shift_change_fraction: 0.1,
             message_change_fraction: 0.05,
             custom_definitions: true,
+            churn_per_day: 0.0,
+            day: Duration::from_secs(24 * 3600),
+            spare_users: 0,
 
             client_id: "emulator-client-id".to_owned(),
             client_secret: Secret("emulator-client-secret".to_owned()),
@@ -170,6 +176,32 @@ impl Default for EmulatorConfig {
 }
 
 impl EmulatorConfig {
+    /// Org churn: this fraction of [`users`](Self::users) changes per simulated
+    /// [`day`](Self::day), each change one of (equally likely) a user created (from the
+    /// [`spare_users`](Self::spare_users)), deleted, deactivated, or moved between groups. A
+    /// soak that scales the day down (say, 10 s) gets the same churn per day at any scale.
+    /// Stops while quiesced. At most 100 (the whole org a hundred times a day). By default, 0.
+    pub fn churn_per_day(mut self, fraction: f64) -> Self {
+        self.churn_per_day = fraction;
+        self
+    }
+
+    /// How long a simulated day lasts, for [`churn_per_day`](Self::churn_per_day). By
+    /// default, 24 hours.
+    pub fn day(mut self, day: Duration) -> Self {
+        self.day = day;
+        self
+    }
+
+    /// Users that exist beyond [`users`](Self::users) but are not created yet: churn (or
+    /// [`EmulatorHandle::create_user`](crate::EmulatorHandle::create_user)) creates them in
+    /// order, with their GUIDs, groups and presence drawn from the seed like the others. A
+    /// creation with none left is skipped. By default, 0.
+    pub fn spare_users(mut self, n: u32) -> Self {
+        self.spare_users = n;
+        self
+    }
+
     /// Seed of the whole workload: user, group and definition GUIDs, group memberships,
     /// locations, initial states and the sequence of changes. By default, 1.
     pub fn seed(mut self, seed: u64) -> Self {
@@ -473,6 +505,25 @@ impl EmulatorConfig {
         if self.users == 0 || self.users > MAX_USERS {
             return bad("users", format!("must be between 1 and {MAX_USERS}"));
         }
+        if u64::from(self.users) + u64::from(self.spare_users) > u64::from(MAX_USERS) {
+            return bad(
+                "spare_users",
+                format!("users and spare_users together must be at most {MAX_USERS}"),
+            );
+        }
+        if !(0.0..=100.0).contains(&self.churn_per_day) {
+            return bad(
+                "churn_per_day",
+                format!(
+                    "must be between 0 and 100 (a fraction of users per day), got {}",
+                    self.churn_per_day
+                ),
+            );
+        }
+        if self.day < Duration::from_millis(1) {
+            return bad("day", "must be at least 1 ms");
+        }
+        duration("day", self.day)?;
         if self.groups > 64 {
             return bad("groups", format!("must be at most 64, got {}", self.groups));
         }

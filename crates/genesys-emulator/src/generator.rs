@@ -78,6 +78,12 @@ pub(crate) async fn run_generator(shared: Arc<Shared>) {
                 next_shift = shift_every.map(|every| at + every);
             }
         }
+        {
+            // Only active users change presence: a deactivated or deleted user's
+            // subscriptions deliver nothing more, a spare one is not there yet.
+            let org = shared.org.read();
+            batch.retain(|change| org.is_active(change.user));
+        }
         dispatch(&shared, &batch);
         batch.clear();
     }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use presence_frame::Guid;
 use serde_json::{Value, json};
 
+use crate::org::Membership;
 use crate::state::Shared;
 use crate::wire::{self, ApiError, Page};
 use crate::workload::UserPresence;
@@ -110,17 +111,31 @@ fn user_entities(
     } else {
         vec![None; users.len()]
     };
+    let org: Vec<(Membership, u64)> = {
+        let org = shared.org.read();
+        users
+            .iter()
+            .map(|&u| (org.membership(u), org.groups(u)))
+            .collect()
+    };
     let missing = shared.config.presence_missing_fraction;
     let mut rng = shared.misc_rng.lock();
     users
         .iter()
         .zip(states)
-        .map(|(&user, state)| {
+        .zip(org)
+        .map(|((&user, state), (membership, groups))| {
             // Expands are best effort: sometimes a user comes back without presence.
             let presence = state.filter(|_| !rng.chance(missing)).map(|p| {
                 wire::presence_object(&shared.world, user, &p, shared.config.rest_spelling, false)
             });
-            wire::user_object(&shared.world, user, presence, with_groups)
+            wire::user_object(
+                &shared.world,
+                user,
+                presence,
+                with_groups.then_some(groups),
+                membership.as_str(),
+            )
         })
         .collect()
 }
@@ -159,17 +174,23 @@ fn page_of_users(
     axum::Json(page.to_json(entities)).into_response()
 }
 
-/// `GET /api/v2/users`: every user is active, so `state` `active` (the default) and `any`
-/// list them all, `inactive` and `deleted` none.
+/// `GET /api/v2/users`: `state` `active` (the default) lists the active users, `inactive`
+/// the deactivated ones, `deleted` the deleted ones, `any` every user that was ever created.
 pub(crate) async fn list_users(
     State(shared): State<Arc<Shared>>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let query = Query::parse(raw.as_deref());
-    let all = shared.world.users.len();
-    let total = match query.get("state").map(str::to_ascii_lowercase).as_deref() {
-        None | Some("active") | Some("any") => all,
-        Some("inactive") | Some("deleted") => 0,
+    let listed: Vec<u32> = match query.get("state").map(str::to_ascii_lowercase).as_deref() {
+        None | Some("active") => shared.org.read().active().to_vec(),
+        Some("inactive") => shared.org.read().with_membership(Membership::Inactive),
+        Some("deleted") => shared.org.read().with_membership(Membership::Deleted),
+        Some("any") => {
+            let org = shared.org.read();
+            (0..shared.world.users.len() as u32)
+                .filter(|&u| org.exists(u))
+                .collect()
+        }
         Some(other) => {
             return wire::bad_request(format!(
                 "state must be active, inactive, deleted or any, got {other:?}"
@@ -180,8 +201,8 @@ pub(crate) async fn list_users(
         &shared,
         &query,
         "/api/v2/users",
-        &|range| (range.start as u32..range.end as u32).collect(),
-        total,
+        &|range| listed.get(range).map(<[u32]>::to_vec).unwrap_or_default(),
+        listed.len(),
         query.keep("state"),
     )
 }
@@ -219,6 +240,11 @@ pub(crate) async fn bulk_presences(
             users.push(user);
         }
     }
+    // Only active users have a presence to show.
+    {
+        let org = shared.org.read();
+        users.retain(|&u| org.is_active(u));
+    }
     let presence = shared.presence.read();
     let entities: Vec<Value> = users
         .iter()
@@ -248,15 +274,21 @@ pub(crate) async fn list_groups(
         total: shared.world.groups.len(),
         keep: &[],
     };
-    let entities: Vec<Value> = shared.world.groups[page.range()]
+    let range = page.range();
+    let members: Vec<Vec<u32>> = {
+        let org = shared.org.read();
+        range.clone().map(|g| org.members(g)).collect()
+    };
+    let entities: Vec<Value> = shared.world.groups[range]
         .iter()
-        .map(|g| {
+        .enumerate()
+        .map(|(i, g)| {
             json!({
                 "id": g.guid.to_string(),
                 "name": g.name,
                 "type": "official",
                 "state": "active",
-                "memberCount": g.members.len(),
+                "memberCount": members[i].len(),
                 "visibility": "public",
                 "selfUri": format!("/api/v2/groups/{}", g.guid),
             })
@@ -278,12 +310,13 @@ pub(crate) async fn group_members(
     let query = Query::parse(raw.as_deref());
     let group = &shared.world.groups[index];
     let path = format!("/api/v2/groups/{}/members", group.guid);
+    let members = shared.org.read().members(index);
     page_of_users(
         &shared,
         &query,
         &path,
-        &|range| group.members[range].to_vec(),
-        group.members.len(),
+        &|range| members.get(range).map(<[u32]>::to_vec).unwrap_or_default(),
+        members.len(),
         None,
     )
 }

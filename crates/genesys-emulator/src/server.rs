@@ -17,12 +17,14 @@ use crate::admin::{self, Stats, TruthEntry};
 use crate::auth;
 use crate::channels;
 use crate::chaos;
+use crate::churn;
 use crate::config::EmulatorConfig;
 use crate::error::{Error, Result};
 use crate::fault::{BurstScope, ChaosConfig, Fault, FaultTarget};
 use crate::generator;
 use crate::inject;
 use crate::janitor;
+use crate::org::Membership;
 use crate::rest;
 use crate::socket;
 use crate::state::Shared;
@@ -127,6 +129,7 @@ impl Emulator {
             .spawn(generator::run_generator(shared.clone()));
         shared.tracker.spawn(janitor::run_janitor(shared.clone()));
         shared.tracker.spawn(chaos::run_chaos(shared.clone()));
+        shared.tracker.spawn(churn::run_churn(shared.clone()));
         log::info!(
             "emulator listening on http://{addr} ({} users, {} changes/s)",
             shared.world.users.len(),
@@ -186,9 +189,60 @@ impl EmulatorHandle {
         EventTime(self.shared.clock.now_ms())
     }
 
-    /// Every user's GUID, by relay id.
+    /// Every user's GUID, by relay id: the spare users too (see
+    /// [`EmulatorConfig::spare_users`]), whether or not created, deactivated or deleted since.
+    /// [`active_user_ids`](Self::active_user_ids) has those active now.
     pub fn user_ids(&self) -> Vec<Guid> {
         self.shared.world.users.iter().map(|u| u.guid).collect()
+    }
+
+    /// The GUIDs of the users active now, by relay id.
+    pub fn active_user_ids(&self) -> Vec<Guid> {
+        let org = self.shared.org.read();
+        org.active()
+            .iter()
+            .map(|&u| self.shared.world.users[u as usize].guid)
+            .collect()
+    }
+
+    /// Creates the next spare user (see [`EmulatorConfig::spare_users`]): from now on it is
+    /// listed, has a presence dated now, changes presence and may be subscribed. `None` when
+    /// no spare user is left.
+    pub fn create_user(&self) -> Option<Guid> {
+        let user = churn::create(&self.shared)?;
+        Some(self.shared.world.users[user as usize].guid)
+    }
+
+    /// Deletes an active user: it is listed nowhere (but `state=deleted`), absent from the
+    /// truth and bulk presence, makes no more changes (its subscriptions deliver nothing), and
+    /// its topic is refused at subscribe time. Returns whether it was active.
+    pub fn delete_user(&self, user: Guid) -> bool {
+        self.user_index(user)
+            .is_some_and(|u| churn::end(&self.shared, u, Membership::Deleted))
+    }
+
+    /// Deactivates an active user: listed only with `state=inactive`, absent from the truth
+    /// and bulk presence, no more changes. Its topic may still be subscribed. Returns whether
+    /// it was active.
+    pub fn deactivate_user(&self, user: Guid) -> bool {
+        self.user_index(user)
+            .is_some_and(|u| churn::end(&self.shared, u, Membership::Inactive))
+    }
+
+    /// Sets an active user's groups to those of `groups` (indices into
+    /// [`group_ids`](Self::group_ids); others ignored): group member listings,
+    /// `expand=groups`, relay frames and the truth follow. Returns whether anything changed.
+    pub fn set_user_groups(&self, user: Guid, groups: &[usize]) -> bool {
+        let mask = groups
+            .iter()
+            .filter(|&&g| g < 64)
+            .fold(0u64, |mask, &g| mask | (1 << g));
+        self.user_index(user)
+            .is_some_and(|u| churn::set_groups(&self.shared, u, mask))
+    }
+
+    fn user_index(&self, user: Guid) -> Option<u32> {
+        self.shared.world.by_guid.get(&user).copied()
     }
 
     /// Every group's GUID; group `i` is bit `i` of the group mask.

@@ -570,18 +570,19 @@ impl RelaySession {
     }
 }
 
-/// Every user's current state as relay messages.
+/// Every active user's current state as relay messages.
 fn relay_snapshot(shared: &Shared) -> Vec<Bytes> {
     let per_message = shared.config.relay_frames_per_message;
+    let active = shared.org.read().active().to_vec();
     let presence = shared.presence.read();
-    presence
+    active
         .chunks(per_message)
-        .enumerate()
-        .map(|(chunk, states)| {
-            let mut buf = Vec::with_capacity(states.len() * FRAME_LEN);
-            for (i, p) in states.iter().enumerate() {
-                let user = (chunk * per_message + i) as u32;
-                relay_frame(shared, user, p).encode_into(&mut buf);
+        .map(|users| {
+            let mut buf = Vec::with_capacity(users.len() * FRAME_LEN);
+            for &user in users {
+                if let Some(p) = presence.get(user as usize) {
+                    relay_frame(shared, user, p).encode_into(&mut buf);
+                }
             }
             Bytes::from(buf)
         })
@@ -599,7 +600,7 @@ pub(crate) fn relay_frame(shared: &Shared, user: u32, p: &UserPresence) -> Frame
             .users
             .get(user as usize)
             .map_or(presence_frame::Location::UNKNOWN, |u| u.location),
-        groups: shared.world.relay_groups(user),
+        groups: (shared.org.read().groups(user) & 0xff) as u8,
     }
 }
 

@@ -25,6 +25,7 @@ use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::fault::{ChaosConfig, Fault, FaultHits, FaultKind, FaultTarget, Landed};
 use crate::limits::MAX_CHANGE_RATE;
+use crate::org::Org;
 use crate::rng::Rng;
 use crate::tokens::Tokens;
 use crate::workload::{UserPresence, World, stream};
@@ -72,6 +73,10 @@ pub(crate) struct Counters {
     pub(crate) relay_messages_sent: AtomicU64,
     pub(crate) relay_frames_sent: AtomicU64,
     pub(crate) relay_messages_lost: AtomicU64,
+    pub(crate) users_created: AtomicU64,
+    pub(crate) users_deleted: AtomicU64,
+    pub(crate) users_deactivated: AtomicU64,
+    pub(crate) users_moved: AtomicU64,
     /// Faults asked for, by kind.
     pub(crate) faults_requested: Mutex<BTreeMap<&'static str, u64>>,
     /// Faults applied, by kind and where.
@@ -86,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) addr: SocketAddr,
     pub(crate) clock: Clock,
     pub(crate) world: World,
+    /// Who is active and in which groups now (churn changes it; `world` stays as built).
+    pub(crate) org: RwLock<Org>,
     pub(crate) presence: RwLock<Vec<UserPresence>>,
     pub(crate) tokens: Mutex<Tokens>,
     pub(crate) channels: Mutex<ChannelTable>,
@@ -134,6 +141,7 @@ impl Shared {
             tokens: Mutex::new(Tokens::default()),
             channels: Mutex::new(ChannelTable::new(world.users.len())),
             refused_users: RwLock::new(HashSet::new()),
+            org: RwLock::new(Org::new(&world, config.users)),
             world,
             api_faults: Mutex::new(ApiFaults::default()),
             login_faults: Mutex::new(ApiFaults::default()),

@@ -203,7 +203,8 @@ pub(crate) fn user_object(
     world: &World,
     user: u32,
     presence: Option<Value>,
-    with_groups: bool,
+    groups: Option<u64>,
+    state: &str,
 ) -> Value {
     let Some(info) = world.users.get(user as usize) else {
         return Value::Null;
@@ -219,7 +220,7 @@ pub(crate) fn user_object(
         },
         "email": format!("user{user}@emulator.invalid"),
         "username": format!("user{user}@emulator.invalid"),
-        "state": "active",
+        "state": state,
         "version": 1,
         "selfUri": format!("/api/v2/users/{guid}"),
     });
@@ -227,12 +228,12 @@ pub(crate) fn user_object(
         if let Some(presence) = presence {
             map.insert("presence".to_owned(), presence);
         }
-        if with_groups {
+        if let Some(mask) = groups {
             let groups: Vec<Value> = world
                 .groups
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| info.groups & (1 << i) != 0)
+                .filter(|(i, _)| mask & (1 << i) != 0)
                 .map(|(_, g)| json!({"id": g.guid.to_string(), "selfUri": format!("/api/v2/groups/{}", g.guid)}))
                 .collect();
             map.insert("groups".to_owned(), Value::Array(groups));

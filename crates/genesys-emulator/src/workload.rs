@@ -65,6 +65,7 @@ pub(crate) mod stream {
     pub(crate) const CHANGES: u64 = 3;
     pub(crate) const MISC: u64 = 4;
     pub(crate) const CHAOS: u64 = 5;
+    pub(crate) const CHURN: u64 = 6;
 }
 
 /// A user of the organisation: what does not change.
@@ -113,7 +114,8 @@ pub(crate) struct Change {
     pub(crate) presence: UserPresence,
 }
 
-/// The organisation: users, groups and presence definitions. Immutable once built.
+/// The organisation as built: users (the spare ones too), groups and presence definitions.
+/// Immutable once built; who is active and in which groups now is [`Org`](crate::org::Org).
 #[derive(Debug)]
 pub(crate) struct World {
     pub(crate) users: Vec<UserInfo>,
@@ -138,9 +140,12 @@ impl World {
                 members: Vec::new(),
             })
             .collect();
-        let mut users = Vec::with_capacity(config.users as usize);
-        let mut by_guid = HashMap::with_capacity(config.users as usize);
-        for index in 0..config.users {
+        // Spare users (not created yet) come after the others, so that they change none of
+        // the others' draws.
+        let total = config.users + config.spare_users;
+        let mut users = Vec::with_capacity(total as usize);
+        let mut by_guid = HashMap::with_capacity(total as usize);
+        for index in 0..total {
             let guid = derived_guid(seed, Kind::User, u64::from(index));
             let mut mask = 0u64;
             if group_count > 0 {
@@ -207,13 +212,6 @@ impl World {
             custom_by_status,
             division: derived_guid(seed, Kind::Division, 0),
         }
-    }
-
-    /// The user's relay group byte (groups 0 to 7).
-    pub(crate) fn relay_groups(&self, user: u32) -> u8 {
-        self.users
-            .get(user as usize)
-            .map_or(0, |u| (u.groups & 0xff) as u8)
     }
 
     /// The definition a user takes on entering `status`.
@@ -285,8 +283,8 @@ pub(crate) struct Generator {
 impl Generator {
     pub(crate) fn new(config: &EmulatorConfig) -> Generator {
         let mut rng = Rng::new(config.seed, stream::CHANGES);
-        let n = config.users as usize;
-        let mut rank_to_user: Vec<u32> = (0..config.users).collect();
+        let n = (config.users + config.spare_users) as usize;
+        let mut rank_to_user: Vec<u32> = (0..config.users + config.spare_users).collect();
         for i in (1..n).rev() {
             let j = rng.below(i as u64 + 1) as usize;
             rank_to_user.swap(i, j);

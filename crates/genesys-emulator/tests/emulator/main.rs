@@ -6,6 +6,7 @@ mod common;
 mod admin;
 mod auth;
 mod channels;
+mod churn;
 mod events;
 mod faults;
 mod genesys_semantics;
