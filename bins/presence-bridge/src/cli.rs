@@ -177,6 +177,13 @@ pub struct RunArgs {
     #[arg(long, env = "RESYNC_INTERVAL", value_name = "DURATION")]
     pub resync_interval: Option<String>,
 
+    /// Discover the users again this often and follow the organisation: new users are
+    /// subscribed and published, deleted or deactivated ones unsubscribed and tombstoned,
+    /// group moves republished with the new mask. "off" discovers only at start.
+    /// [default: 10m]
+    #[arg(long, env = "DISCOVERY_INTERVAL", value_name = "DURATION")]
+    pub discovery_interval: Option<String>,
+
     /// Address of the admin HTTP server (health, readiness, metrics, query API, dashboard).
     /// [default: 127.0.0.1:9464]
     #[arg(long, env = "ADMIN_ADDR", value_name = "HOST:PORT")]

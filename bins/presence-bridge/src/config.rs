@@ -47,6 +47,7 @@ struct FileConfig {
     max_message_size: Option<String>,
     max_socket_message_size: Option<String>,
     resync_interval: Option<String>,
+    discovery_interval: Option<String>,
     admin_addr: Option<String>,
     admin_max_event_streams: Option<String>,
     history_window: Option<String>,
@@ -98,6 +99,8 @@ pub struct BridgeConfig {
     pub max_socket_message_bytes: usize,
     /// Periodic full resync, if any.
     pub resync_interval: Option<Duration>,
+    /// Periodic re-discovery of the users, if any.
+    pub discovery_interval: Option<Duration>,
     /// Admin HTTP address.
     pub admin_addr: SocketAddr,
     /// Admin server limits.
@@ -474,6 +477,15 @@ impl BridgeConfig {
                 bail!("invalid --resync-interval: at least 1s");
             }
         }
+        let discovery_text = pick(args.discovery_interval.clone(), file.discovery_interval)
+            .unwrap_or_else(|| "10m".into());
+        let discovery_interval = match discovery_text.trim() {
+            "off" | "never" | "0" => None,
+            text => Some(duration("discovery-interval", text, MAX_TTL)?),
+        };
+        if discovery_interval.is_some_and(|i| i < Duration::from_secs(1)) {
+            bail!("invalid --discovery-interval: at least 1s");
+        }
         let admin_text = pick(args.admin_addr.clone(), file.admin_addr)
             .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.into());
         let admin_addr: SocketAddr = admin_text.trim().parse().map_err(|_| {
@@ -529,6 +541,7 @@ impl BridgeConfig {
             max_message_bytes,
             max_socket_message_bytes,
             resync_interval,
+            discovery_interval,
             admin_addr,
             admin: AdminOptions { max_event_streams },
             history_window,

@@ -40,6 +40,15 @@ pub trait PresenceSink: Send + Sync + 'static {
     fn remove(&self, users: &[UserId]) {
         let _ = users;
     }
+
+    /// Takes events whose news is a new group mask (a re-discovery found the user's groups
+    /// changed): the user's current presence, often with the very time already held. A sink
+    /// that settles equal times by comparing states (as a registry does, where a smaller
+    /// mask loses) must let these replace what it holds unless it holds something newer. By
+    /// default, [`publish`](Self::publish).
+    fn regroup(&self, events: &mut Vec<PresenceEvent>) {
+        self.publish(events);
+    }
 }
 
 impl<F> PresenceSink for F

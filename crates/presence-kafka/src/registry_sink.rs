@@ -253,6 +253,28 @@ where
         });
     }
 
+    /// Replaces each user's held state with the event (its new group mask) unless the
+    /// registry holds a newer one, publishing it as a change: the held entry is taken out
+    /// without a tombstone and the event applied as usual. A newer held state is put back
+    /// unpublished (downstream has it). An event racing in between is ordered by
+    /// last-write-wins as ever.
+    fn regroup(&self, events: &mut Vec<PresenceEvent>) {
+        let mut apply = Vec::with_capacity(events.len());
+        for event in events.drain(..) {
+            let mut held = None;
+            self.join
+                .registry
+                .remove_with(event.user, |old| held = Some(old.last));
+            match held {
+                Some(newer) if newer.time > event.time => {
+                    let _ = self.join.registry.apply(newer);
+                }
+                _ => apply.push(event),
+            }
+        }
+        self.publish(&mut apply);
+    }
+
     /// Removes each user from the registry and tombstones it under its shard's lock (dated
     /// now, or the state's own time when that is later, as expiry does); the observer, if
     /// any, is told of them as expired.
@@ -688,6 +710,38 @@ mod tests {
             publisher.last(UserId::Relay(2)),
             Some(Update::Tombstone { .. })
         ));
+    }
+
+    #[test]
+    fn a_regrouped_state_replaces_the_same_time_with_a_smaller_mask() {
+        let (sink, publisher, _) = sink();
+        let now = EventTime::now();
+        let mut wide = event(1, now, Status::BUSY);
+        wide.state.groups = GroupMask(0b11);
+        let _ = apply(&sink, &wide);
+        let mut narrow = wide.clone();
+        narrow.state.groups = GroupMask(0b01);
+        // As an ordinary event, the same time with a smaller mask loses.
+        assert_eq!(apply(&sink, &narrow), 0);
+        PresenceSink::regroup(&sink, &mut vec![narrow.clone()]);
+        assert_eq!(sink.registry().get(UserId::Relay(1)), Some(narrow.clone()));
+        assert_eq!(
+            publisher.last(UserId::Relay(1)),
+            Some(Update::State(narrow.clone()))
+        );
+        // A newer state held stays, unpublished again.
+        let newer = event(1, EventTime(now.0 + 5), Status::AWAY);
+        let _ = apply(&sink, &newer);
+        let states_before = states(&publisher, 1);
+        PresenceSink::regroup(&sink, &mut vec![narrow]);
+        assert_eq!(sink.registry().get(UserId::Relay(1)), Some(newer));
+        assert_eq!(states(&publisher, 1), states_before);
+        assert!(
+            !publisher
+                .updates(UserId::Relay(1))
+                .iter()
+                .any(|u| matches!(u, Update::Tombstone { .. }))
+        );
     }
 
     #[test]

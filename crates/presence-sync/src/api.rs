@@ -1,5 +1,6 @@
 //! The Genesys REST calls a sync makes, and their bodies.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -175,6 +176,9 @@ pub(crate) struct Channel {
     /// Its lifetime, as its `expires` said at creation: how long a subscription extends it,
     /// and what sizes the margin before its end.
     pub(crate) lifetime: Duration,
+    /// The users its last full subscription and later additions asked for, and the version
+    /// of the channel's user list they came from (`None` until subscribed).
+    pub(crate) subscribed: Option<(Arc<[Guid]>, u64)>,
 }
 
 impl Channel {
@@ -280,6 +284,7 @@ pub(crate) async fn create_channel(
         expires_at: now + lifetime,
         token_expires_at,
         lifetime,
+        subscribed: None,
     })
 }
 
@@ -292,24 +297,38 @@ pub(crate) struct Subscribed {
     pub(crate) reason: Option<String>,
 }
 
-/// Subscribes channel `id` to exactly the presence topics of `users` (`PUT`, which also
-/// restarts the channel's lifetime), with `ignoreErrors=true` so that a refused topic (a
-/// deleted user, a missing permission) comes back `Rejected` instead of failing the whole
-/// request. An answer that lists no states (or is not a listing) is taken as every topic
-/// subscribed.
+/// How a subscription request changes a channel's topics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SubscribeMode {
+    /// `PUT`: exactly these topics (those not listed are unsubscribed).
+    Replace,
+    /// `POST`: these topics besides those subscribed.
+    Add,
+}
+
+/// Subscribes channel `id` to the presence topics of `users` (`PUT` for exactly these, or
+/// `POST` to add them; both restart the channel's lifetime), with `ignoreErrors=true` so
+/// that a refused topic (a deleted user, a missing permission) comes back `Rejected` instead
+/// of failing the whole request. An answer that lists no states (or is not a listing) is
+/// taken as every topic subscribed.
 pub(crate) async fn subscribe(
     client: &GenesysClient,
     id: &str,
     users: &[Guid],
+    mode: SubscribeMode,
 ) -> genesys_auth::Result<Subscribed> {
     let topics: Vec<serde_json::Value> = users
         .iter()
         .map(|u| serde_json::json!({ "id": presence_topic(*u) }))
         .collect();
     let path = format!("/api/v2/notifications/channels/{id}/subscriptions?ignoreErrors=true");
+    let method = match mode {
+        SubscribeMode::Replace => Method::Put,
+        SubscribeMode::Add => Method::Post,
+    };
     let answer = client
         .request(
-            Method::Put,
+            method,
             &path,
             Some(serde_json::to_vec(&topics).unwrap_or_default()),
         )

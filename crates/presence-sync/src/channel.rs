@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{
-    Channel, DEFAULT_CHANNEL_LIFETIME, channel_exists, create_channel, subscribe, token_for,
+    Channel, DEFAULT_CHANNEL_LIFETIME, SubscribeMode, channel_exists, create_channel, subscribe,
+    token_for,
 };
 use crate::backoff::full_jitter;
 use crate::config::SyncConfig;
@@ -66,6 +67,55 @@ pub(crate) struct ChannelContext {
     pub(crate) token_life_ms: AtomicU64,
 }
 
+/// The users of one channel: set at start and by each re-discovery, read by the channel's
+/// worker whenever it subscribes or resyncs. Each change bumps the version and wakes the
+/// worker, which brings the channel's subscription up to date (`POST` of the users added,
+/// or `PUT` of the whole list when some were removed).
+#[derive(Debug)]
+pub(crate) struct ChannelUsers {
+    users: parking_lot::Mutex<(Arc<[Guid]>, u64)>,
+    /// Users to ask for again at the next update although subscribed before (their topic was
+    /// rejected).
+    retry: parking_lot::Mutex<Vec<Guid>>,
+    changed: tokio::sync::Notify,
+}
+
+impl ChannelUsers {
+    pub(crate) fn new(users: Arc<[Guid]>) -> ChannelUsers {
+        ChannelUsers {
+            users: parking_lot::Mutex::new((users, 0)),
+            retry: Default::default(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The users now.
+    pub(crate) fn get(&self) -> Arc<[Guid]> {
+        Arc::clone(&self.users.lock().0)
+    }
+
+    /// The users now and the version of the list.
+    fn snapshot(&self) -> (Arc<[Guid]>, u64) {
+        let held = self.users.lock();
+        (Arc::clone(&held.0), held.1)
+    }
+
+    fn version(&self) -> u64 {
+        self.users.lock().1
+    }
+
+    /// Sets the users, and those of them to ask for again; wakes the worker.
+    pub(crate) fn set(&self, users: Arc<[Guid]>, retry: Vec<Guid>) {
+        {
+            let mut held = self.users.lock();
+            held.0 = users;
+            held.1 += 1;
+        }
+        self.retry.lock().extend(retry);
+        self.changed.notify_one();
+    }
+}
+
 /// A socket connected to take over from the session's current one: to the same channel
 /// (after `socket_closing`), or to a new channel holding a rollover slot until the old
 /// socket is dropped.
@@ -86,8 +136,16 @@ struct Pending {
 
 /// What happened to a subscription that extends the channel.
 enum Extension {
-    /// Subscribed again at this time: the channel lives a lifetime from then.
-    Done(Instant),
+    /// Subscribed (again) at `at`: the channel lives a lifetime from then. It asked for
+    /// `users` (version `version` of the channel's list); `added` were not subscribed
+    /// before (or were rejected) and need a resync.
+    Done {
+        at: Instant,
+        users: Arc<[Guid]>,
+        version: u64,
+        added: Vec<Guid>,
+        renewal: bool,
+    },
     /// The channel is gone (404).
     Gone,
     /// Failed for now; try again.
@@ -153,11 +211,11 @@ fn rollover_margin(config: &SyncConfig, channel: &Channel) -> Duration {
 }
 
 impl ChannelContext {
-    /// Runs channel `index` for `users` until cancelled.
+    /// Runs channel `index` for `members` until cancelled.
     pub(crate) async fn run(
         self: Arc<Self>,
         index: usize,
-        users: Arc<[Guid]>,
+        members: Arc<ChannelUsers>,
         cancel: CancellationToken,
     ) {
         let mut attempt = 0u32;
@@ -176,7 +234,7 @@ impl ChannelContext {
             if cancel.is_cancelled() {
                 break;
             }
-            let (channel, ws) = match self.establish(index, &users, kept.take()).await {
+            let (channel, ws) = match self.establish(index, &members, kept.take()).await {
                 Ok(pair) => pair,
                 Err(failed) => {
                     log::warn!("channel {index}: {}: {}", failed.context, failed.error);
@@ -190,19 +248,19 @@ impl ChannelContext {
                 log::info!(
                     "channel {index}: reconnected to {} ({} users); resyncing",
                     channel.id,
-                    users.len()
+                    members.get().len()
                 );
             } else {
                 log::info!(
                     "channel {index}: connected to {} ({} users)",
                     channel.id,
-                    users.len()
+                    members.get().len()
                 );
             }
             connected_once = true;
             let started = Instant::now();
             let end = Arc::clone(&self)
-                .session(index, &users, channel, ws, &cancel)
+                .session(index, &members, channel, ws, &cancel)
                 .await;
             if started.elapsed() >= self.config.healthy_after {
                 attempt = 0;
@@ -230,7 +288,7 @@ impl ChannelContext {
     async fn establish(
         &self,
         index: usize,
-        users: &[Guid],
+        members: &ChannelUsers,
         kept: Option<Channel>,
     ) -> Result<(Channel, Ws), SetupFailed> {
         let reusable = match kept {
@@ -256,7 +314,7 @@ impl ChannelContext {
             Some(c) => c,
             None => {
                 self.status.set_state(index, ChannelState::Setup);
-                self.new_channel(users, None)
+                self.new_channel(members, None)
                     .await
                     .map_err(|error| SetupFailed {
                         context: "creating channel".into(),
@@ -313,7 +371,7 @@ impl ChannelContext {
     /// hours when no channel has said yet): a channel dies with the token that created it.
     async fn new_channel(
         &self,
-        users: &[Guid],
+        members: &ChannelUsers,
         lifetime: Option<Duration>,
     ) -> Result<Channel, SessionError> {
         let wanted = lifetime.unwrap_or(DEFAULT_CHANNEL_LIFETIME);
@@ -321,17 +379,26 @@ impl ChannelContext {
         if early {
             bump(&self.status.stats.early_token_refreshes);
         }
-        let channel = create_channel(&self.client, token.expires_at()).await?;
+        let mut channel = create_channel(&self.client, token.expires_at()).await?;
         bump(&self.status.stats.channels_created);
-        self.subscribe(&channel.id, users).await?;
+        let (users, version) = members.snapshot();
+        self.subscribe(&channel.id, &users, SubscribeMode::Replace)
+            .await?;
+        channel.subscribed = Some((users, version));
         Ok(channel)
     }
 
-    /// Subscribes `id` to the topics of `users` (the whole list, so that topics rejected
-    /// before are asked for again) and records which were rejected. Users accepted again
-    /// are resynced: their changes while rejected never streamed.
-    async fn subscribe(&self, id: &str, users: &[Guid]) -> genesys_auth::Result<()> {
-        let answer = subscribe(&self.client, id, users).await?;
+    /// Subscribes `id` to the topics of `users` (the whole list with `Replace`, so that
+    /// topics rejected before are asked for again; only these with `Add`) and records which
+    /// were rejected. Users accepted again are resynced: their changes while rejected never
+    /// streamed.
+    async fn subscribe(
+        &self,
+        id: &str,
+        users: &[Guid],
+        mode: SubscribeMode,
+    ) -> genesys_auth::Result<()> {
+        let answer = subscribe(&self.client, id, users, mode).await?;
         let again =
             self.status
                 .record_subscription(id, users, &answer.rejected, answer.reason.as_deref());
@@ -342,17 +409,47 @@ impl ChannelContext {
         Ok(())
     }
 
-    /// Keeps `channel` alive by subscribing its topics again, first getting a fresh token
-    /// when the held one has less life left than the channel's lifetime. In the background.
+    /// Subscribes `channel` to its users as they are now, in the background, first getting a
+    /// fresh token when the held one has less life left than the channel's lifetime. Keeps
+    /// the channel alive (`renewal`: the whole list again) or brings it up to date after a
+    /// re-discovery: only the users added (and those to ask for again) with `POST` when
+    /// nobody left, else the whole remaining list with `PUT`. Either restarts the channel's
+    /// lifetime.
     fn start_extension(
         self: &Arc<Self>,
         channel: &Channel,
-        users: &Arc<[Guid]>,
+        members: &ChannelUsers,
+        renewal: bool,
     ) -> JoinHandle<Extension> {
         let context = Arc::clone(self);
         let id = channel.id.clone();
         let lifetime = channel.lifetime;
-        let users = Arc::clone(users);
+        let (users, version) = members.snapshot();
+        let retry: Vec<Guid> = std::mem::take(&mut *members.retry.lock());
+        let (added, mode) = match &channel.subscribed {
+            Some((before, _)) => {
+                let before: std::collections::HashSet<Guid> = before.iter().copied().collect();
+                let now: std::collections::HashSet<Guid> = users.iter().copied().collect();
+                let mut added: Vec<Guid> = users
+                    .iter()
+                    .copied()
+                    .filter(|u| !before.contains(u))
+                    .collect();
+                added.extend(
+                    retry
+                        .iter()
+                        .filter(|u| before.contains(u) && now.contains(u)),
+                );
+                let removed = before.iter().any(|u| !now.contains(u));
+                let mode = if renewal || removed || added.is_empty() {
+                    SubscribeMode::Replace
+                } else {
+                    SubscribeMode::Add
+                };
+                (added, mode)
+            }
+            None => (users.to_vec(), SubscribeMode::Replace),
+        };
         tokio::spawn(async move {
             match token_for(&context.client, lifetime, &context.token_life_ms).await {
                 Ok((_, early)) => {
@@ -363,8 +460,18 @@ impl ChannelContext {
                 Err(e) => return Extension::Failed(e.into()),
             }
             let requested = Instant::now();
-            match context.subscribe(&id, &users).await {
-                Ok(()) => Extension::Done(requested),
+            let asked: &[Guid] = match mode {
+                SubscribeMode::Replace => &users,
+                SubscribeMode::Add => &added,
+            };
+            match context.subscribe(&id, asked, mode).await {
+                Ok(()) => Extension::Done {
+                    at: requested,
+                    users,
+                    version,
+                    added,
+                    renewal,
+                },
                 Err(e) if e.status() == Some(404) => Extension::Gone,
                 Err(e) => Extension::Failed(e.into()),
             }
@@ -374,12 +481,18 @@ impl ChannelContext {
     /// Creates a replacement channel for the same users and connects it, in the background,
     /// once a free channel slot is available. The slot is released when the task's result is
     /// dropped: after the old socket is closed, or when the replacement failed.
-    fn start_replacement(self: &Arc<Self>, channel: &Channel, users: &Arc<[Guid]>) -> Pending {
+    fn start_replacement(
+        self: &Arc<Self>,
+        channel: &Channel,
+        members: &Arc<ChannelUsers>,
+    ) -> Pending {
         let context = Arc::clone(self);
-        let users = Arc::clone(users);
+        let members = Arc::clone(members);
         let lifetime = channel.lifetime;
         Pending {
-            task: tokio::spawn(async move { context.replacement_channel(&users, lifetime).await }),
+            task: tokio::spawn(
+                async move { context.replacement_channel(&members, lifetime).await },
+            ),
             cause: ReconnectCause::Expiring,
             started: Instant::now(),
         }
@@ -387,11 +500,11 @@ impl ChannelContext {
 
     async fn replacement_channel(
         &self,
-        users: &[Guid],
+        members: &ChannelUsers,
         lifetime: Duration,
     ) -> Result<Replacement, SessionError> {
         let slot = Arc::clone(&self.rollover_slots).acquire_owned().await?;
-        let channel = self.new_channel(users, Some(lifetime)).await?;
+        let channel = self.new_channel(members, Some(lifetime)).await?;
         let request = channel.connect_uri.as_str().into_client_request()?;
         let ws = connect(request, &self.config).await?;
         Ok(Replacement {
@@ -405,9 +518,9 @@ impl ChannelContext {
     /// After `socket_closing`: connects a new socket to the same channel (the server moves
     /// delivery to it and closes the old one), in the background. Only when the channel is
     /// gone (404) does it create a new channel instead.
-    fn start_handover(self: &Arc<Self>, channel: &Channel, users: &Arc<[Guid]>) -> Pending {
+    fn start_handover(self: &Arc<Self>, channel: &Channel, members: &Arc<ChannelUsers>) -> Pending {
         let context = Arc::clone(self);
-        let users = Arc::clone(users);
+        let members = Arc::clone(members);
         let channel = channel.clone();
         Pending {
             task: tokio::spawn(async move {
@@ -424,7 +537,9 @@ impl ChannelContext {
                             "channel {} is gone (404) after socket_closing; creating a new one",
                             channel.id
                         );
-                        context.replacement_channel(&users, channel.lifetime).await
+                        context
+                            .replacement_channel(&members, channel.lifetime)
+                            .await
                     }
                     Err(e) => Err(e),
                 }
@@ -440,7 +555,7 @@ impl ChannelContext {
     async fn session(
         self: Arc<Self>,
         index: usize,
-        users: &Arc<[Guid]>,
+        members: &Arc<ChannelUsers>,
         mut channel: Channel,
         mut ws: Ws,
         cancel: &CancellationToken,
@@ -448,7 +563,7 @@ impl ChannelContext {
         let config = &self.config;
         let mut context = format!("channel {index} ({})", channel.id);
         self.status.set_state(index, ChannelState::Resyncing);
-        let mut resync = Some(self.request_resync(users));
+        let mut resync = Some(self.request_resync(&members.get()));
         let mut resync_retry_at: Option<Instant> = None;
         let mut resync_attempt = 0u32;
         let mut last_message = Instant::now();
@@ -463,6 +578,15 @@ impl ChannelContext {
             .update(index, |s| s.last_message = Some(last_message));
 
         loop {
+            // A re-discovery changed the channel's users: bring its subscription up to date
+            // (after a failure, the retried renewal subscribes the whole list anyway).
+            if extension.is_none()
+                && replacement.is_none()
+                && renew_retry_at.is_none()
+                && channel.subscribed.as_ref().map(|s| s.1) != Some(members.version())
+            {
+                extension = Some(self.start_extension(&channel, members, false));
+            }
             // Before the channel ends: subscribe again while its own expiry comes first, else
             // (its token ends first) roll to a new channel made with a fresh token.
             let renew_at = channel.ends_at() - rollover_margin(config, &channel);
@@ -506,7 +630,7 @@ impl ChannelContext {
                                     ping_sent = None;
                                     if !handover {
                                         self.status.set_state(index, ChannelState::Resyncing);
-                                        resync = Some(self.request_resync(users));
+                                        resync = Some(self.request_resync(&members.get()));
                                     }
                                     continue;
                                 }
@@ -537,7 +661,7 @@ impl ChannelContext {
                         Control::SocketClosing => {
                             if replacement.is_none() {
                                 log::info!("{context}: socket_closing received; connecting a new socket to the same channel");
-                                replacement = Some(self.start_handover(&channel, users));
+                                replacement = Some(self.start_handover(&channel, members));
                             }
                             false
                         }
@@ -563,6 +687,8 @@ impl ChannelContext {
                         return End::Reconnect(ReconnectCause::ChannelGone, None);
                     }
                 }
+                // Only wakes the loop, whose first lines act on the change.
+                _ = members.changed.notified() => {}
                 _ = sleep_until(watchdog_at) => {
                     if ping_sent.is_none() {
                         log::debug!("{context}: quiet for {:?}; sending ping", config.idle_before_ping);
@@ -586,23 +712,33 @@ impl ChannelContext {
                     renew_retry_at = None;
                     if channel.extendable() {
                         log::debug!("{context}: expires soon; subscribing again to keep it");
-                        extension = Some(self.start_extension(&channel, users));
+                        extension = Some(self.start_extension(&channel, members, true));
                     } else {
                         log::info!("{context}: the token that created it expires soon; rolling to a new channel");
-                        replacement = Some(self.start_replacement(&channel, users));
+                        replacement = Some(self.start_replacement(&channel, members));
                     }
                 }
                 outcome = async { match extension.as_mut() { Some(task) => task.await, None => std::future::pending().await } } => {
                     extension = None;
                     match outcome {
-                        Ok(Extension::Done(at)) => {
+                        Ok(Extension::Done { at, users, version, added, renewal }) => {
                             renew_attempt = 0;
                             channel.expires_at = at + channel.lifetime;
-                            bump(&self.status.stats.channels_extended);
-                            log::info!(
-                                "{context}: kept alive by subscribing again ({}s more)",
-                                channel.lifetime.as_secs()
-                            );
+                            channel.subscribed = Some((users, version));
+                            if renewal {
+                                bump(&self.status.stats.channels_extended);
+                                log::info!(
+                                    "{context}: kept alive by subscribing again ({}s more)",
+                                    channel.lifetime.as_secs()
+                                );
+                            } else {
+                                log::debug!("{context}: subscription brought up to date ({} users added)", added.len());
+                            }
+                            if !added.is_empty() {
+                                // Their presence so far; a failed resync leaves them to the
+                                // periodic one or their next change.
+                                drop(self.request_resync(&added.into()));
+                            }
                         }
                         Ok(Extension::Gone) => {
                             log::warn!("{context}: subscribing again answered 404; the channel is gone");
@@ -664,12 +800,12 @@ impl ChannelContext {
                 }
                 _ = async { match resync_retry_at { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {
                     resync_retry_at = None;
-                    resync = Some(self.request_resync(users));
+                    resync = Some(self.request_resync(&members.get()));
                 }
                 _ = async { match handover_retry_at { Some(at) => sleep_until(at).await, None => std::future::pending().await } } => {
                     handover_retry_at = None;
                     if replacement.is_none() {
-                        replacement = Some(self.start_handover(&channel, users));
+                        replacement = Some(self.start_handover(&channel, members));
                     }
                 }
             }

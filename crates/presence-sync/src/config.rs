@@ -44,6 +44,7 @@ pub struct SyncConfig {
     pub(crate) max_message_bytes: usize,
     pub(crate) max_socket_message_bytes: usize,
     pub(crate) resync_interval: Option<Duration>,
+    pub(crate) discovery_interval: Option<Duration>,
     pub(crate) batch_size: usize,
     pub(crate) proxy: ProxySettings,
     pub(crate) tls_roots: TlsRoots,
@@ -69,6 +70,7 @@ impl Default for SyncConfig {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_socket_message_bytes: DEFAULT_MAX_SOCKET_MESSAGE_BYTES,
             resync_interval: None,
+            discovery_interval: Some(Duration::from_secs(600)),
             batch_size: 512,
             proxy: ProxySettings::from_env(),
             tls_roots: TlsRoots::bundled(),
@@ -198,6 +200,19 @@ impl SyncConfig {
         self
     }
 
+    /// Discover the users again this often, and follow the organisation: new users are
+    /// subscribed (on channels with room, a new channel only when none has any) and their
+    /// presence published; users no longer listed (deleted, deactivated, out of the watched
+    /// groups) are unsubscribed and [removed](presence_frame::PresenceSink::remove) from the
+    /// sink; group membership changes update the group mask, and a changed mask is published
+    /// (or the user removed when the new mask no longer passes the filter); users whose topic
+    /// was rejected are asked for again. Genesys announces none of these changes. At least
+    /// 10 ms; `None` discovers only at start. By default, 10 minutes.
+    pub fn discovery_interval(mut self, interval: Option<Duration>) -> SyncConfig {
+        self.discovery_interval = interval;
+        self
+    }
+
     /// Most events handed to the sink at once. By default, 512.
     pub fn batch_size(mut self, events: usize) -> SyncConfig {
         self.batch_size = events;
@@ -273,6 +288,12 @@ impl SyncConfig {
             .is_some_and(|i| i < Duration::from_secs(1))
         {
             return bad("resync-interval", "must be at least 1 s".into());
+        }
+        if self
+            .discovery_interval
+            .is_some_and(|i| i < Duration::from_millis(10))
+        {
+            return bad("discovery-interval", "must be at least 10 ms".into());
         }
         // The operating system's store is read now, when asked for, so that an empty one
         // fails at start rather than at the first connection.

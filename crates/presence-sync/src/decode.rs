@@ -1,7 +1,7 @@
 //! Turning WebSocket messages into events: size cap, JSON or frames, group masks and the
 //! group filter, counters and rate-limited logging of bad input.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,24 +14,84 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::stats::{DecodeErrorKind, SyncStats, bump};
 
-/// Each user's group mask, from the configured group-to-bit mapping.
+/// Each user's group mask, from the configured group-to-bit mapping, and the users that
+/// discovery found gone (whose events, still on their way, are dropped). Discovery updates
+/// both.
 #[derive(Debug, Default)]
 pub(crate) struct UserMasks {
-    masks: HashMap<Guid, GroupMask>,
+    masks: parking_lot::RwLock<HashMap<Guid, GroupMask>>,
+    gone: parking_lot::RwLock<HashSet<Guid>>,
     default: GroupMask,
 }
 
 impl UserMasks {
     pub(crate) fn new(masks: HashMap<Guid, GroupMask>, default: GroupMask) -> UserMasks {
-        UserMasks { masks, default }
+        UserMasks {
+            masks: parking_lot::RwLock::new(masks),
+            gone: Default::default(),
+            default,
+        }
     }
 
     pub(crate) fn of(&self, user: UserId) -> GroupMask {
         match user {
-            UserId::Genesys(guid) => self.masks.get(&guid).copied().unwrap_or(self.default),
+            UserId::Genesys(guid) => self
+                .masks
+                .read()
+                .get(&guid)
+                .copied()
+                .unwrap_or(self.default),
             // Relay frames carry their own mask.
             UserId::Relay(_) => self.default,
         }
+    }
+
+    /// Whether discovery found the user gone.
+    fn is_gone(&self, user: UserId) -> bool {
+        match user {
+            UserId::Genesys(guid) => {
+                let gone = self.gone.read();
+                !gone.is_empty() && gone.contains(&guid)
+            }
+            UserId::Relay(_) => false,
+        }
+    }
+
+    /// Takes the masks of a new discovery; returns the users of `watched` whose mask changed.
+    pub(crate) fn update(
+        &self,
+        masks: HashMap<Guid, GroupMask>,
+        watched: impl Iterator<Item = Guid>,
+    ) -> Vec<Guid> {
+        let mut held = self.masks.write();
+        let changed = watched
+            .filter(|user| {
+                held.get(user).copied().unwrap_or(self.default)
+                    != masks.get(user).copied().unwrap_or(self.default)
+            })
+            .collect();
+        *held = masks;
+        changed
+    }
+
+    /// Marks users gone (`true`: their events are dropped from now on) or back (`false`).
+    pub(crate) fn set_gone(&self, users: &[Guid], gone: bool) {
+        if users.is_empty() {
+            return;
+        }
+        let mut set = self.gone.write();
+        for user in users {
+            if gone {
+                set.insert(*user);
+            } else {
+                set.remove(user);
+            }
+        }
+    }
+
+    /// Whether `mask` passes the filter `allowed`.
+    pub(crate) fn passes(mask: GroupMask, allowed: Option<GroupMask>) -> bool {
+        allowed.is_none_or(|allowed| mask.passes(allowed))
     }
 }
 
@@ -144,11 +204,12 @@ impl Decoder {
 
     /// Stamps a Genesys event with its user's mask and applies the group filter.
     pub(crate) fn admit(&self, mut event: PresenceEvent, out: &mut Vec<PresenceEvent>) {
+        if self.masks.is_gone(event.user) {
+            // Unsubscribed and removed: a late event must not bring it back.
+            return;
+        }
         event.state.groups = self.masks.of(event.user);
-        if self
-            .allowed
-            .is_none_or(|allowed| event.state.groups.passes(allowed))
-        {
+        if UserMasks::passes(event.state.groups, self.allowed) {
             out.push(event);
         } else {
             bump(&self.stats.filtered_out);

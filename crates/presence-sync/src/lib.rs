@@ -24,6 +24,14 @@
 //!     channel;
 //!   - after every gap resyncs that channel's users over REST (bulk presence, or the paged
 //!     user listing when many channels ask at once), with Genesys's own `modifiedDate`;
+//!   - re-discovers the users every [`discovery_interval`](SyncConfig::discovery_interval)
+//!     (10 minutes) and follows the organisation: new users are subscribed on the channels
+//!     with room (`POST` of their topics; a new channel only when none has room) and resynced,
+//!     users no longer listed are unsubscribed (`PUT` of the remaining topics) and
+//!     [removed](PresenceSink::remove) from the sink, changed group masks are handed to
+//!     [`PresenceSink::regroup`] with the user's presence, and rejected users are asked for
+//!     again. Its requests go one at a time through the client's pacing, taking turns with
+//!     the periodic resync, so channel resyncs waiting there are never starved;
 //!   - reconnects with exponential backoff and full jitter, capped, and logs one line per
 //!     state change.
 //!   - bounds what a socket can hold: a message over

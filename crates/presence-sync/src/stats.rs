@@ -152,6 +152,15 @@ pub struct SyncStats {
     /// Socket messages without `topicName` (such as `{"result":"404",...}`): understood,
     /// logged, never counted as decode errors.
     pub messages_without_topic: AtomicU64,
+    /// Re-discoveries completed (the one at start not counted).
+    pub discoveries: AtomicU64,
+    /// Users a re-discovery found new and subscribed.
+    pub users_added: AtomicU64,
+    /// Users a re-discovery found gone (deleted, deactivated, out of the watched groups),
+    /// unsubscribed and removed from the sink.
+    pub users_removed: AtomicU64,
+    /// Users whose group mask a re-discovery found changed.
+    pub mask_changes: AtomicU64,
     /// Duration of the last completed resync, in milliseconds.
     pub last_resync_ms: AtomicU64,
     /// Sum of the durations of completed resyncs, in milliseconds.
@@ -346,6 +355,15 @@ impl SyncStatus {
             );
         }
         again
+    }
+
+    /// Drops users from [`rejected_users`](Self::rejected_users): discovery lists them no
+    /// more.
+    pub(crate) fn forget_rejected(&self, users: &[Guid]) {
+        let mut held = self.rejected.lock();
+        for user in users {
+            held.remove(user);
+        }
     }
 
     /// Every channel's state.

@@ -1,27 +1,27 @@
 //! The Genesys notification sync: discovery, planning, the channel workers, the resync task
 //! and the periodic resync.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use genesys_auth::GenesysClient;
-use presence_frame::{GroupMask, Guid, PresenceEvent};
+use presence_frame::{GroupMask, Guid, PresenceEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{Instant, sleep};
+use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{members_uri, users_uri, walk_pages};
+use crate::api::{bulk_presence, members_uri, users_uri, walk_pages};
 use crate::backoff::full_jitter;
-use crate::channel::ChannelContext;
+use crate::channel::{ChannelContext, ChannelUsers};
 use crate::config::{SyncConfig, UserSelection};
 use crate::decode::{Decoder, UserMasks};
 use crate::error::{Error, Result};
 use crate::plan::ChannelPlan;
 use crate::resync::{ResyncRequest, Resyncer};
 use crate::sink::PresenceSink;
-use crate::stats::{ChannelSlot, ChannelState, SyncStatus, add};
+use crate::stats::{ChannelSlot, ChannelState, SyncStatus, add, bump};
 
 /// Streams Genesys Cloud presence for a set of users into a [`PresenceSink`], and keeps it
 /// right through every fault the service can throw. See the [crate docs](crate).
@@ -107,9 +107,10 @@ impl PresenceSync {
             plan.users()
         );
 
+        let masks = Arc::new(UserMasks::new(discovered.masks, self.config.default_mask));
         let decoder = Arc::new(Decoder::new(
             Arc::clone(&self.status.stats),
-            Arc::new(UserMasks::new(discovered.masks, self.config.default_mask)),
+            Arc::clone(&masks),
             self.config.allowed,
             self.config.max_message_bytes,
         ));
@@ -151,36 +152,54 @@ impl PresenceSync {
             tasks: tracker.clone(),
             token_life_ms: Default::default(),
         });
-        let all_users: Arc<[Guid]> = plan.channels().iter().flatten().copied().collect();
-        for (index, users) in plan.channels().iter().enumerate() {
-            let users: Arc<[Guid]> = users.as_slice().into();
-            tracker.spawn(Arc::clone(&context).run(index, users, shutdown.clone()));
+        let mut watch = Watch {
+            context,
+            masks,
+            channels: Vec::new(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+        };
+        for users in plan.channels() {
+            watch.add_channel(users.as_slice().into());
         }
-        // Closed, but still taking the drain tasks of rollovers: `wait` returns once every
-        // channel, the resync task and every drain have ended.
+        // Closed, but still taking the drain tasks of rollovers and the channels re-discovery
+        // adds: `wait` returns once every channel, the resync task and every drain have ended.
         tracker.close();
         self.status.ready.store(true, Ordering::Relaxed);
 
-        match self.config.resync_interval {
-            Some(interval) => loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = sleep(interval) => {}
+        // The periodic resync and re-discovery take turns in this task: neither runs while
+        // the other does, and each makes one request at a time, so that the channels' own
+        // resyncs, waiting in the client's pacing queue (first come, first served), are never
+        // starved by them.
+        let after = |interval: Option<std::time::Duration>| interval.map(|i| Instant::now() + i);
+        let mut next_resync = after(self.config.resync_interval);
+        let mut next_discovery = after(self.config.discovery_interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = sleep_until_some(next_resync) => {
+                    let (done, answer) = oneshot::channel();
+                    let request = ResyncRequest {
+                        users: watch.all_users(),
+                        done,
+                    };
+                    if resync_tx.send(request).await.is_err() {
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = answer => {}
+                    }
+                    next_resync = after(self.config.resync_interval);
                 }
-                let (done, answer) = oneshot::channel();
-                let request = ResyncRequest {
-                    users: Arc::clone(&all_users),
-                    done,
-                };
-                if resync_tx.send(request).await.is_err() {
-                    break;
+                _ = sleep_until_some(next_discovery) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = self.rediscover(&mut watch) => {}
+                    }
+                    next_discovery = after(self.config.discovery_interval);
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = answer => {}
-                }
-            },
-            None => shutdown.cancelled().await,
+            }
         }
         tracker.wait().await;
         self.status.ready.store(false, Ordering::Relaxed);
@@ -239,6 +258,260 @@ impl PresenceSync {
         }
         if !batch.is_empty() {
             self.sink.publish(&mut batch);
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a running sync watches: its channels and their users, and what it needs to add a
+/// channel.
+struct Watch {
+    context: Arc<ChannelContext>,
+    masks: Arc<UserMasks>,
+    channels: Vec<Arc<ChannelUsers>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Watch {
+    /// Starts a channel worker for `users`.
+    fn add_channel(&mut self, users: Arc<[Guid]>) {
+        let index = self.channels.len();
+        let members = Arc::new(ChannelUsers::new(Arc::clone(&users)));
+        self.channels.push(Arc::clone(&members));
+        {
+            let mut slots = self.context.status.channels.lock();
+            if slots.len() <= index {
+                slots.push(ChannelSlot {
+                    channel_id: None,
+                    state: ChannelState::Setup,
+                    users: users.len(),
+                    reconnects: 0,
+                    last_message: None,
+                });
+            }
+        }
+        self.tracker
+            .spawn(Arc::clone(&self.context).run(index, members, self.shutdown.clone()));
+    }
+
+    /// Every watched user.
+    fn all_users(&self) -> Arc<[Guid]> {
+        self.channels
+            .iter()
+            .flat_map(|c| c.get().to_vec())
+            .collect()
+    }
+}
+
+/// What one re-discovery changed.
+#[derive(Debug, Default)]
+struct Changes {
+    added: usize,
+    removed: usize,
+    mask_changes: usize,
+    retried: usize,
+    not_placed: usize,
+}
+
+impl PresenceSync {
+    /// Discovers the users again and follows the organisation: subscribes new users on
+    /// channels with room (a new channel only when none has any, within the channel limit),
+    /// unsubscribes and removes those no longer listed, asks again for rejected users still
+    /// listed, and publishes changed group masks. One log line with the counts. A failed
+    /// listing changes nothing (the next discovery tries again).
+    async fn rediscover(&self, watch: &mut Watch) {
+        let started = Instant::now();
+        let found = match self.discover().await {
+            Ok(found) => found,
+            Err(e) => {
+                log::warn!("re-discovering users failed: {e}; trying again at the next discovery");
+                return;
+            }
+        };
+        let changes = self.follow(watch, found).await;
+        bump(&self.status.stats.discoveries);
+        add(&self.status.stats.users_added, changes.added as u64);
+        add(&self.status.stats.users_removed, changes.removed as u64);
+        add(&self.status.stats.mask_changes, changes.mask_changes as u64);
+        log::info!(
+            "re-discovery: {} users added, {} removed, {} mask changes, {} rejected asked again{}, took {:.1?}",
+            changes.added,
+            changes.removed,
+            changes.mask_changes,
+            changes.retried,
+            if changes.not_placed > 0 {
+                format!(
+                    ", {} not watched (the channel limit is reached)",
+                    changes.not_placed
+                )
+            } else {
+                String::new()
+            },
+            started.elapsed()
+        );
+    }
+
+    async fn follow(&self, watch: &mut Watch, found: Discovered) -> Changes {
+        let mut changes = Changes::default();
+        let listed: HashSet<Guid> = found.users.iter().copied().collect();
+        let mut lists: Vec<Vec<Guid>> = watch.channels.iter().map(|c| c.get().to_vec()).collect();
+        let watched: HashSet<Guid> = lists.iter().flatten().copied().collect();
+
+        // Gone: unsubscribed (each channel's remaining list), removed from the sink.
+        let removed: Vec<Guid> = watched
+            .iter()
+            .copied()
+            .filter(|u| !listed.contains(u))
+            .collect();
+        changes.removed = removed.len();
+        let removed_set: HashSet<Guid> = removed.iter().copied().collect();
+
+        // Masks: the new ones for everybody; the kept users whose mask changed.
+        let kept = watched.iter().copied().filter(|u| listed.contains(u));
+        let changed_masks = watch.masks.update(found.masks, kept);
+        changes.mask_changes = changed_masks.len();
+
+        // Rejected before: dropped when gone, asked for again when still listed.
+        let rejected = self.status.rejected_users();
+        let gone_rejected: Vec<Guid> = rejected
+            .iter()
+            .copied()
+            .filter(|u| !listed.contains(u))
+            .collect();
+        self.status.forget_rejected(&gone_rejected);
+        let retry: HashSet<Guid> = rejected
+            .iter()
+            .copied()
+            .filter(|u| listed.contains(u) && watched.contains(u))
+            .collect();
+        changes.retried = retry.len();
+
+        // New: on the channels with the most room first.
+        let mut added: Vec<Guid> = found
+            .users
+            .iter()
+            .copied()
+            .filter(|u| !watched.contains(u))
+            .collect();
+        added.sort_unstable();
+        added.dedup();
+        changes.added = added.len();
+        watch.masks.set_gone(&removed, true);
+        watch.masks.set_gone(&added, false);
+
+        let per_channel = self.config.topics_per_channel.max(1);
+        let mut touched = vec![false; lists.len()];
+        for (list, touched) in lists.iter_mut().zip(touched.iter_mut()) {
+            let before = list.len();
+            list.retain(|u| !removed_set.contains(u));
+            *touched = list.len() != before || list.iter().any(|u| retry.contains(u));
+        }
+        let mut rest = Vec::new();
+        for user in added {
+            let roomiest = lists
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.len() < per_channel)
+                .min_by_key(|(_, l)| l.len())
+                .map(|(i, _)| i);
+            match roomiest {
+                Some(i) => {
+                    lists[i].push(user);
+                    touched[i] = true;
+                }
+                None => rest.push(user),
+            }
+        }
+        for ((members, list), touched) in watch.channels.iter().zip(lists).zip(touched) {
+            if touched {
+                let retry_here: Vec<Guid> =
+                    list.iter().copied().filter(|u| retry.contains(u)).collect();
+                let len = list.len();
+                members.set(list.into(), retry_here);
+                if let Some(index) = watch.channels.iter().position(|c| Arc::ptr_eq(c, members)) {
+                    self.status.update(index, |s| s.users = len);
+                }
+            }
+        }
+        // No room anywhere: new channels, within the plan's limit (one of Genesys's channels
+        // stays free for rollovers).
+        let limit = self.config.max_channels.saturating_sub(1);
+        let mut rest = rest.as_slice();
+        while !rest.is_empty() && watch.channels.len() < limit {
+            let (head, tail) = rest.split_at(rest.len().min(per_channel));
+            // One rollover slot fewer: the new channel takes a free one.
+            if watch.context.rollover_slots.available_permits() > 1
+                && let Ok(permit) = watch.context.rollover_slots.try_acquire()
+            {
+                permit.forget();
+            }
+            log::info!(
+                "re-discovery: no channel has room; adding channel {} for {} new users",
+                watch.channels.len(),
+                head.len()
+            );
+            watch.add_channel(head.into());
+            rest = tail;
+        }
+        changes.not_placed = rest.len();
+        changes.added -= rest.len();
+        // Not watched after all: their late events are dropped.
+        watch.masks.set_gone(rest, true);
+
+        if !removed.is_empty() {
+            let users: Vec<UserId> = removed.iter().map(|u| UserId::Genesys(*u)).collect();
+            self.sink.remove(&users);
+        }
+        self.publish_masks(watch, &changed_masks).await;
+        changes
+    }
+
+    /// Publishes the changed masks of `users`: a user whose new mask no longer passes the
+    /// filter is removed from the sink; the others' presence is fetched (bulk, in the same
+    /// pacing as every request) and handed to [`PresenceSink::regroup`] with the new mask and
+    /// Genesys's own `modifiedDate`: a registry orders two states of the same time by their
+    /// content, in which a smaller mask loses, so an ordinary publish could leave the old
+    /// mask in place.
+    async fn publish_masks(&self, watch: &Watch, users: &[Guid]) {
+        if users.is_empty() {
+            return;
+        }
+        let (keep, drop): (Vec<Guid>, Vec<Guid>) = users.iter().partition(|u| {
+            UserMasks::passes(watch.masks.of(UserId::Genesys(**u)), self.config.allowed)
+        });
+        if !drop.is_empty() {
+            let gone: Vec<UserId> = drop.iter().map(|u| UserId::Genesys(*u)).collect();
+            self.sink.remove(&gone);
+        }
+        let decoder = &watch.context.decoder;
+        let mut batch = Vec::with_capacity(self.config.batch_size);
+        for chunk in keep.chunks(50) {
+            match bulk_presence(&self.client, chunk).await {
+                Ok((events, _bad)) => {
+                    add(&self.status.stats.resync_events, events.len() as u64);
+                    for event in events {
+                        decoder.admit(event, &mut batch);
+                    }
+                    if !batch.is_empty() {
+                        self.sink.regroup(&mut batch);
+                        batch.clear();
+                    }
+                }
+                Err(e) => {
+                    log::warn!(
+                        "re-discovery: presence of {} users whose group mask changed could not be read: {e}; they are published at their next change or resync",
+                        chunk.len()
+                    );
+                }
+            }
         }
     }
 }

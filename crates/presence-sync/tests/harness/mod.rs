@@ -83,22 +83,31 @@ impl Harness {
         refresh_margin: Duration,
         prepare: impl FnOnce(&EmulatorHandle),
     ) -> Harness {
+        let registry = registry();
+        let sink_registry = Arc::clone(&registry);
+        let sink = move |events: &mut Vec<PresenceEvent>| {
+            for event in events.drain(..) {
+                let _ = sink_registry.apply(event);
+            }
+        };
+        Harness::start_sink(emulator, sync, refresh_margin, prepare, registry, sink).await
+    }
+
+    /// [`start_with`](Self::start_with) with the sync feeding `sink`, which should keep
+    /// `registry` (the one convergence is judged on).
+    pub(crate) async fn start_sink(
+        emulator: EmulatorConfig,
+        sync: SyncConfig,
+        refresh_margin: Duration,
+        prepare: impl FnOnce(&EmulatorHandle),
+        registry: Arc<Registry<ManualClock>>,
+        sink: impl presence_sync::PresenceSink,
+    ) -> Harness {
         let emulator = start_emulator(emulator).await;
         prepare(&emulator);
         let client = client_with(&emulator, 300, refresh_margin);
         let bits: Vec<(Guid, u32)> = emulator.group_ids().into_iter().zip(0u32..).collect();
-        let registry = registry();
-        let sink_registry = Arc::clone(&registry);
-        let sync = PresenceSync::new(
-            client.clone(),
-            sync.group_bits(bits),
-            move |events: &mut Vec<PresenceEvent>| {
-                for event in events.drain(..) {
-                    let _ = sink_registry.apply(event);
-                }
-            },
-        )
-        .expect("sync");
+        let sync = PresenceSync::new(client.clone(), sync.group_bits(bits), sink).expect("sync");
         let status = sync.status();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(sync.run(shutdown.clone()));

@@ -1,0 +1,301 @@
+//! Issue 12, item 5: the organisation changes while the sync watches it. Against the
+//! emulator over real loopback HTTP and WebSockets: a new user is subscribed (on the channel
+//! with room, no new channel) and published after the next re-discovery, then streams; a
+//! deleted or deactivated user is removed from the sink and unsubscribed; a group move
+//! changes the mask and is published, also when the mask shrinks at the same event time;
+//! with re-discovery off the users are listed once; churn at a rate ends with the registry
+//! equal to the truth, deleted users absent. On the old code (discovery only at start) none
+//! of these users is ever added, removed or regrouped.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use genesys_emulator::EmulatorConfig;
+use presence_frame::{GroupMask, Guid, PresenceEvent, PresenceSink, UserId};
+use presence_registry::{ManualClock, Registry};
+use presence_sync::SyncConfig;
+
+mod harness;
+
+use harness::*;
+
+fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// A registry as the bridge keeps one: removed users leave it (the bridge's sink tombstones
+/// them), regrouped states replace the held one unless it is newer.
+#[derive(Clone)]
+struct RegistrySink {
+    registry: Arc<Registry<ManualClock>>,
+    removed: Arc<Mutex<Vec<UserId>>>,
+}
+
+impl PresenceSink for RegistrySink {
+    fn publish(&self, events: &mut Vec<PresenceEvent>) {
+        for event in events.drain(..) {
+            let _ = self.registry.apply(event);
+        }
+    }
+
+    fn remove(&self, users: &[UserId]) {
+        for user in users {
+            self.registry.remove_with(*user, |_| {});
+        }
+        self.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(users);
+    }
+
+    fn regroup(&self, events: &mut Vec<PresenceEvent>) {
+        for event in events.drain(..) {
+            let mut held = None;
+            self.registry
+                .remove_with(event.user, |old| held = Some(old.last));
+            match held {
+                Some(newer) if newer.time > event.time => {
+                    let _ = self.registry.apply(newer);
+                }
+                _ => {
+                    let _ = self.registry.apply(event);
+                }
+            }
+        }
+    }
+}
+
+async fn start(
+    emulator: EmulatorConfig,
+    sync: SyncConfig,
+    prepare: impl FnOnce(&genesys_emulator::EmulatorHandle),
+) -> (Harness, RegistrySink) {
+    let sink = RegistrySink {
+        registry: registry(),
+        removed: Arc::default(),
+    };
+    let h = Harness::start_sink(
+        emulator,
+        sync,
+        Duration::from_secs(60),
+        prepare,
+        Arc::clone(&sink.registry),
+        sink.clone(),
+    )
+    .await;
+    (h, sink)
+}
+
+fn often() -> SyncConfig {
+    fast_sync().discovery_interval(Some(Duration::from_millis(300)))
+}
+
+fn quiet(users: u32) -> EmulatorConfig {
+    EmulatorConfig::default()
+        .users(users)
+        .change_rate(0.0)
+        .shift_change_every(Duration::ZERO)
+}
+
+fn registry_users(registry: &Registry<ManualClock>) -> BTreeSet<Guid> {
+    registry
+        .snapshot()
+        .into_iter()
+        .filter_map(|e| match e.user {
+            UserId::Genesys(g) => Some(g),
+            UserId::Relay(_) => None,
+        })
+        .collect()
+}
+
+fn truth_users(h: &Harness) -> BTreeSet<Guid> {
+    h.emulator.truth().iter().filter_map(|t| t.user()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_is_subscribed_published_and_streamed_after_the_next_discovery() {
+    let (h, _) = start(quiet(40).spare_users(1), often(), |_| {}).await;
+    h.ready().await;
+    let new = h.emulator.create_user().expect("a spare user");
+    h.wait_for("the new user published", Duration::from_secs(10), |h| {
+        h.registry.get(UserId::Genesys(new)).is_some()
+    })
+    .await;
+    assert_eq!(load(&h.status.stats().users_added), 1);
+    // On the channel that had room: no new channel, one more topic.
+    assert_eq!(load(&h.status.stats().channels_created), 1);
+    assert_eq!(h.emulator.stats().channels[0].topics, 41);
+    assert_eq!(h.status.channels()[0].users, 41);
+    // It streams: its changes from now on arrive over the socket (no periodic resync here).
+    let resyncs = load(&h.status.stats().resync_events);
+    h.emulator.set_change_rate(400.0).expect("rate");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    h.converge(Duration::from_secs(10)).await;
+    assert!(load(&h.status.stats().stream_events) > 0);
+    let truth = h
+        .emulator
+        .truth()
+        .into_iter()
+        .find(|t| t.user() == Some(new))
+        .expect("in the truth");
+    assert!(
+        h.registry.get(UserId::Genesys(new)).is_some_and(|e| {
+            e.time == presence_frame::EventTime::parse_rfc3339(&truth.modified_date).expect("date")
+        }),
+        "the new user's latest change arrived"
+    );
+    assert_eq!(
+        load(&h.status.stats().resync_events),
+        resyncs,
+        "streamed, not resynced"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_and_deactivated_users_are_removed_and_unsubscribed() {
+    let (h, sink) = start(quiet(30), often(), |_| {}).await;
+    h.ready().await;
+    h.converge(Duration::from_secs(10)).await;
+    let users = h.emulator.user_ids();
+    let (deleted, deactivated) = (users[3], users[7]);
+    assert!(h.emulator.delete_user(deleted));
+    assert!(h.emulator.deactivate_user(deactivated));
+    h.wait_for("both removed", Duration::from_secs(10), |h| {
+        load(&h.status.stats().users_removed) == 2
+    })
+    .await;
+    let mut removed = sink
+        .removed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    removed.sort();
+    let mut expected = vec![UserId::Genesys(deleted), UserId::Genesys(deactivated)];
+    expected.sort();
+    assert_eq!(removed, expected, "the sink was told");
+    assert!(h.registry.get(UserId::Genesys(deleted)).is_none());
+    assert!(h.registry.get(UserId::Genesys(deactivated)).is_none());
+    h.wait_for(
+        "the channel's remaining list",
+        Duration::from_secs(10),
+        |h| h.emulator.stats().channels[0].topics == 28,
+    )
+    .await;
+    assert_eq!(h.status.channels()[0].users, 28);
+    assert_eq!(registry_users(&h.registry), truth_users(&h));
+    assert_eq!(load(&h.status.stats().channels_created), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_move_changes_the_mask_and_is_published() {
+    let (h, _) = start(quiet(30).groups(2), often(), |_| {}).await;
+    h.ready().await;
+    h.converge(Duration::from_secs(10)).await;
+    let truth = h.emulator.truth();
+    // One user loses every group (its mask shrinks: at the same event time the registry
+    // would keep the larger mask), another joins both.
+    let shrinking = truth
+        .iter()
+        .find(|t| t.group_mask != 0)
+        .and_then(|t| t.user())
+        .expect("a user in a group");
+    let growing = truth
+        .iter()
+        .find(|t| t.group_mask != 0b11 && t.user() != Some(shrinking))
+        .and_then(|t| t.user())
+        .expect("a user not in both groups");
+    assert!(h.emulator.set_user_groups(shrinking, &[]));
+    assert!(h.emulator.set_user_groups(growing, &[0, 1]));
+    h.wait_for("the masks published", Duration::from_secs(10), |h| {
+        h.registry
+            .get(UserId::Genesys(shrinking))
+            .is_some_and(|e| e.state.groups == GroupMask(0))
+            && h.registry
+                .get(UserId::Genesys(growing))
+                .is_some_and(|e| e.state.groups == GroupMask(0b11))
+    })
+    .await;
+    assert_eq!(load(&h.status.stats().mask_changes), 2);
+    // Same presence, same event time as the truth: only the mask moved.
+    h.converge(Duration::from_secs(10)).await;
+    // And the stream carries the new masks.
+    h.emulator.resume();
+    h.emulator.set_change_rate(300.0).expect("rate");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    h.converge(Duration::from_secs(10)).await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_discovery_off_the_users_are_never_listed_again() {
+    let (h, _) = start(
+        quiet(20).spare_users(1),
+        fast_sync().discovery_interval(None),
+        |_| {},
+    )
+    .await;
+    h.ready().await;
+    h.converge(Duration::from_secs(10)).await;
+    let requests = h.emulator.stats().api_requests;
+    let new = h.emulator.create_user().expect("spare");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        h.emulator.stats().api_requests,
+        requests,
+        "no listing, no request at all"
+    );
+    assert_eq!(load(&h.status.stats().discoveries), 0);
+    assert!(h.registry.get(UserId::Genesys(new)).is_none());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_at_a_rate_keeps_the_registry_equal_to_the_truth() {
+    // 300 users, 5% a (one-second) day: about 15 org changes a second, besides presence.
+    let (h, sink) = start(
+        EmulatorConfig::default()
+            .users(300)
+            .spare_users(300)
+            .groups(4)
+            .change_rate(100.0)
+            .churn_per_day(0.05)
+            .day(Duration::from_secs(1)),
+        often(),
+        |_| {},
+    )
+    .await;
+    h.ready().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    h.emulator.quiesce().await;
+    let churn = h.emulator.stats().churn;
+    assert!(
+        churn.created > 0 && churn.deleted + churn.deactivated > 0 && churn.moved > 0,
+        "{churn:?}"
+    );
+    // One whole discovery after the org stopped moving.
+    let seen = load(&h.status.stats().discoveries);
+    h.wait_for("two more discoveries", Duration::from_secs(10), |h| {
+        load(&h.status.stats().discoveries) >= seen + 2
+    })
+    .await;
+    h.converge(Duration::from_secs(15)).await;
+    assert_eq!(
+        registry_users(&h.registry),
+        truth_users(&h),
+        "new users present, deleted and deactivated ones absent"
+    );
+    assert_eq!(
+        sink.removed.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
+        churn.deleted + churn.deactivated
+    );
+    let topics: usize = h.emulator.stats().channels.iter().map(|c| c.topics).sum();
+    assert_eq!(
+        topics as u64, churn.active_users,
+        "every active user subscribed"
+    );
+    h.stop().await;
+}
