@@ -299,3 +299,72 @@ async fn churn_at_a_rate_keeps_the_registry_equal_to_the_truth() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_users_get_a_new_channel_only_when_none_has_room() {
+    let (h, _) = start(
+        quiet(20).spare_users(13),
+        often().topics_per_channel(10).max_channels(4),
+        |_| {},
+    )
+    .await;
+    h.ready().await;
+    assert_eq!(h.status.channels().len(), 2);
+    let created: Vec<Guid> = (0..13)
+        .map(|_| h.emulator.create_user().expect("spare"))
+        .collect();
+    // Two channels full, one more for ten of them; a fourth would be past the limit (one of
+    // the four stays free for rollovers), so 3 of the 13 are not watched.
+    h.wait_for("ten new users published", Duration::from_secs(15), |h| {
+        created
+            .iter()
+            .filter(|u| h.registry.get(UserId::Genesys(**u)).is_some())
+            .count()
+            == 10
+    })
+    .await;
+    h.wait_for("every channel streaming", Duration::from_secs(15), |h| {
+        h.status.is_ready()
+    })
+    .await;
+    let users: Vec<usize> = h.status.channels().iter().map(|c| c.users).collect();
+    assert_eq!(users, [10, 10, 10]);
+    assert_eq!(load(&h.status.stats().channels_created), 3);
+    assert_eq!(load(&h.status.stats().users_added), 10);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_users_are_asked_for_again_at_each_discovery_and_dropped_when_gone() {
+    let mut refused: Vec<Guid> = Vec::new();
+    let (h, _) = start(quiet(20), often(), |emulator| {
+        refused = emulator.user_ids()[..2].to_vec();
+        assert_eq!(emulator.refuse_topics(&refused), 2);
+    })
+    .await;
+    h.ready().await;
+    let mut rejected = h.status.rejected_users();
+    rejected.sort();
+    let mut expected = refused.clone();
+    expected.sort();
+    assert_eq!(rejected, expected);
+    // One is deleted: no longer listed, no longer in the list. The other is permitted
+    // again: the next discovery asks for it (the channel is not extended meanwhile).
+    assert!(h.emulator.delete_user(refused[0]));
+    h.emulator.permit_topics(&refused[1..]);
+    h.wait_for("no rejected user left", Duration::from_secs(10), |h| {
+        h.status.rejected_users().is_empty()
+    })
+    .await;
+    h.wait_for(
+        "the accepted user published",
+        Duration::from_secs(10),
+        |h| h.registry.get(UserId::Genesys(refused[1])).is_some(),
+    )
+    .await;
+    assert_eq!(h.emulator.stats().channels[0].topics, 19);
+    assert_eq!(load(&h.status.stats().channels_extended), 0);
+    h.converge(Duration::from_secs(10)).await;
+    assert_eq!(registry_users(&h.registry), truth_users(&h));
+    h.stop().await;
+}
