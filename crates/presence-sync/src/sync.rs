@@ -79,7 +79,7 @@ impl PresenceSync {
             }
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                r = self.discover() => r,
+                r = self.discover(true) => r,
             };
             match result {
                 Ok(found) => break found,
@@ -207,7 +207,9 @@ impl PresenceSync {
         Ok(())
     }
 
-    async fn discover(&self) -> genesys_auth::Result<Discovered> {
+    /// Lists the users to watch and their group masks; with their presence when
+    /// `with_presence` (at start).
+    async fn discover(&self, with_presence: bool) -> genesys_auth::Result<Discovered> {
         let page = self.config.page_size;
         let mut masks: HashMap<Guid, GroupMask> = HashMap::new();
         for (group, bit) in &self.config.group_bits {
@@ -222,10 +224,11 @@ impl PresenceSync {
         let mut users = Vec::new();
         let mut snapshot = Vec::new();
         let uris = match &self.config.users {
-            UserSelection::AllActive => vec![users_uri(page, true)],
-            UserSelection::Groups(groups) => {
-                groups.iter().map(|g| members_uri(*g, page, true)).collect()
-            }
+            UserSelection::AllActive => vec![users_uri(page, with_presence)],
+            UserSelection::Groups(groups) => groups
+                .iter()
+                .map(|g| members_uri(*g, page, with_presence))
+                .collect(),
         };
         for uri in uris {
             let bad = walk_pages(&self.client, uri, |listed| {
@@ -329,7 +332,8 @@ impl PresenceSync {
     /// listing changes nothing (the next discovery tries again).
     async fn rediscover(&self, watch: &mut Watch) {
         let started = Instant::now();
-        let found = match self.discover().await {
+        // Without presence: new users are resynced once subscribed.
+        let found = match self.discover(false).await {
             Ok(found) => found,
             Err(e) => {
                 log::warn!("re-discovering users failed: {e}; trying again at the next discovery");

@@ -368,3 +368,27 @@ async fn rejected_users_are_asked_for_again_at_each_discovery_and_dropped_when_g
     assert_eq!(registry_users(&h.registry), truth_users(&h));
     h.stop().await;
 }
+
+/// On tokio's paused clock, with Genesys's own intervals: the default discovery interval
+/// (10 minutes) finds a new user after ten minutes, not before.
+#[tokio::test(start_paused = true)]
+async fn by_default_the_users_are_discovered_again_every_ten_minutes() {
+    let (h, _) = start(
+        quiet(20).spare_users(1),
+        SyncConfig::default().backoff(Duration::from_millis(20), Duration::from_millis(500)),
+        |_| {},
+    )
+    .await;
+    h.ready().await;
+    let new = h.emulator.create_user().expect("spare");
+    tokio::time::sleep(Duration::from_secs(9 * 60)).await;
+    assert_eq!(load(&h.status.stats().discoveries), 0);
+    assert!(h.registry.get(UserId::Genesys(new)).is_none());
+    h.wait_for("the new user published", Duration::from_secs(120), |h| {
+        h.registry.get(UserId::Genesys(new)).is_some()
+    })
+    .await;
+    assert_eq!(load(&h.status.stats().discoveries), 1);
+    assert_eq!(load(&h.status.stats().channels_created), 1);
+    h.stop().await;
+}
