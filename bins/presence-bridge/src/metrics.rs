@@ -238,6 +238,11 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
         load(&sink.unpublished),
     );
     s.counter(
+        "users_removed",
+        "Users the source found gone (deleted, deactivated, out of the watched groups or the group filter), removed and tombstoned",
+        load(&sink.removed),
+    );
+    s.counter(
         "tombstones_retried",
         "Tombstones sent again after the publisher's queue had been full",
         load(&sink.tombstones_retried),
@@ -345,6 +350,26 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
             "messages_without_topic",
             "Socket messages without topicName (such as a 404 for a gone channel)",
             &sync.messages_without_topic,
+        ),
+        (
+            "discoveries",
+            "Re-discoveries of the users completed (--discovery-interval)",
+            &sync.discoveries,
+        ),
+        (
+            "discovery_users_added",
+            "New users a re-discovery subscribed",
+            &sync.users_added,
+        ),
+        (
+            "discovery_users_removed",
+            "Users a re-discovery found gone and unsubscribed",
+            &sync.users_removed,
+        ),
+        (
+            "discovery_mask_changes",
+            "Users whose group mask a re-discovery found changed (republished)",
+            &sync.mask_changes,
         ),
     ] {
         s.counter(name, help, load(counter));
