@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use parking_lot::Mutex;
 use presence_frame::{EventTime, Frame, PresenceEvent, PresenceSink, RateLimit, UserId};
-use presence_registry::{Clock, MonotonicClock, Outcome, Registry};
+use presence_registry::{Clock, Expired, MonotonicClock, Outcome, Registry};
 
 use crate::publisher::{Enqueue, Publisher};
 use crate::queue::Update;
@@ -423,13 +423,8 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         let mut refused = Vec::new();
         let wall = EventTime::now();
         self.registry.sweep_with(|gone| {
-            let user = gone.last.user;
-            // Never earlier than the state it deletes (whose time may be up to the skew ahead).
-            let time = wall.max(gone.last.time);
-            if self.publisher.tombstone(user, time, now) == Enqueue::QueueFull {
-                refused.push((user, time));
-            }
-            expired.push(user);
+            self.tombstone(&gone, wall, now, &mut refused);
+            expired.push(gone.last.user);
         });
         if !refused.is_empty() {
             self.keep_tombstones(refused);
@@ -447,10 +442,7 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         let mut refused = Vec::new();
         for &user in users {
             self.registry.remove_with(user, |gone| {
-                let time = wall.max(gone.last.time);
-                if self.publisher.tombstone(user, time, now) == Enqueue::QueueFull {
-                    refused.push((user, time));
-                }
+                self.tombstone(&gone, wall, now, &mut refused);
                 removed.push(user);
             });
         }
@@ -459,6 +451,23 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         }
         SinkStats::add(&self.stats.removed, removed.len() as u64);
         removed
+    }
+
+    /// Tombstones a user just taken out of the registry, still under its shard's lock: dated
+    /// `wall`, never earlier than the state it deletes (whose time may be up to the skew
+    /// ahead). One the publisher's full queue refused goes to `refused`, to keep for later.
+    fn tombstone(
+        &self,
+        gone: &Expired,
+        wall: EventTime,
+        now: Instant,
+        refused: &mut Vec<(UserId, EventTime)>,
+    ) {
+        let user = gone.last.user;
+        let time = wall.max(gone.last.time);
+        if self.publisher.tombstone(user, time, now) == Enqueue::QueueFull {
+            refused.push((user, time));
+        }
     }
 
     /// Marks the states the publisher gave up on; keeps its given-up tombstones for later.

@@ -178,6 +178,15 @@ impl Harness {
         }
     }
 
+    /// Asserts that the users rejected now are exactly `users`.
+    pub(crate) fn assert_rejected(&self, users: &[Guid]) {
+        let mut rejected = self.status.rejected_users();
+        rejected.sort();
+        let mut expected = users.to_vec();
+        expected.sort();
+        assert_eq!(rejected, expected, "the rejected users");
+    }
+
     /// The channel id of each planned channel.
     pub(crate) fn channel_ids(&self) -> Vec<Option<String>> {
         self.status
