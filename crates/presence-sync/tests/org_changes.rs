@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use genesys_emulator::EmulatorConfig;
+use genesys_emulator::{EmulatorConfig, FaultTarget};
 use presence_frame::{GroupMask, Guid, PresenceEvent, PresenceSink, UserId};
 use presence_registry::{ManualClock, Registry};
 use presence_sync::SyncConfig;
@@ -386,5 +386,45 @@ async fn by_default_the_users_are_discovered_again_every_ten_minutes() {
     .await;
     assert_eq!(load(&h.status.stats().discoveries), 1);
     assert_eq!(load(&h.status.stats().channels_created), 1);
+    h.stop().await;
+}
+
+/// Re-discovery back to back (every 10 ms, nine listings each: the users and eight groups),
+/// past the client's burst so that every request waits in its pacing: a channel that loses
+/// its socket still gets its resync through within a few requests' time, and discovery goes
+/// on. Discovery makes one request at a time, so a resync waits behind at most one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_discovery_does_not_starve_a_channels_resync() {
+    let (h, _) = start(
+        quiet(40),
+        fast_sync().discovery_interval(Some(Duration::from_millis(10))),
+        |_| {},
+    )
+    .await;
+    h.ready().await;
+    // 300 requests a minute: a burst of 150, then 2.5 a second. Spend the burst.
+    h.wait_for("the burst spent", Duration::from_secs(30), |h| {
+        h.emulator.stats().api_requests >= 160
+    })
+    .await;
+    let resyncs = load(&h.status.stats().resyncs);
+    let discoveries = load(&h.status.stats().discoveries);
+    assert!(h.emulator.drop_sockets(FaultTarget::All).expect("drop") >= 1);
+    let dropped = tokio::time::Instant::now();
+    h.wait_for("the channel resynced", Duration::from_secs(10), |h| {
+        load(&h.status.stats().resyncs) > resyncs && h.status.is_ready()
+    })
+    .await;
+    let took = dropped.elapsed();
+    h.wait_for("discovery going on", Duration::from_secs(10), |h| {
+        load(&h.status.stats().discoveries) > discoveries
+    })
+    .await;
+    assert_eq!(
+        h.emulator.stats().api_rate_limited,
+        0,
+        "the pacing kept every request within the limit"
+    );
+    assert!(took < Duration::from_secs(6), "the resync took {took:?}");
     h.stop().await;
 }
