@@ -259,20 +259,39 @@ where
     /// unpublished (downstream has it). An event racing in between is ordered by
     /// last-write-wins as ever.
     fn regroup(&self, events: &mut Vec<PresenceEvent>) {
-        let mut apply = Vec::with_capacity(events.len());
+        // The mask is changed in place under the user's shard lock and the change published
+        // there, as for any change; users without a live entry, or with a newer event, take
+        // the usual road.
+        let received = Instant::now();
+        let mut changed = Vec::new();
+        let mut refused = Vec::new();
+        let mut rest = Vec::new();
         for event in events.drain(..) {
-            let mut held = None;
-            self.join
-                .registry
-                .remove_with(event.user, |old| held = Some(old.last));
-            match held {
-                Some(newer) if newer.time > event.time => {
-                    let _ = self.join.registry.apply(newer);
+            let regrouped = self.join.registry.regroup_with(&event, |outcome| {
+                if let Outcome::Changed(change) = outcome {
+                    let (user, time) = (change.current.user, change.current.time);
+                    changed.push(user);
+                    if self.join.publisher.publish(change.current, received) == Enqueue::QueueFull {
+                        refused.push((user, time));
+                    }
                 }
-                _ => apply.push(event),
+            });
+            if !regrouped {
+                rest.push(event);
             }
         }
-        self.publish(&mut apply);
+        for (user, time) in refused {
+            // Outside the shard lock, as `Join::apply_with` does.
+            self.join.registry.mark_unpublished(user, time);
+            SinkStats::add(&self.join.stats.unpublished, 1);
+        }
+        SinkStats::add(&self.join.stats.changes, changed.len() as u64);
+        if let Some(observer) = &self.join.observer
+            && !changed.is_empty()
+        {
+            observer(&changed, false);
+        }
+        self.publish(&mut rest);
     }
 
     /// Removes each user from the registry and tombstones it under its shard's lock (dated

@@ -519,6 +519,26 @@ impl<C: Clock> Registry<C> {
         }
     }
 
+    /// Gives `event`'s user the group mask of `event`, the source's new word on the user's
+    /// groups, whatever last-write-wins would say: a mask change comes with the user's
+    /// unchanged presence (same event time), and on a tie the state order could keep the
+    /// old mask. Under the user's shard lock: when the user holds a live entry not older than
+    /// `event`, its mask becomes `event`'s and `on_outcome` gets [`Outcome::Changed`] (or
+    /// [`Outcome::Refreshed`] when the mask was the same); returns `true`. Returns `false`
+    /// (and calls nothing) when the user has no live entry or `event` is newer: then apply
+    /// it as usual.
+    pub fn regroup_with(&self, event: &PresenceEvent, on_outcome: impl FnOnce(Outcome)) -> bool {
+        let hash = event.user.mix64();
+        let mut shard = self.shards[self.shard_index(hash)].0.lock();
+        match shard.regroup(event, hash, self.now()) {
+            Some(outcome) => {
+                on_outcome(outcome);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes entries past their time-to-live and returns them, oldest first per shard.
     pub fn sweep(&self) -> Vec<Expired> {
         let mut out = Vec::new();

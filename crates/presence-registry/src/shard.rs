@@ -422,6 +422,36 @@ impl Shard {
         Some((self.remove(at), confirmed_ms))
     }
 
+    /// Gives the live entry of `event`'s user `event`'s group mask when the entry is not
+    /// older than `event` (see [`Registry::regroup_with`](crate::Registry::regroup_with)).
+    /// `None`: the user has no live entry, or a newer event time than the entry's (a plain
+    /// apply decides then); `Some(outcome)`: `Changed` when the mask changed, else `Refreshed`.
+    pub(crate) fn regroup(
+        &mut self,
+        event: &PresenceEvent,
+        hash: u64,
+        now: Now,
+    ) -> Option<Outcome> {
+        let at = self.find(event.user, hash)?;
+        let slot = at as usize;
+        let hot = self.hot[slot];
+        if now.is_expired(hot.confirmed_ms) || event.time.0 > hot.time {
+            return None;
+        }
+        if hot.groups == event.state.groups.0 {
+            return Some(Outcome::Refreshed);
+        }
+        let previous = self.event_at(slot);
+        let entry = &mut self.hot[slot];
+        entry.groups = event.state.groups.0;
+        entry.published = true;
+        let current = self.event_at(slot);
+        Some(Outcome::Changed(Change {
+            previous: Some(previous),
+            current,
+        }))
+    }
+
     /// Whether `user` (hash `hash`) has an entry, live or not yet swept.
     pub(crate) fn contains(&self, user: UserId, hash: u64) -> bool {
         self.find(user, hash).is_some()

@@ -740,3 +740,32 @@ fn frame_of(e: &PresenceEvent) -> Frame {
         groups: 1,
     }
 }
+
+#[test]
+fn regroup_gives_the_held_state_the_new_mask_whatever_its_time() {
+    let (registry, _clock) = registry();
+    let mut held = event(1, 200, Status::BUSY);
+    held.state.groups = GroupMask(0b11);
+    let _ = registry.apply(held.clone());
+    // The same presence at an older time, with a smaller mask: the mask is the news.
+    let mut regrouped = event(1, 100, Status::BUSY);
+    regrouped.state.groups = GroupMask(0b01);
+    let mut outcomes = Vec::new();
+    assert!(registry.regroup_with(&regrouped, |o| outcomes.push(o)));
+    let mut expected = held.clone();
+    expected.state.groups = GroupMask(0b01);
+    assert_eq!(
+        outcomes,
+        [Outcome::Changed(Change {
+            previous: Some(held),
+            current: expected.clone()
+        })]
+    );
+    assert_eq!(registry.get(UserId::Relay(1)), Some(expected));
+    // Same mask again: a refresh. A newer event or an unknown user: left to `apply`.
+    outcomes.clear();
+    assert!(registry.regroup_with(&regrouped, |o| outcomes.push(o)));
+    assert_eq!(outcomes, [Outcome::Refreshed]);
+    assert!(!registry.regroup_with(&event(1, 300, Status::AWAY), |_| panic!("newer")));
+    assert!(!registry.regroup_with(&event(2, 1, Status::AWAY), |_| panic!("unknown")));
+}
