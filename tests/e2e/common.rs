@@ -107,14 +107,10 @@ impl Drop for SecretFile {
     }
 }
 
-/// Maps every emulator group to its bit (group `i` is bit `i`, as in the truth's mask).
+/// Maps every emulator group to its bit (group `i` is bit `i`, as in the truth's mask): the
+/// demo's mapping.
 pub fn group_bits(emulator: &EmulatorHandle) -> Vec<String> {
-    emulator
-        .group_ids()
-        .iter()
-        .enumerate()
-        .map(|(bit, group)| format!("{group}={bit}"))
-        .collect()
+    presence_bridge::commands::group_bits_of(emulator)
 }
 
 /// The emulator and the bridge (`bridge::serve`, as `presence-bridge run` runs it) publishing to
@@ -338,10 +334,23 @@ pub fn applied_to_client(stats: &Stats, target: &FaultTarget, kind: FaultKind) -
 /// than `before` times; panics with the emulator's counts if they never do.
 async fn landed(bridge: &Bridge, target: &FaultTarget, kind: FaultKind, before: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
+    wait_landed(bridge, target, kind, before, deadline, deadline).await;
+}
+
+/// Whether faults of `kind` landed on the client of `target` more often than `before` times
+/// by `until`; panics with the emulator's counts once `deadline` has passed.
+async fn wait_landed(
+    bridge: &Bridge,
+    target: &FaultTarget,
+    kind: FaultKind,
+    before: u64,
+    until: Instant,
+    deadline: Instant,
+) -> bool {
     loop {
         let stats = bridge.emulator.stats();
         if applied_to_client(&stats, target, kind) > before {
-            return;
+            return true;
         }
         assert!(
             Instant::now() < deadline,
@@ -350,6 +359,9 @@ async fn landed(bridge: &Bridge, target: &FaultTarget, kind: FaultKind, before: 
             stats.faults_requested,
             stats.fault_hits
         );
+        if Instant::now() >= until {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -384,19 +396,8 @@ async fn land_one(
     loop {
         inject(&bridge.emulator);
         let retry_at = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < retry_at {
-            let stats = bridge.emulator.stats();
-            if applied_to_client(&stats, target, kind) > before {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} never landed on the bridge within 30 s; requested {:?}, hits {:?}",
-                kind.as_str(),
-                stats.faults_requested,
-                stats.fault_hits
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if wait_landed(bridge, target, kind, before, retry_at, deadline).await {
+            return;
         }
     }
 }
