@@ -1,7 +1,7 @@
 //! Turning WebSocket messages into events: size cap, JSON or frames, group masks and the
 //! group filter, counters and rate-limited logging of bad input.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,21 +16,49 @@ use crate::stats::{DecodeErrorKind, SyncStats, bump};
 
 /// Each user's group mask, from the configured group-to-bit mapping, and the users that
 /// discovery found gone (whose events, still on their way, are dropped). Discovery updates
-/// both.
+/// both. A gone user is remembered for [`GONE_ROUNDS`] discoveries, long enough for the
+/// events already on their way when its topic was unsubscribed, so that months of churn do
+/// not grow the set without bound.
 #[derive(Debug, Default)]
 pub(crate) struct UserMasks {
     masks: parking_lot::RwLock<HashMap<Guid, GroupMask>>,
-    gone: parking_lot::RwLock<HashSet<Guid>>,
+    /// Gone users, each with the discovery round that found it gone.
+    gone: parking_lot::RwLock<HashMap<Guid, u64>>,
+    /// The current discovery round.
+    round: std::sync::atomic::AtomicU64,
     default: GroupMask,
 }
+
+/// How many discovery rounds a gone user is remembered: the round that found it gone and the
+/// next one (its unsubscription was sent in the first).
+pub(crate) const GONE_ROUNDS: u64 = 2;
 
 impl UserMasks {
     pub(crate) fn new(masks: HashMap<Guid, GroupMask>, default: GroupMask) -> UserMasks {
         UserMasks {
             masks: parking_lot::RwLock::new(masks),
             gone: Default::default(),
+            round: Default::default(),
             default,
         }
+    }
+
+    /// Starts a discovery round: users found gone [`GONE_ROUNDS`] rounds ago or earlier are
+    /// forgotten (no event of theirs can still be on its way).
+    pub(crate) fn next_round(&self) {
+        let round = self
+            .round
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        self.gone
+            .write()
+            .retain(|_, found| round.saturating_sub(*found) < GONE_ROUNDS);
+    }
+
+    /// How many gone users are remembered now.
+    #[cfg(test)]
+    pub(crate) fn gone_len(&self) -> usize {
+        self.gone.read().len()
     }
 
     pub(crate) fn of(&self, user: UserId) -> GroupMask {
@@ -51,7 +79,7 @@ impl UserMasks {
         match user {
             UserId::Genesys(guid) => {
                 let gone = self.gone.read();
-                !gone.is_empty() && gone.contains(&guid)
+                !gone.is_empty() && gone.contains_key(&guid)
             }
             UserId::Relay(_) => false,
         }
@@ -79,10 +107,11 @@ impl UserMasks {
         if users.is_empty() {
             return;
         }
+        let round = self.round.load(std::sync::atomic::Ordering::Relaxed);
         let mut set = self.gone.write();
         for user in users {
             if gone {
-                set.insert(*user);
+                set.insert(*user, round);
             } else {
                 set.remove(user);
             }
@@ -425,6 +454,23 @@ impl Decoder {
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn gone_users_are_forgotten_after_two_discovery_rounds() {
+        let masks = UserMasks::new(HashMap::new(), GroupMask::NONE);
+        let (a, b) = (Guid(1), Guid(2));
+        masks.next_round();
+        masks.set_gone(&[a], true);
+        assert!(masks.is_gone(UserId::Genesys(a)));
+        masks.next_round();
+        masks.set_gone(&[b], true);
+        assert!(masks.is_gone(UserId::Genesys(a)), "still within its rounds");
+        masks.next_round();
+        assert!(!masks.is_gone(UserId::Genesys(a)), "forgotten");
+        assert!(masks.is_gone(UserId::Genesys(b)));
+        masks.next_round();
+        assert_eq!(masks.gone_len(), 0, "bounded");
+    }
 
     fn decoder() -> Decoder {
         Decoder::new(

@@ -408,6 +408,7 @@ impl PresenceSync {
         added.sort_unstable();
         added.dedup();
         changes.added = added.len();
+        watch.masks.next_round();
         watch.masks.set_gone(&removed, true);
         watch.masks.set_gone(&added, false);
 
