@@ -190,13 +190,21 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
         events: &mut Vec<PresenceEvent>,
         on_change: impl FnMut(UserId),
     ) -> usize {
-        self.join.apply_events(events, on_change)
+        let mut changed = Vec::new();
+        self.join.apply_events(events, &mut changed);
+        let n = changed.len();
+        changed.into_iter().for_each(on_change);
+        n
     }
 
     /// Applies the frames of a relay message and publishes the changes, like
     /// [`apply_events`](RegistrySink::apply_events).
     pub fn apply_frames(&self, frames: &[Frame], on_change: impl FnMut(UserId)) -> usize {
-        self.join.apply_frames(frames, on_change)
+        let mut changed = Vec::new();
+        self.join.apply_frames(frames, &mut changed);
+        let n = changed.len();
+        changed.into_iter().for_each(on_change);
+        n
     }
 
     /// One round of expiry, to be called regularly (every second or so):
@@ -224,7 +232,7 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
     }
 
     /// Applies a batch with the observer (if any) told of the changed users.
-    fn apply_observed(&self, apply: impl FnOnce(&Join<P, C>, &mut Vec<UserId>)) {
+    fn apply_observed<R>(&self, apply: impl FnOnce(&Join<P, C>, &mut Vec<UserId>) -> R) {
         let mut changed = Vec::new();
         apply(&self.join, &mut changed);
         if let Some(observer) = &self.join.observer
@@ -242,55 +250,27 @@ where
     C: Clock + 'static,
 {
     fn publish(&self, events: &mut Vec<PresenceEvent>) {
-        self.apply_observed(|join, changed| {
-            join.apply_events(events, |user| changed.push(user));
-        });
+        self.apply_observed(|join, changed| join.apply_events(events, changed));
     }
 
     fn publish_frames(&self, frames: &[Frame]) {
-        self.apply_observed(|join, changed| {
-            join.apply_frames(frames, |user| changed.push(user));
-        });
+        self.apply_observed(|join, changed| join.apply_frames(frames, changed));
     }
 
-    /// Replaces each user's held state with the event (its new group mask) unless the
-    /// registry holds a newer one, publishing it as a change: the held entry is taken out
-    /// without a tombstone and the event applied as usual. A newer held state is put back
-    /// unpublished (downstream has it). An event racing in between is ordered by
-    /// last-write-wins as ever.
+    /// Gives each user the group mask of its event, in place under the user's shard lock
+    /// ([`Registry::regroup_with`]), and publishes the change there, as for any change; users
+    /// without a live entry, or with a newer event, take the usual road.
     fn regroup(&self, events: &mut Vec<PresenceEvent>) {
-        // The mask is changed in place under the user's shard lock and the change published
-        // there, as for any change; users without a live entry, or with a newer event, take
-        // the usual road.
-        let received = Instant::now();
-        let mut changed = Vec::new();
-        let mut refused = Vec::new();
         let mut rest = Vec::new();
-        for event in events.drain(..) {
-            let regrouped = self.join.registry.regroup_with(&event, |outcome| {
-                if let Outcome::Changed(change) = outcome {
-                    let (user, time) = (change.current.user, change.current.time);
-                    changed.push(user);
-                    if self.join.publisher.publish(change.current, received) == Enqueue::QueueFull {
-                        refused.push((user, time));
+        self.apply_observed(|join, changed| {
+            join.apply_with(changed, |on_outcome| {
+                for event in events.drain(..) {
+                    if !join.registry.regroup_with(&event, &mut *on_outcome) {
+                        rest.push(event);
                     }
                 }
             });
-            if !regrouped {
-                rest.push(event);
-            }
-        }
-        for (user, time) in refused {
-            // Outside the shard lock, as `Join::apply_with` does.
-            self.join.registry.mark_unpublished(user, time);
-            SinkStats::add(&self.join.stats.unpublished, 1);
-        }
-        SinkStats::add(&self.join.stats.changes, changed.len() as u64);
-        if let Some(observer) = &self.join.observer
-            && !changed.is_empty()
-        {
-            observer(&changed, false);
-        }
+        });
         self.publish(&mut rest);
     }
 
@@ -357,11 +337,7 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         }
     }
 
-    fn apply_events(
-        &self,
-        events: &mut Vec<PresenceEvent>,
-        on_change: impl FnMut(UserId),
-    ) -> usize {
+    fn apply_events(&self, events: &mut Vec<PresenceEvent>, changed: &mut Vec<UserId>) {
         let bound = self.latest_accepted();
         if events.iter().any(|e| e.time.0 > bound) {
             events.retain(|e| {
@@ -372,12 +348,12 @@ impl<P: Publisher, C: Clock> Join<P, C> {
                 keep
             });
         }
-        self.apply_with(on_change, |on_outcome| {
+        self.apply_with(changed, |on_outcome| {
             self.registry.apply_batch(events, on_outcome)
-        })
+        });
     }
 
-    fn apply_frames(&self, frames: &[Frame], on_change: impl FnMut(UserId)) -> usize {
+    fn apply_frames(&self, frames: &[Frame], changed: &mut Vec<UserId>) {
         let bound = self.latest_accepted();
         if frames.iter().any(|f| f.time_ms > bound) {
             let kept: Vec<Frame> = frames
@@ -391,25 +367,21 @@ impl<P: Publisher, C: Clock> Join<P, C> {
                 })
                 .copied()
                 .collect();
-            return self.apply_with(on_change, |on_outcome| {
+            return self.apply_with(changed, |on_outcome| {
                 self.registry.apply_frames(&kept, on_outcome)
             });
         }
-        self.apply_with(on_change, |on_outcome| {
+        self.apply_with(changed, |on_outcome| {
             self.registry.apply_frames(frames, on_outcome)
-        })
+        });
     }
 
     /// Runs `apply` with an outcome callback that publishes each change (under the shard
-    /// lock: see the module docs), then marks what the publisher refused and tells
-    /// `on_change`.
-    fn apply_with(
-        &self,
-        mut on_change: impl FnMut(UserId),
-        apply: impl FnOnce(&mut dyn FnMut(Outcome)),
-    ) -> usize {
+    /// lock: see [`RegistrySink`]), appending each changed user to `changed`; then marks what
+    /// the publisher refused (outside the lock).
+    fn apply_with(&self, changed: &mut Vec<UserId>, apply: impl FnOnce(&mut dyn FnMut(Outcome))) {
         let received = Instant::now();
-        let mut changed = Vec::new();
+        let before = changed.len();
         let mut refused = Vec::new();
         apply(&mut |outcome| {
             if let Outcome::Changed(change) = outcome {
@@ -426,10 +398,7 @@ impl<P: Publisher, C: Clock> Join<P, C> {
             self.registry.mark_unpublished(user, time);
             SinkStats::add(&self.stats.unpublished, 1);
         }
-        SinkStats::add(&self.stats.changes, changed.len() as u64);
-        let n = changed.len();
-        changed.into_iter().for_each(&mut on_change);
-        n
+        SinkStats::add(&self.stats.changes, (changed.len() - before) as u64);
     }
 
     fn sweep(&self, source_healthy: bool) -> Sweep {
