@@ -338,6 +338,20 @@ struct Browser {
 }
 
 impl Browser {
+    /// The Chromium to drive; without one the test is skipped, except under `CI`, where
+    /// it fails (`.ci/run` installs Chromium).
+    fn binary_or_skip() -> Option<String> {
+        let binary = Browser::binary();
+        if binary.is_none() {
+            assert!(
+                !in_ci(),
+                "CI is set but Chromium is not installed (.ci/run installs it)"
+            );
+            eprintln!("skipping: no Chromium (apt-get install chromium)");
+        }
+        binary
+    }
+
     fn binary() -> Option<String> {
         ["chromium", "chromium-browser", "google-chrome"]
             .into_iter()
@@ -505,12 +519,7 @@ impl Drop for Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_live_data_in_chromium() {
     let Some(brokers) = brokers() else { return };
-    let Some(chromium) = Browser::binary() else {
-        assert!(
-            !in_ci(),
-            "CI is set but Chromium is not installed (.ci/run installs it)"
-        );
-        eprintln!("skipping: no Chromium (apt-get install chromium)");
+    let Some(chromium) = Browser::binary_or_skip() else {
         return;
     };
     let running = start(
@@ -644,12 +653,7 @@ const CHART_DATA: &str = "JSON.stringify((() => { const c = window.dashboard.cha
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_charts_history_and_a_reconnect_in_chromium() {
     let Some(brokers) = brokers() else { return };
-    let Some(chromium) = Browser::binary() else {
-        assert!(
-            !in_ci(),
-            "CI is set but Chromium is not installed (.ci/run installs it)"
-        );
-        eprintln!("skipping: no Chromium (apt-get install chromium)");
+    let Some(chromium) = Browser::binary_or_skip() else {
         return;
     };
     // Three channels (1,000 users each at most), group bits as in the demo.
