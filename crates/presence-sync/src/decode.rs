@@ -21,12 +21,18 @@ use crate::stats::{DecodeErrorKind, SyncStats, bump};
 /// not grow the set without bound.
 #[derive(Debug, Default)]
 pub(crate) struct UserMasks {
-    masks: parking_lot::RwLock<HashMap<Guid, GroupMask>>,
-    /// Gone users, each with the discovery round that found it gone.
-    gone: parking_lot::RwLock<HashMap<Guid, u64>>,
+    /// Both maps under one lock: an event reads them together, once.
+    known: parking_lot::RwLock<Known>,
     /// The current discovery round.
     round: std::sync::atomic::AtomicU64,
     default: GroupMask,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    masks: HashMap<Guid, GroupMask>,
+    /// Gone users, each with the discovery round that found it gone.
+    gone: HashMap<Guid, u64>,
 }
 
 /// How many discovery rounds a gone user is remembered: the round that found it gone and the
@@ -36,8 +42,10 @@ pub(crate) const GONE_ROUNDS: u64 = 2;
 impl UserMasks {
     pub(crate) fn new(masks: HashMap<Guid, GroupMask>, default: GroupMask) -> UserMasks {
         UserMasks {
-            masks: parking_lot::RwLock::new(masks),
-            gone: Default::default(),
+            known: parking_lot::RwLock::new(Known {
+                masks,
+                gone: HashMap::new(),
+            }),
             round: Default::default(),
             default,
         }
@@ -50,22 +58,24 @@ impl UserMasks {
             .round
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        self.gone
+        self.known
             .write()
+            .gone
             .retain(|_, found| round.saturating_sub(*found) < GONE_ROUNDS);
     }
 
     /// How many gone users are remembered now.
     #[cfg(test)]
     pub(crate) fn gone_len(&self) -> usize {
-        self.gone.read().len()
+        self.known.read().gone.len()
     }
 
     pub(crate) fn of(&self, user: UserId) -> GroupMask {
         match user {
             UserId::Genesys(guid) => self
-                .masks
+                .known
                 .read()
+                .masks
                 .get(&guid)
                 .copied()
                 .unwrap_or(self.default),
@@ -74,15 +84,25 @@ impl UserMasks {
         }
     }
 
-    /// Whether discovery found the user gone.
-    fn is_gone(&self, user: UserId) -> bool {
+    /// The user's mask, or `None` when discovery found the user gone: one read of the lock.
+    fn unless_gone(&self, user: UserId) -> Option<GroupMask> {
         match user {
             UserId::Genesys(guid) => {
-                let gone = self.gone.read();
-                !gone.is_empty() && gone.contains_key(&guid)
+                let known = self.known.read();
+                if !known.gone.is_empty() && known.gone.contains_key(&guid) {
+                    return None;
+                }
+                Some(known.masks.get(&guid).copied().unwrap_or(self.default))
             }
-            UserId::Relay(_) => false,
+            // Relay frames carry their own mask.
+            UserId::Relay(_) => Some(self.default),
         }
+    }
+
+    /// Whether discovery found the user gone.
+    #[cfg(test)]
+    fn is_gone(&self, user: UserId) -> bool {
+        self.unless_gone(user).is_none()
     }
 
     /// Takes the masks of a new discovery; returns the users of `watched` whose mask changed.
@@ -91,14 +111,14 @@ impl UserMasks {
         masks: HashMap<Guid, GroupMask>,
         watched: impl Iterator<Item = Guid>,
     ) -> Vec<Guid> {
-        let mut held = self.masks.write();
+        let mut known = self.known.write();
         let changed = watched
             .filter(|user| {
-                held.get(user).copied().unwrap_or(self.default)
+                known.masks.get(user).copied().unwrap_or(self.default)
                     != masks.get(user).copied().unwrap_or(self.default)
             })
             .collect();
-        *held = masks;
+        known.masks = masks;
         changed
     }
 
@@ -108,7 +128,7 @@ impl UserMasks {
             return;
         }
         let round = self.round.load(std::sync::atomic::Ordering::Relaxed);
-        let mut set = self.gone.write();
+        let set = &mut self.known.write().gone;
         for user in users {
             if gone {
                 set.insert(*user, round);
@@ -233,11 +253,11 @@ impl Decoder {
 
     /// Stamps a Genesys event with its user's mask and applies the group filter.
     pub(crate) fn admit(&self, mut event: PresenceEvent, out: &mut Vec<PresenceEvent>) {
-        if self.masks.is_gone(event.user) {
+        let Some(groups) = self.masks.unless_gone(event.user) else {
             // Unsubscribed and removed: a late event must not bring it back.
             return;
-        }
-        event.state.groups = self.masks.of(event.user);
+        };
+        event.state.groups = groups;
         if UserMasks::passes(event.state.groups, self.allowed) {
             out.push(event);
         } else {
