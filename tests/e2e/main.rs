@@ -20,6 +20,8 @@
 #[path = "../support/broker.rs"]
 mod broker;
 mod common;
+#[path = "../support/topic.rs"]
+mod topic;
 
 mod convergence;
 mod expiry;
