@@ -173,14 +173,17 @@ pub struct RunArgs {
     pub max_socket_message_size: Option<String>,
 
     /// Resynchronise every user over REST this often, confirming live users; must be shorter
-    /// than --ttl. "off" disables it. [default: 15m]
+    /// than --ttl. A re-discovery reads every user's presence too, so it counts as one: with
+    /// the defaults, re-discoveries do the resyncs. "off" disables it; at least 10ms (shorter
+    /// than a pass takes means back to back, at the pace the rate limit allows). [default: 15m]
     #[arg(long, env = "RESYNC_INTERVAL", value_name = "DURATION")]
     pub resync_interval: Option<String>,
 
     /// Discover the users again this often and follow the organisation: new users are
     /// subscribed and published, deleted or deactivated ones unsubscribed and tombstoned,
-    /// group moves republished with the new mask. "off" discovers only at start.
-    /// [default: 10m]
+    /// group moves republished with the new mask. One listing of every active user with
+    /// their presence and groups (a call per 500 users). "off" discovers only at start; at
+    /// least 10ms. [default: 10m]
     #[arg(long, env = "DISCOVERY_INTERVAL", value_name = "DURATION")]
     pub discovery_interval: Option<String>,
 

@@ -123,6 +123,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// The longest `--max-event-skew` accepted: an hour, the broker's own limit on record
 /// timestamps ahead of its clock (`log.message.timestamp.after.max.ms`, Kafka 4's default).
 pub const MAX_EVENT_SKEW: Duration = Duration::from_secs(60 * 60);
+/// The shortest `--resync-interval` and `--discovery-interval` accepted: shorter than a full
+/// pass can take, so that a time-scaled soak (a simulated day in seconds) can ask for "as
+/// often as the rate limit allows"; the client's pacing, not the interval, then sets the pace.
+pub const MIN_PERIOD: Duration = Duration::from_millis(10);
 /// The longest `--shutdown-grace` accepted: an hour (supervisors stop waiting long before).
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(60 * 60);
 
@@ -473,8 +477,8 @@ impl BridgeConfig {
                     humantime::format_duration(ttl)
                 );
             }
-            if interval < Duration::from_secs(1) {
-                bail!("invalid --resync-interval: at least 1s");
+            if interval < MIN_PERIOD {
+                bail!("invalid --resync-interval: at least 10ms");
             }
         }
         let discovery_text = pick(args.discovery_interval.clone(), file.discovery_interval)
@@ -483,8 +487,8 @@ impl BridgeConfig {
             "off" | "never" | "0" => None,
             text => Some(duration("discovery-interval", text, MAX_TTL)?),
         };
-        if discovery_interval.is_some_and(|i| i < Duration::from_secs(1)) {
-            bail!("invalid --discovery-interval: at least 1s");
+        if discovery_interval.is_some_and(|i| i < MIN_PERIOD) {
+            bail!("invalid --discovery-interval: at least 10ms");
         }
         let admin_text = pick(args.admin_addr.clone(), file.admin_addr)
             .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.into());

@@ -337,6 +337,11 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
             &sync.socket_handovers,
         ),
         (
+            "socket_closing_new_channels",
+            "socket_closing messages that cost a new channel (the channel was gone when the new socket connected)",
+            &sync.socket_closing_new_channels,
+        ),
+        (
             "early_token_refreshes",
             "Tokens fetched early because the held one would die before a channel created or extended with it",
             &sync.early_token_refreshes,

@@ -27,13 +27,24 @@ struct UserEntity<'a> {
     id: std::borrow::Cow<'a, str>,
     #[serde(borrow, default)]
     presence: Option<GenesysPresence<'a>>,
+    #[serde(borrow, default)]
+    groups: Option<Vec<GroupRef<'a>>>,
 }
 
-/// A user seen in a listing, with the presence event built from its `presence` (if the
-/// expand came back for it).
+/// A group as `expand=groups` lists it under a user (`id`, `selfUri`).
+#[derive(Deserialize)]
+struct GroupRef<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+}
+
+/// A user seen in a listing, with the presence event built from its `presence` and the
+/// groups of its `groups` (each when the expand was asked for and came back).
 pub(crate) struct Listed {
     pub(crate) user: Guid,
     pub(crate) presence: Option<PresenceEvent>,
+    /// The user's groups (empty without `expand=groups`; ids that are no GUID skipped).
+    pub(crate) groups: Vec<Guid>,
 }
 
 /// Walks every page of a listing (`/api/v2/users?...` or `/api/v2/groups/{id}/members?...`),
@@ -80,19 +91,31 @@ pub(crate) async fn walk_pages(
                 }
                 _ => None,
             };
-            each(Listed { user, presence });
+            let groups = entity
+                .groups
+                .iter()
+                .flatten()
+                .filter_map(|g| Guid::parse(&g.id))
+                .collect();
+            each(Listed {
+                user,
+                presence,
+                groups,
+            });
         }
         next = page.next_uri.filter(|n| !n.is_empty());
     }
     Ok(bad)
 }
 
-/// The first page of all active users.
-pub(crate) fn users_uri(page_size: usize, with_presence: bool) -> String {
-    let expand = if with_presence {
-        "&expand=presence"
-    } else {
-        ""
+/// The first page of all active users, with their presence and/or their groups.
+pub(crate) fn users_uri(page_size: usize, with_presence: bool, with_groups: bool) -> String {
+    let expand = match (with_presence, with_groups) {
+        // Repeated, as the SDKs send an array parameter (`collectionFormat: multi`).
+        (true, true) => "&expand=presence&expand=groups",
+        (true, false) => "&expand=presence",
+        (false, true) => "&expand=groups",
+        (false, false) => "",
     };
     format!("/api/v2/users?pageSize={page_size}&pageNumber=1&state=active{expand}")
 }

@@ -537,6 +537,7 @@ impl ChannelContext {
                             "channel {} is gone (404) after socket_closing; creating a new one",
                             channel.id
                         );
+                        bump(&context.status.stats.socket_closing_new_channels);
                         context
                             .replacement_channel(&members, channel.lifetime)
                             .await

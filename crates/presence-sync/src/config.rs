@@ -194,7 +194,10 @@ impl SyncConfig {
     }
 
     /// Resynchronise every user over REST this often, confirming live users (keeps their
-    /// time-to-live fresh downstream). By default, never (only after gaps).
+    /// time-to-live fresh downstream). A re-discovery lists every user's presence too, so it
+    /// counts as one: the periodic resync runs only when no discovery has within the
+    /// interval. At least 10 ms (shorter than a pass takes means back to back, at the pace
+    /// of the client's rate limit). By default, never (only after gaps).
     pub fn resync_interval(mut self, interval: Option<Duration>) -> SyncConfig {
         self.resync_interval = interval;
         self
@@ -285,9 +288,9 @@ impl SyncConfig {
         }
         if self
             .resync_interval
-            .is_some_and(|i| i < Duration::from_secs(1))
+            .is_some_and(|i| i < Duration::from_millis(10))
         {
-            return bad("resync-interval", "must be at least 1 s".into());
+            return bad("resync-interval", "must be at least 10 ms".into());
         }
         if self
             .discovery_interval

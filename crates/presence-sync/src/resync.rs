@@ -105,7 +105,7 @@ impl Resyncer {
         let mut missing: Vec<Guid> = Vec::new();
         let mut events: Vec<PresenceEvent> = Vec::with_capacity(self.batch_size);
         let uris: Vec<String> = match &self.selection {
-            UserSelection::AllActive => vec![users_uri(self.page_size, true)],
+            UserSelection::AllActive => vec![users_uri(self.page_size, true, false)],
             UserSelection::Groups(groups) => groups
                 .iter()
                 .map(|g| members_uri(*g, self.page_size, true))

@@ -143,6 +143,10 @@ pub struct SyncStats {
     /// Sockets replaced by a new socket to the same channel (after `socket_closing`), with
     /// no new channel and no resync.
     pub socket_handovers: AtomicU64,
+    /// `socket_closing` messages that cost a new channel after all: the new socket to the
+    /// same channel was refused because the channel was gone (404). A maintenance wave on
+    /// live channels costs none.
+    pub socket_closing_new_channels: AtomicU64,
     /// Tokens fetched ahead of the client's own refresh because the held one had less life
     /// left than a channel created or extended with it should have.
     pub early_token_refreshes: AtomicU64,

@@ -79,7 +79,7 @@ impl PresenceSync {
             }
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                r = self.discover(true) => r,
+                r = self.discover() => r,
             };
             match result {
                 Ok(found) => break found,
@@ -193,11 +193,15 @@ impl PresenceSync {
                     next_resync = after(self.config.resync_interval);
                 }
                 _ = sleep_until_some(next_discovery) => {
-                    tokio::select! {
+                    let listed_presence = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = self.rediscover(&mut watch) => {}
-                    }
+                        listed = self.rediscover(&mut watch) => listed,
+                    };
                     next_discovery = after(self.config.discovery_interval);
+                    // It read every watched user's presence: that was the resync too.
+                    if listed_presence {
+                        next_resync = after(self.config.resync_interval);
+                    }
                 }
             }
         }
@@ -207,31 +211,48 @@ impl PresenceSync {
         Ok(())
     }
 
-    /// Lists the users to watch and their group masks; with their presence when
-    /// `with_presence` (at start).
-    async fn discover(&self, with_presence: bool) -> genesys_auth::Result<Discovered> {
+    /// Lists the users to watch, their group masks and their presence. Watching every
+    /// active user, one listing with `expand=presence&expand=groups` gives all three (one
+    /// call per 500 users); watching groups, each group's members are listed with their
+    /// presence, and each mapped group's members for the masks.
+    async fn discover(&self) -> genesys_auth::Result<Discovered> {
         let page = self.config.page_size;
-        let mut masks: HashMap<Guid, GroupMask> = HashMap::new();
+        let mut bits: HashMap<Guid, GroupMask> = HashMap::new();
         for (group, bit) in &self.config.group_bits {
-            let Some(bit) = GroupMask::bit(*bit) else {
-                continue;
-            };
-            walk_pages(&self.client, members_uri(*group, page, false), |listed| {
-                *masks.entry(listed.user).or_default() |= bit;
-            })
-            .await?;
+            if let Some(bit) = GroupMask::bit(*bit) {
+                *bits.entry(*group).or_default() |= bit;
+            }
+        }
+        let groups_inline = matches!(self.config.users, UserSelection::AllActive);
+        let mut masks: HashMap<Guid, GroupMask> = HashMap::new();
+        if !groups_inline {
+            for (group, bit) in &bits {
+                walk_pages(&self.client, members_uri(*group, page, false), |listed| {
+                    *masks.entry(listed.user).or_default() |= *bit;
+                })
+                .await?;
+            }
         }
         let mut users = Vec::new();
         let mut snapshot = Vec::new();
         let uris = match &self.config.users {
-            UserSelection::AllActive => vec![users_uri(page, with_presence)],
-            UserSelection::Groups(groups) => groups
-                .iter()
-                .map(|g| members_uri(*g, page, with_presence))
-                .collect(),
+            UserSelection::AllActive => vec![users_uri(page, true, !bits.is_empty())],
+            UserSelection::Groups(groups) => {
+                groups.iter().map(|g| members_uri(*g, page, true)).collect()
+            }
         };
         for uri in uris {
             let bad = walk_pages(&self.client, uri, |listed| {
+                if groups_inline {
+                    let mask = listed
+                        .groups
+                        .iter()
+                        .filter_map(|g| bits.get(g))
+                        .fold(GroupMask::default(), |mask, bit| mask | *bit);
+                    if mask != GroupMask::default() {
+                        masks.insert(listed.user, mask);
+                    }
+                }
                 users.push(listed.user);
                 snapshot.extend(listed.presence);
             })
@@ -328,19 +349,21 @@ impl PresenceSync {
     /// Discovers the users again and follows the organisation: subscribes new users on
     /// channels with room (a new channel only when none has any, within the channel limit),
     /// unsubscribes and removes those no longer listed, asks again for rejected users still
-    /// listed, and publishes changed group masks. One log line with the counts. A failed
-    /// listing changes nothing (the next discovery tries again).
-    async fn rediscover(&self, watch: &mut Watch) {
+    /// listed, and publishes changed group masks. The listing carries every user's presence,
+    /// which is delivered as a resync would deliver it, so a re-discovery is also a full
+    /// resync (and returns `true`). One log line with the counts. A failed listing changes
+    /// nothing (the next discovery tries again) and returns `false`.
+    async fn rediscover(&self, watch: &mut Watch) -> bool {
         let started = Instant::now();
-        // Without presence: new users are resynced once subscribed.
-        let found = match self.discover(false).await {
+        let found = match self.discover().await {
             Ok(found) => found,
             Err(e) => {
                 log::warn!("re-discovering users failed: {e}; trying again at the next discovery");
-                return;
+                return false;
             }
         };
         let changes = self.follow(watch, found).await;
+        watch.context.decoder.stats.resync_done(started.elapsed());
         bump(&self.status.stats.discoveries);
         add(&self.status.stats.users_added, changes.added as u64);
         add(&self.status.stats.users_removed, changes.removed as u64);
@@ -361,6 +384,7 @@ impl PresenceSync {
             },
             started.elapsed()
         );
+        true
     }
 
     async fn follow(&self, watch: &mut Watch, found: Discovered) -> Changes {
@@ -475,17 +499,27 @@ impl PresenceSync {
             let users: Vec<UserId> = removed.iter().map(|u| UserId::Genesys(*u)).collect();
             self.sink.remove(&users);
         }
-        self.publish_masks(watch, &changed_masks).await;
+        // The presence listed with the users: the changed masks with it, the rest as a
+        // resync (new users are resynced again once subscribed, which closes the gap between
+        // the listing and their subscription).
+        let regroup: HashSet<Guid> = changed_masks.iter().copied().collect();
+        let (regrouped, rest): (Vec<PresenceEvent>, Vec<PresenceEvent>) =
+            found.snapshot.into_iter().partition(|e| match e.user {
+                UserId::Genesys(user) => regroup.contains(&user),
+                UserId::Relay(_) => false,
+            });
+        self.publish_masks(watch, &changed_masks, regrouped).await;
+        self.deliver_snapshot(&watch.context.decoder, rest);
         changes
     }
 
     /// Publishes the changed masks of `users`: a user whose new mask no longer passes the
-    /// filter is removed from the sink; the others' presence is fetched (bulk, in the same
-    /// pacing as every request) and handed to [`PresenceSink::regroup`] with the new mask and
-    /// Genesys's own `modifiedDate`: a registry orders two states of the same time by their
-    /// content, in which a smaller mask loses, so an ordinary publish could leave the old
-    /// mask in place.
-    async fn publish_masks(&self, watch: &Watch, users: &[Guid]) {
+    /// filter is removed from the sink; the others' presence (`listed` when the listing had
+    /// it, else fetched in bulk, in the same pacing as every request) is handed to
+    /// [`PresenceSink::regroup`] with the new mask and Genesys's own `modifiedDate`: a
+    /// registry orders two states of the same time by their content, in which a smaller mask
+    /// loses, so an ordinary publish could leave the old mask in place.
+    async fn publish_masks(&self, watch: &Watch, users: &[Guid], listed: Vec<PresenceEvent>) {
         if users.is_empty() {
             return;
         }
@@ -498,6 +532,20 @@ impl PresenceSync {
         }
         let decoder = &watch.context.decoder;
         let mut batch = Vec::with_capacity(self.config.batch_size);
+        let mut unlisted: HashSet<Guid> = keep.iter().copied().collect();
+        for event in listed {
+            if let UserId::Genesys(user) = event.user
+                && unlisted.remove(&user)
+            {
+                decoder.admit(event, &mut batch);
+            }
+        }
+        add(&self.status.stats.resync_events, batch.len() as u64);
+        if !batch.is_empty() {
+            self.sink.regroup(&mut batch);
+            batch.clear();
+        }
+        let keep: Vec<Guid> = keep.into_iter().filter(|u| unlisted.contains(u)).collect();
         for chunk in keep.chunks(50) {
             match bulk_presence(&self.client, chunk).await {
                 Ok((events, _bad)) => {
