@@ -123,7 +123,7 @@ pub(crate) fn build_record<'a>(
     buffers: &'a mut Buffers,
 ) -> BaseRecord<'a, [u8], [u8], Box<Pending>> {
     let time = record.update.time();
-    write_key(&mut buffers.key, record.update.user());
+    record_key(&mut buffers.key, record.update.user());
     let has_value = match &record.update {
         Update::State(event) => {
             write_json(
@@ -189,7 +189,9 @@ pub(crate) struct Buffers {
 
 /// Writes the record key of `user` (its GUID or decimal number: the `userId` of the value)
 /// into `out`, cleared first.
-fn write_key(out: &mut Vec<u8>, user: UserId) {
+/// Writes `user`'s record key into `out` (cleared first): a GUID as lowercase hyphenated
+/// text, a relay id in decimal.
+pub(crate) fn record_key(out: &mut Vec<u8>, user: UserId) {
     out.clear();
     write_user_id(out, user);
 }
@@ -505,7 +507,7 @@ mod tests {
             UserId::Genesys(Guid(0x1234)),
             UserId::Genesys(Guid(u128::MAX)),
         ] {
-            write_key(&mut key, user);
+            record_key(&mut key, user);
             assert_eq!(key, user.to_string().as_bytes());
         }
     }
