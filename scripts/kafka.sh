@@ -384,6 +384,12 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 share.coordinator.state.topic.num.partitions=1
 group.initial.rebalance.delay.ms=0
+# The consumer-group protocol (KIP-848) with a short session: a killed bridge instance's
+# partitions move within seconds, not the broker's default 45 s (docs/decisions/0002).
+group.consumer.min.session.timeout.ms=2000
+group.consumer.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=1000
 auto.create.topics.enable=true
 
 # Small segments and short retention: this broker is for tests.

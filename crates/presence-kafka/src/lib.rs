@@ -70,6 +70,7 @@ mod config;
 mod context;
 mod dispatcher;
 mod error;
+mod group;
 mod kafka_publisher;
 mod latency;
 mod ownership;
@@ -84,6 +85,7 @@ mod topic;
 
 pub use config::{Compression, DEFAULT_TOPIC, KafkaConfig};
 pub use error::{Error, Result};
+pub use group::{GroupConfig, GroupHandler, GroupMember, GroupProtocol, GroupStats};
 pub use kafka_publisher::KafkaPublisher;
 pub use latency::{HistogramSnapshot, LATENCY_BOUNDS, LatencyHistogram};
 pub use ownership::{Ownership, murmur2, partition_of};

@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use presence_frame::{EventTime, Guid, PresenceEvent, UserId};
+use presence_frame::{
+    EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
+};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use serde::{Deserialize, Serialize};
@@ -108,6 +110,36 @@ impl PresenceRecord {
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising a struct of strings and integers into a Vec cannot fail.
         serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The event this record was made from, as far as the record tells (its status, location,
+    /// groups, definition, message, event time and source): what a warm start loads back.
+    /// `None` when the user id or the source cannot be read.
+    pub fn to_event(&self) -> Option<PresenceEvent> {
+        let user = self.user_id.parse::<UserId>().ok()?;
+        let source = match self.source.as_str() {
+            "stream" => Source::Stream,
+            "resync" => Source::Resync,
+            "relay" => Source::Relay,
+            _ => return None,
+        };
+        let mut state = PresenceState::new(
+            Status(self.status_code),
+            Location(self.location_code),
+            GroupMask(self.group_mask),
+        );
+        if let Some(id) = &self.presence_definition_id {
+            state = state.with_definition_id(id);
+        }
+        if let Some(message) = &self.message {
+            state = state.with_message(message);
+        }
+        Some(PresenceEvent {
+            user,
+            time: EventTime(self.event_time_millis),
+            state,
+            source,
+        })
     }
 }
 

@@ -9,6 +9,7 @@ mod broker;
 mod common;
 
 mod backpressure;
+mod group;
 mod outage;
 mod roundtrip;
 mod sasl;
