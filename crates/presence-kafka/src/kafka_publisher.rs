@@ -15,7 +15,7 @@ use crate::config::KafkaConfig;
 use crate::context::{Rdkafka, create_producer};
 use crate::dispatcher::spawn_dispatcher;
 use crate::error::{Error, Result};
-use crate::publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
+use crate::publisher::{BoxFuture, Enqueue, FlushReport, Publisher, Which};
 use crate::queue::Update;
 use crate::shared::Shared;
 use crate::stats::{Health, PublisherStats, StatsSnapshot};
@@ -126,35 +126,8 @@ impl KafkaPublisher {
 
     async fn flush_until(&self, timeout: Duration) -> FlushReport {
         let start = Instant::now();
-        let deadline = start + timeout;
         let delivered_before = self.snapshot().delivered;
-        let waiting = FlushWaiting::new(&self.shared.flushes);
-        loop {
-            let progress = self.shared.progress.notified();
-            tokio::pin!(progress);
-            progress.as_mut().enable();
-            let (pending, in_flight) = {
-                let queue = self.shared.queue.lock();
-                (queue.pending(), queue.in_flight())
-            };
-            let now = Instant::now();
-            if (pending == 0 && in_flight == 0) || now >= deadline {
-                break;
-            }
-            self.shared.wake.notify_one();
-            if in_flight > 0 {
-                // Have librdkafka send what it holds now, without waiting for linger (states
-                // still queued may be waiting for those acknowledgements to free in-flight
-                // slots); records handed over meanwhile are sent at once too.
-                let producer = self.producer.clone();
-                let wait = (deadline - now).min(Duration::from_millis(200));
-                let _ =
-                    tokio::task::spawn_blocking(move || flush_librdkafka(&producer, wait)).await;
-            } else {
-                let _ = tokio::time::timeout_at(deadline.into(), progress).await;
-            }
-        }
-        drop(waiting);
+        self.drain(start + timeout, None).await;
         let (pending, in_flight, undelivered_users) = {
             let queue = self.shared.queue.lock();
             (queue.pending(), queue.in_flight(), queue.sample_users(10))
@@ -183,6 +156,43 @@ impl KafkaPublisher {
         }
         report
     }
+
+    /// Sends what is queued at once and waits until nothing (of the users `which` selects,
+    /// when given) is queued or in flight, or `deadline` passes.
+    async fn drain(&self, deadline: Instant, which: Option<&Which>) {
+        let waiting = FlushWaiting::new(&self.shared.flushes);
+        loop {
+            let progress = self.shared.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let (pending, in_flight, selected) = {
+                let queue = self.shared.queue.lock();
+                let selected = which.map(|which| queue.users_where(which));
+                (queue.pending(), queue.in_flight(), selected)
+            };
+            let now = Instant::now();
+            let done = match selected {
+                Some(users) => users == 0,
+                None => pending == 0 && in_flight == 0,
+            };
+            if done || now >= deadline {
+                break;
+            }
+            self.shared.wake.notify_one();
+            if in_flight > 0 {
+                // Have librdkafka send what it holds now, without waiting for linger (states
+                // still queued may be waiting for those acknowledgements to free in-flight
+                // slots); records handed over meanwhile are sent at once too.
+                let producer = self.producer.clone();
+                let wait = (deadline - now).min(Duration::from_millis(200));
+                let _ =
+                    tokio::task::spawn_blocking(move || flush_librdkafka(&producer, wait)).await;
+            } else {
+                let _ = tokio::time::timeout_at(deadline.into(), progress).await;
+            }
+        }
+        drop(waiting);
+    }
 }
 
 impl Publisher for KafkaPublisher {
@@ -197,6 +207,13 @@ impl Publisher for KafkaPublisher {
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, FlushReport> {
         Box::pin(self.flush_until(timeout))
+    }
+
+    fn flush_users<'a>(&'a self, which: &'a Which, timeout: Duration) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            self.drain(Instant::now() + timeout, Some(which)).await;
+            self.shared.queue.lock().users_where(which)
+        })
     }
 
     fn health(&self) -> Health {

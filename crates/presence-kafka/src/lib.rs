@@ -90,7 +90,7 @@ pub use kafka_publisher::KafkaPublisher;
 pub use latency::{HistogramSnapshot, LATENCY_BOUNDS, LatencyHistogram};
 pub use ownership::{Ownership, murmur2, partition_of};
 pub use presence_frame::{EventTime, PresenceEvent, UserId};
-pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher};
+pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher, Which};
 pub use queue::Update;
 pub use record::{HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION};
 pub use registry_sink::{Observer, RegistrySink, SinkConfig, SinkStats, Sweep};

@@ -14,6 +14,9 @@ use crate::stats::{Health, StatsSnapshot};
 /// A boxed future, so that [`Publisher`] stays object-safe (`Arc<dyn Publisher>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Selects users (for [`Publisher::flush_users`]).
+pub type Which = dyn Fn(UserId) -> bool + Send + Sync;
+
 /// What became of a state handed to [`Publisher::publish`] or [`Publisher::tombstone`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueue {
@@ -88,6 +91,16 @@ pub trait Publisher: Send + Sync {
     /// reports what is left. For shutdown; publishing may go on meanwhile.
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, FlushReport>;
 
+    /// Sends at once every record of the users `which` selects and waits until none of them
+    /// is queued or in flight, at most `timeout`; returns how many of those users still had
+    /// one. For a handover: their last states are on the broker before another instance
+    /// takes them over. Publishing for other users goes on meanwhile. By default, a whole
+    /// [`flush`](Publisher::flush).
+    fn flush_users<'a>(&'a self, which: &'a Which, timeout: Duration) -> BoxFuture<'a, usize> {
+        let _ = which;
+        Box::pin(async move { self.flush(timeout).await.undelivered() })
+    }
+
     /// Whether the brokers are reachable, and the last error.
     fn health(&self) -> Health;
 
@@ -116,6 +129,10 @@ impl<P: Publisher + ?Sized> Publisher for Arc<P> {
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, FlushReport> {
         (**self).flush(timeout)
+    }
+
+    fn flush_users<'a>(&'a self, which: &'a Which, timeout: Duration) -> BoxFuture<'a, usize> {
+        (**self).flush_users(which, timeout)
     }
 
     fn health(&self) -> Health {

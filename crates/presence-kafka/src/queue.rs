@@ -563,6 +563,14 @@ impl Queue {
         }
     }
 
+    /// How many users `which` selects have something undelivered (pending or in flight).
+    pub(crate) fn users_where(&self, which: &crate::publisher::Which) -> usize {
+        self.index
+            .iter()
+            .filter(|&&i| which(self.slots[i].user))
+            .count()
+    }
+
     /// Up to `n` users with something undelivered (pending or in flight), for reports.
     pub(crate) fn sample_users(&self, n: usize) -> Vec<UserId> {
         self.index

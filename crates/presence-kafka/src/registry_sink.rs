@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use presence_frame::{EventTime, Frame, PresenceEvent, PresenceSink, RateLimit, UserId};
 use presence_registry::{Clock, Expired, MonotonicClock, Outcome, Registry};
 
-use crate::publisher::{Enqueue, Publisher};
+use crate::publisher::{Enqueue, Publisher, Which};
 use crate::queue::Update;
 
 /// Told of the users a batch changed (`false`) or a sweep expired (`true`), outside every
@@ -224,6 +224,37 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
             observer(&swept.expired, true);
         }
         swept
+    }
+
+    /// Loads `events`, the last states a warm start read back from the topic, into the
+    /// registry as already published: nothing is sent now, a later repeat of a state (a
+    /// resync) only confirms it, and a newer state is a change. A state older than what the
+    /// registry holds is not taken. Returns how many were taken.
+    pub fn load_published(&self, events: Vec<PresenceEvent>) -> usize {
+        events
+            .into_iter()
+            .filter(|event| matches!(self.join.registry.apply(event.clone()), Outcome::Changed(_)))
+            .count()
+    }
+
+    /// Forgets every user `which` selects without a tombstone (they are not gone: another
+    /// instance owns them now): out of the registry and out of the tombstones kept for a
+    /// later attempt. Returns how many users the registry held.
+    pub fn forget(&self, which: &Which) -> usize {
+        let mut users = Vec::new();
+        self.join.registry.for_each(|e| {
+            if which(e.user) {
+                users.push(e.user);
+            }
+        });
+        self.join
+            .retry_tombstones
+            .lock()
+            .retain(|(user, _)| !which(*user));
+        users
+            .into_iter()
+            .filter(|user| self.join.registry.remove_with(*user, |_| {}))
+            .count()
     }
 
     /// Since when expiry has been held back, if it is.
@@ -739,6 +770,35 @@ mod tests {
                 .iter()
                 .any(|u| matches!(u, Update::Tombstone { .. }))
         );
+    }
+
+    #[test]
+    fn loaded_states_are_not_sent_again_and_forgotten_users_get_no_tombstone() {
+        let (sink, publisher, _) = sink();
+        let now = EventTime::now();
+        let loaded = event(1, now, Status::BUSY);
+        assert_eq!(
+            sink.load_published(vec![loaded.clone(), event(2, now, Status::AWAY)]),
+            2
+        );
+        assert!(
+            publisher.updates(UserId::Relay(1)).is_empty(),
+            "loaded, not sent"
+        );
+        // A resync repeating it is a confirmation; a newer state is a change.
+        assert_eq!(apply(&sink, &loaded), 0);
+        let newer = event(1, EventTime(now.0 + 1), Status::AVAILABLE);
+        assert_eq!(apply(&sink, &newer), 1);
+        assert_eq!(publisher.updates(UserId::Relay(1)), [Update::State(newer)]);
+        // An older state than held is not loaded.
+        assert_eq!(sink.load_published(vec![loaded]), 0);
+        // Forgetting removes without tombstones, and only the users selected.
+        assert_eq!(sink.forget(&|u| u == UserId::Relay(2)), 1);
+        assert_eq!(sink.registry().get(UserId::Relay(2)), None);
+        assert!(sink.registry().get(UserId::Relay(1)).is_some());
+        assert!(publisher.updates(UserId::Relay(2)).is_empty());
+        let _ = sink.sweep(true);
+        assert!(publisher.updates(UserId::Relay(2)).is_empty());
     }
 
     #[test]

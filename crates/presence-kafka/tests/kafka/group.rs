@@ -92,6 +92,14 @@ async fn members_share_the_partitions_and_hand_them_over_cleanly() {
     for user in 30..40u32 {
         publisher.tombstone(UserId::Relay(user), EventTime(9_000), now);
     }
+    // A handover's flush: the selected users' records are delivered (the others may wait).
+    let first_half = |u: UserId| matches!(u, UserId::Relay(n) if n < 20);
+    assert_eq!(
+        publisher
+            .flush_users(&first_half, Duration::from_secs(20))
+            .await,
+        0
+    );
     let report = publisher.flush(Duration::from_secs(20)).await;
     assert!(report.is_complete(), "{report:?}");
 
