@@ -80,6 +80,9 @@ impl TruthEntry {
 pub struct ChannelStats {
     /// The channel id.
     pub id: String,
+    /// The OAuth client that created it.
+    #[serde(default)]
+    pub client_id: String,
     /// Whether a socket is connected.
     pub connected: bool,
     /// Number of topics.
@@ -91,6 +94,27 @@ pub struct ChannelStats {
     pub lost: u64,
     /// When it expires (RFC 3339).
     pub expires: String,
+}
+
+/// One OAuth client in [`Stats::clients`].
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientStats {
+    /// Tokens issued to it.
+    pub tokens_issued: u64,
+    /// `/api/v2` calls with a valid token of this client, the rate-limited ones included
+    /// (calls answered by an injected burst, or without a valid token, belong to no client:
+    /// they count only in the total).
+    pub api_requests: u64,
+    /// Its calls refused by the rate limit (of the token they carried).
+    pub api_rate_limited: u64,
+    /// Channels it created.
+    pub channels_created: u64,
+    /// Its live channels now (at most
+    /// [`max_channels_per_client`](crate::EmulatorConfig::max_channels_per_client)).
+    pub channels: usize,
+    /// Its live channels with a socket connected now.
+    pub connected_channels: usize,
 }
 
 /// The relay part of [`Stats`].
@@ -155,6 +179,10 @@ pub struct Stats {
     /// Org churn so far.
     #[serde(default)]
     pub churn: ChurnStats,
+    /// The same counters by OAuth client id (every client configured, even one never used);
+    /// the fields above are the totals.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientStats>,
 }
 
 /// What org churn has done (`churn` in `/emulator/stats`).
@@ -225,6 +253,7 @@ pub(crate) fn read_stats(shared: &Shared) -> Stats {
             .filter(|ch| ch.expires_at > now)
             .map(|ch| ChannelStats {
                 id: ch.id.to_string(),
+                client_id: ch.client_id.to_string(),
                 connected: ch.connection.is_some(),
                 topics: ch.topics.len(),
                 delivered: ch.counters.delivered.load(Ordering::Relaxed),
@@ -234,6 +263,28 @@ pub(crate) fn read_stats(shared: &Shared) -> Stats {
             .collect()
     };
     channels.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut clients: BTreeMap<String, ClientStats> = shared
+        .clients
+        .iter()
+        .map(|client| {
+            let counters = &client.counters;
+            let stats = ClientStats {
+                tokens_issued: counters.tokens_issued.load(Ordering::Relaxed),
+                api_requests: counters.api_requests.load(Ordering::Relaxed),
+                api_rate_limited: counters.api_rate_limited.load(Ordering::Relaxed),
+                channels_created: counters.channels_created.load(Ordering::Relaxed),
+                channels: 0,
+                connected_channels: 0,
+            };
+            (client.id.to_string(), stats)
+        })
+        .collect();
+    for channel in &channels {
+        if let Some(client) = clients.get_mut(&channel.client_id) {
+            client.channels += 1;
+            client.connected_channels += usize::from(channel.connected);
+        }
+    }
     let hits = c.fault_hits.lock().clone();
     Stats {
         events_generated: c.events_generated.load(Ordering::Relaxed),
@@ -272,6 +323,7 @@ pub(crate) fn read_stats(shared: &Shared) -> Stats {
             deactivated: c.users_deactivated.load(Ordering::Relaxed),
             moved: c.users_moved.load(Ordering::Relaxed),
         },
+        clients,
     }
 }
 

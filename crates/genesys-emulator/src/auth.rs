@@ -132,21 +132,20 @@ pub(crate) async fn oauth_token(
         _ => None,
     });
     let config = &shared.config;
-    let valid = credentials
-        .is_some_and(|(id, secret)| id == config.client_id && secret == config.client_secret.0);
-    if !valid {
+    let Some(client) = credentials.and_then(|(id, secret)| shared.client_of(&id, &secret)) else {
         return oauth_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "authentication failed",
         );
-    }
+    };
     let token: Arc<str> = Arc::from(format!("emu-{}", shared.misc_rng.lock().hex(60)));
     let now = Instant::now();
     shared.tokens.lock().map.insert(
         token.clone(),
         TokenEntry {
-            client_id: Arc::from(config.client_id.as_str()),
+            client_id: shared.clients[client].id.clone(),
+            client,
             expires_at: now + config.token_lifetime,
             window_start: now,
             window_count: 0,
@@ -156,6 +155,9 @@ pub(crate) async fn oauth_token(
         .counters
         .tokens_issued
         .fetch_add(1, Ordering::Relaxed);
+    if let Some(counters) = shared.client_counters(client) {
+        counters.tokens_issued.fetch_add(1, Ordering::Relaxed);
+    }
     axum::Json(json!({
         "access_token": &*token,
         "token_type": "bearer",
@@ -213,6 +215,10 @@ pub(crate) async fn api_guard(
         let Some(entry) = tokens.map.get_mut(token) else {
             return missing_token();
         };
+        let client = shared.client_counters(caller.client);
+        if let Some(counters) = client {
+            counters.api_requests.fetch_add(1, Ordering::Relaxed);
+        }
         if now >= entry.window_start + WINDOW {
             entry.window_start = now;
             entry.window_count = 0;
@@ -225,6 +231,9 @@ pub(crate) async fn api_guard(
                 .counters
                 .api_rate_limited
                 .fetch_add(1, Ordering::Relaxed);
+            if let Some(counters) = client {
+                counters.api_rate_limited.fetch_add(1, Ordering::Relaxed);
+            }
             return wire::too_many_requests(reset_secs);
         }
         entry.window_count += 1;

@@ -230,6 +230,11 @@ pub(crate) async fn create(
             .counters
             .channels_created
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(counters) = shared.client_counters(caller.client) {
+            counters
+                .channels_created
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         (summary, replaced, expired)
     };
     close_expired(&shared, expired);

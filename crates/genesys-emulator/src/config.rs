@@ -1,11 +1,13 @@
 //! [`EmulatorConfig`]: every knob of the emulator, with documented defaults.
 
-use std::fmt;
+use std::collections::HashSet;
 use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, Result};
 use crate::fault::{ChaosConfig, Fault};
-use crate::limits::{MAX_CHANGE_RATE, MAX_DURATION, MAX_OVERSIZED_BYTES, MAX_USERS};
+use crate::limits::{MAX_CHANGE_RATE, MAX_CLIENTS, MAX_DURATION, MAX_OVERSIZED_BYTES, MAX_USERS};
 
 /// How a `systemPresence` value is spelled in one place of the API.
 ///
@@ -42,13 +44,56 @@ pub enum ChannelLimitPolicy {
     Reject,
 }
 
-/// A secret that never shows in `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(pub(crate) String);
+/// The id of the `n`th generated client (`n` from 2): `emulator-client-id-2`, ...
+fn generated_id(n: usize) -> String {
+    format!("emulator-client-id-{n}")
+}
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
+/// The secret of the `n`th generated client (`n` from 2): `emulator-client-secret-2`, ...
+fn generated_secret(n: usize) -> String {
+    format!("emulator-client-secret-{n}")
+}
+
+/// One OAuth client the emulator accepts: its id and secret. The secret never shows in
+/// `Debug` output.
+///
+/// ```
+/// use genesys_emulator::EmulatorConfig;
+///
+/// let clients = EmulatorConfig::default().clients(2).client_credentials();
+/// assert_eq!(clients[1].id(), "emulator-client-id-2");
+/// assert_eq!(clients[1].secret(), "emulator-client-secret-2");
+/// assert!(!format!("{clients:?}").contains("emulator-client-secret"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ClientCredentials {
+    id: String,
+    secret: SecretString,
+}
+
+impl ClientCredentials {
+    /// A client with this id and secret.
+    pub fn new(id: impl Into<String>, secret: impl Into<String>) -> ClientCredentials {
+        ClientCredentials {
+            id: id.into(),
+            secret: SecretString::from(secret.into()),
+        }
+    }
+
+    /// The client id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The client secret, in the clear (it is a fake, well-known credential; print it only
+    /// where the user asked for it).
+    pub fn secret(&self) -> &str {
+        self.secret.expose_secret()
+    }
+
+    /// The client secret, wrapped so that it never shows in `Debug` output.
+    pub fn secret_string(&self) -> &SecretString {
+        &self.secret
     }
 }
 
@@ -88,7 +133,11 @@ pub struct EmulatorConfig {
     pub(crate) spare_users: u32,
 
     pub(crate) client_id: String,
-    pub(crate) client_secret: Secret,
+    pub(crate) client_secret: SecretString,
+    /// Total number of clients from [`clients`](Self::clients): the first plus `n - 1`
+    /// generated ones.
+    pub(crate) generated_clients: usize,
+    pub(crate) extra_clients: Vec<ClientCredentials>,
     pub(crate) token_lifetime: Duration,
     pub(crate) rate_limit_per_minute: u32,
 
@@ -140,7 +189,9 @@ impl Default for EmulatorConfig {
             spare_users: 0,
 
             client_id: "emulator-client-id".to_owned(),
-            client_secret: Secret("emulator-client-secret".to_owned()),
+            client_secret: SecretString::from("emulator-client-secret"),
+            generated_clients: 1,
+            extra_clients: Vec::new(),
             token_lifetime: Duration::from_secs(86_400),
             rate_limit_per_minute: 300,
 
@@ -288,8 +339,43 @@ impl EmulatorConfig {
     /// The OAuth client secret that `/oauth/token` accepts. By default,
     /// `emulator-client-secret`.
     pub fn client_secret(mut self, secret: impl Into<String>) -> Self {
-        self.client_secret = Secret(secret.into());
+        self.client_secret = SecretString::from(secret.into());
         self
+    }
+
+    /// How many OAuth clients `/oauth/token` accepts, at least 1: the first
+    /// ([`client_id`](Self::client_id)/[`client_secret`](Self::client_secret)) and `n - 1`
+    /// more named `emulator-client-id-2`/`emulator-client-secret-2` up to
+    /// `emulator-client-id-{n}`. Each client has its own channels (its own
+    /// [`max_channels_per_client`](Self::max_channels_per_client)), and each of its tokens its
+    /// own rate limit. Clients from [`extra_client`](Self::extra_client) come on top. At most
+    /// [`MAX_CLIENTS`] in all. By default, 1.
+    pub fn clients(mut self, n: usize) -> Self {
+        self.generated_clients = n;
+        self
+    }
+
+    /// One more OAuth client that `/oauth/token` accepts, after those of
+    /// [`clients`](Self::clients). Ids must be unique, non-empty and without `:`; secrets
+    /// non-empty. By default, none.
+    pub fn extra_client(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.extra_clients.push(ClientCredentials::new(id, secret));
+        self
+    }
+
+    /// Every OAuth client this configuration accepts, in order: the first, the generated
+    /// ones (see [`clients`](Self::clients)), then the [`extra_client`](Self::extra_client)s.
+    pub fn client_credentials(&self) -> Vec<ClientCredentials> {
+        let first = ClientCredentials {
+            id: self.client_id.clone(),
+            secret: self.client_secret.clone(),
+        };
+        let generated = (2..=self.generated_clients.min(MAX_CLIENTS))
+            .map(|n| ClientCredentials::new(generated_id(n), generated_secret(n)));
+        std::iter::once(first)
+            .chain(generated)
+            .chain(self.extra_clients.iter().cloned())
+            .collect()
     }
 
     /// Lifetime of an access token (`expires_in`). Genesys allows 300 s to 172,800 s per
@@ -556,8 +642,45 @@ impl EmulatorConfig {
         if self.client_id.is_empty() || self.client_id.contains(':') {
             return bad("client_id", "must be non-empty and contain no ':'");
         }
-        if self.client_secret.0.is_empty() {
+        if self.client_secret.expose_secret().is_empty() {
             return bad("client_secret", "must be non-empty");
+        }
+        if self.generated_clients == 0 {
+            return bad("clients", "must be at least 1");
+        }
+        if self
+            .generated_clients
+            .saturating_add(self.extra_clients.len())
+            > MAX_CLIENTS
+        {
+            return bad(
+                "clients",
+                format!("at most {MAX_CLIENTS} clients in all (clients and extra_client)"),
+            );
+        }
+        let mut ids = HashSet::new();
+        for client in self.client_credentials() {
+            if client.id.is_empty() || client.id.contains(':') {
+                return bad(
+                    "extra_client",
+                    format!(
+                        "a client id must be non-empty and contain no ':', got {:?}",
+                        client.id
+                    ),
+                );
+            }
+            if client.secret().is_empty() {
+                return bad(
+                    "extra_client",
+                    format!("client {:?} has an empty secret", client.id),
+                );
+            }
+            if !ids.insert(client.id.clone()) {
+                return bad(
+                    "extra_client",
+                    format!("client id {:?} is given twice", client.id),
+                );
+            }
         }
         if self.token_lifetime < Duration::from_secs(1) {
             return bad("token_lifetime", "must be at least 1 second");
@@ -663,7 +786,81 @@ mod tests {
 
     #[test]
     fn debug_hides_the_secret() {
-        let text = format!("{:?}", EmulatorConfig::default().client_secret("hunter2"));
+        let config = EmulatorConfig::default()
+            .client_secret("hunter2")
+            .clients(3)
+            .extra_client("other", "swordfish");
+        let text = format!("{config:?}");
         assert!(!text.contains("hunter2"));
+        assert!(!text.contains("swordfish"));
+        let clients = config.client_credentials();
+        let text = format!("{clients:?}");
+        assert!(!text.contains("hunter2") && !text.contains("swordfish"));
+        assert!(!text.contains("emulator-client-secret"));
+        assert!(text.contains("emulator-client-id-3") && text.contains("other"));
+    }
+
+    #[test]
+    fn clients_are_named_in_order_and_checked() {
+        let one = EmulatorConfig::default().client_credentials();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].id(), "emulator-client-id");
+        assert_eq!(one[0].secret(), "emulator-client-secret");
+        let config = EmulatorConfig::default().clients(3).extra_client("x", "y");
+        assert!(config.validate().is_ok());
+        let ids: Vec<String> = config
+            .client_credentials()
+            .iter()
+            .map(|c| c.id().to_owned())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "emulator-client-id",
+                "emulator-client-id-2",
+                "emulator-client-id-3",
+                "x"
+            ]
+        );
+        assert_eq!(
+            config.client_credentials()[2].secret(),
+            "emulator-client-secret-3"
+        );
+        let cases = [
+            (EmulatorConfig::default().clients(0), "clients"),
+            (
+                EmulatorConfig::default().clients(MAX_CLIENTS + 1),
+                "clients",
+            ),
+            (
+                EmulatorConfig::default().extra_client("emulator-client-id", "s"),
+                "extra_client",
+            ),
+            (
+                EmulatorConfig::default()
+                    .clients(2)
+                    .extra_client("emulator-client-id-2", "s"),
+                "extra_client",
+            ),
+            (
+                EmulatorConfig::default().extra_client("", "s"),
+                "extra_client",
+            ),
+            (
+                EmulatorConfig::default().extra_client("a:b", "s"),
+                "extra_client",
+            ),
+            (
+                EmulatorConfig::default().extra_client("a", ""),
+                "extra_client",
+            ),
+            (EmulatorConfig::default().client_secret(""), "client_secret"),
+        ];
+        for (config, field) in cases {
+            match config.validate() {
+                Err(Error::InvalidConfig { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: expected InvalidConfig, got {other:?}"),
+            }
+        }
     }
 }

@@ -82,9 +82,9 @@ mod tokens;
 mod wire;
 mod workload;
 
-pub use admin::{ChannelStats, ChurnStats, RelayStats, Stats, TruthEntry};
-pub use config::{ChannelLimitPolicy, EmulatorConfig, Spelling};
+pub use admin::{ChannelStats, ChurnStats, ClientStats, RelayStats, Stats, TruthEntry};
+pub use config::{ChannelLimitPolicy, ClientCredentials, EmulatorConfig, Spelling};
 pub use error::{Error, Result};
 pub use fault::{BurstScope, ChaosConfig, Fault, FaultHits, FaultKind, FaultTarget};
-pub use limits::{MAX_CHANGE_RATE, MAX_OVERSIZED_BYTES, MAX_USERS};
+pub use limits::{MAX_CHANGE_RATE, MAX_CLIENTS, MAX_OVERSIZED_BYTES, MAX_USERS};
 pub use server::{Emulator, EmulatorHandle};

@@ -9,6 +9,9 @@ pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Most users accepted (about 1 GB of emulator state).
 pub const MAX_USERS: u32 = 10_000_000;
 
+/// Most OAuth clients accepted (see [`EmulatorConfig::clients`](crate::EmulatorConfig::clients)).
+pub const MAX_CLIENTS: usize = 1_000;
+
 /// Highest change rate accepted (changes per second).
 pub const MAX_CHANGE_RATE: f64 = 10_000_000.0;
 

@@ -95,13 +95,9 @@ fn paging(shared: &Shared, query: &Query) -> Result<(u32, u32), ApiError> {
     Ok((size, page))
 }
 
-/// User objects for `users`, with presence and groups as asked.
-fn user_entities(
-    shared: &Shared,
-    users: &[u32],
-    with_presence: bool,
-    with_groups: bool,
-) -> Vec<Value> {
+/// User objects for `users`, with presence and groups as asked: their JSON text, separated
+/// by commas.
+fn user_entities(shared: &Shared, users: &[u32], with_presence: bool, with_groups: bool) -> String {
     let states: Vec<Option<UserPresence>> = if with_presence {
         let presence = shared.presence.read();
         users
@@ -119,33 +115,35 @@ fn user_entities(
             .collect()
     };
     let missing = shared.config.presence_missing_fraction;
+    let spelling = shared.config.rest_spelling;
+    let mut out = String::with_capacity(users.len() * 800);
     let mut rng = shared.misc_rng.lock();
-    users
-        .iter()
-        .zip(states)
-        .zip(org)
-        .map(|((&user, state), (membership, groups))| {
-            // Expands are best effort: sometimes a user comes back without presence.
-            let presence = state.filter(|_| !rng.chance(missing)).map(|p| {
-                wire::presence_object(&shared.world, user, &p, shared.config.rest_spelling, false)
-            });
-            wire::user_object(
-                &shared.world,
-                user,
-                presence,
-                with_groups.then_some(groups),
-                membership.as_str(),
-            )
-        })
-        .collect()
+    for (i, ((&user, state), (membership, groups))) in users.iter().zip(states).zip(org).enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        // Expands are best effort: sometimes a user comes back without presence.
+        let presence = state.filter(|_| !rng.chance(missing));
+        wire::write_user_object(
+            &mut out,
+            &shared.world,
+            user,
+            presence.as_ref().map(|p| (p, spelling)),
+            with_groups.then_some(groups),
+            membership.as_str(),
+        );
+    }
+    out
 }
 
+/// A page of users: `select` gives the users on a page (by its index range) and the total,
+/// read together so that they agree.
 fn page_of_users(
     shared: &Shared,
     query: &Query,
     path: &str,
-    members: &dyn Fn(std::ops::Range<usize>) -> Vec<u32>,
-    total: usize,
+    select: &dyn Fn(Wanted) -> (Vec<u32>, usize),
     extra_keep: Option<String>,
 ) -> Response {
     let (page_size, page_number) = match paging(shared, query) {
@@ -157,6 +155,10 @@ fn page_of_users(
         .into_iter()
         .flatten()
         .collect();
+    let (users, total) = select(Wanted {
+        size: page_size,
+        number: page_number,
+    });
     let page = Page {
         path,
         page_size,
@@ -164,45 +166,70 @@ fn page_of_users(
         total,
         keep: &keep,
     };
-    let users = members(page.range());
     let entities = user_entities(
         shared,
         &users,
         expands.contains("presence"),
         expands.contains("groups"),
     );
-    axum::Json(page.to_json(entities)).into_response()
+    wire::json_text(page.to_json_text(&entities))
+}
+
+/// The page a listing call asks for.
+#[derive(Clone, Copy, Debug)]
+struct Wanted {
+    size: u32,
+    number: u32,
+}
+
+impl Wanted {
+    /// The users of `list` on this page (a copy of the page only), and the length of `list`.
+    fn slice(self, list: &[u32]) -> (Vec<u32>, usize) {
+        let page = list
+            .get(wire::page_range(self.size, self.number, list.len()))
+            .unwrap_or_default();
+        (page.to_vec(), list.len())
+    }
 }
 
 /// `GET /api/v2/users`: `state` `active` (the default) lists the active users, `inactive`
 /// the deactivated ones, `deleted` the deleted ones, `any` every user that was ever created.
+/// The active listing copies one page, not the whole list, per call.
 pub(crate) async fn list_users(
     State(shared): State<Arc<Shared>>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let query = Query::parse(raw.as_deref());
-    let listed: Vec<u32> = match query.get("state").map(str::to_ascii_lowercase).as_deref() {
-        None | Some("active") => shared.org.read().active().to_vec(),
-        Some("inactive") => shared.org.read().with_membership(Membership::Inactive),
-        Some("deleted") => shared.org.read().with_membership(Membership::Deleted),
-        Some("any") => {
-            let org = shared.org.read();
-            (0..shared.world.users.len() as u32)
-                .filter(|&u| org.exists(u))
-                .collect()
-        }
+    let state = query.get("state").map(str::to_ascii_lowercase);
+    let membership = match state.as_deref() {
+        None | Some("active") => Some(Membership::Active),
+        Some("inactive") => Some(Membership::Inactive),
+        Some("deleted") => Some(Membership::Deleted),
+        Some("any") => None,
         Some(other) => {
             return wire::bad_request(format!(
                 "state must be active, inactive, deleted or any, got {other:?}"
             ));
         }
     };
+    let select = |wanted: Wanted| {
+        let org = shared.org.read();
+        match membership {
+            Some(Membership::Active) => wanted.slice(org.active()),
+            Some(membership) => wanted.slice(&org.with_membership(membership)),
+            None => {
+                let every: Vec<u32> = (0..shared.world.users.len() as u32)
+                    .filter(|&u| org.exists(u))
+                    .collect();
+                wanted.slice(&every)
+            }
+        }
+    };
     page_of_users(
         &shared,
         &query,
         "/api/v2/users",
-        &|range| listed.get(range).map(<[u32]>::to_vec).unwrap_or_default(),
-        listed.len(),
+        &select,
         query.keep("state"),
     )
 }
@@ -310,15 +337,8 @@ pub(crate) async fn group_members(
     let query = Query::parse(raw.as_deref());
     let group = &shared.world.groups[index];
     let path = format!("/api/v2/groups/{}/members", group.guid);
-    let members = shared.org.read().members(index);
-    page_of_users(
-        &shared,
-        &query,
-        &path,
-        &|range| members.get(range).map(<[u32]>::to_vec).unwrap_or_default(),
-        members.len(),
-        None,
-    )
+    let select = |wanted: Wanted| wanted.slice(&shared.org.read().members(index));
+    page_of_users(&shared, &query, &path, &select, None)
 }
 
 /// `GET /api/v2/presence/definitions`: one System definition per system presence, plus the

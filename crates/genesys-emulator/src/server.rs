@@ -11,6 +11,7 @@ use axum::middleware::from_fn_with_state;
 use axum::response::Response;
 use axum::routing::{get, head, post};
 use presence_frame::{EventTime, Guid};
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, Stats, TruthEntry};
@@ -18,7 +19,7 @@ use crate::auth;
 use crate::channels;
 use crate::chaos;
 use crate::churn;
-use crate::config::EmulatorConfig;
+use crate::config::{ClientCredentials, EmulatorConfig};
 use crate::error::{Error, Result};
 use crate::fault::{BurstScope, ChaosConfig, Fault, FaultTarget};
 use crate::generator;
@@ -169,14 +170,25 @@ impl EmulatorHandle {
         format!("ws://{}/relay", self.shared.addr)
     }
 
-    /// The OAuth client id it accepts.
+    /// The first OAuth client's id (see [`clients`](Self::clients) for all of them).
     pub fn client_id(&self) -> &str {
         &self.shared.config.client_id
     }
 
-    /// The OAuth client secret it accepts.
+    /// The first OAuth client's secret (see [`clients`](Self::clients) for all of them).
     pub fn client_secret(&self) -> &str {
-        &self.shared.config.client_secret.0
+        self.shared.config.client_secret.expose_secret()
+    }
+
+    /// Every OAuth client it accepts, the first one first (see
+    /// [`EmulatorConfig::clients`] and [`EmulatorConfig::extra_client`]). Each has its own
+    /// channels and channel limit; each token its own rate limit.
+    pub fn clients(&self) -> Vec<ClientCredentials> {
+        self.shared
+            .clients
+            .iter()
+            .map(|c| c.credentials.clone())
+            .collect()
     }
 
     /// The configuration it runs with.

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use axum::body::Bytes;
@@ -20,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::bursts::ApiFaults;
 use crate::channel_table::ChannelTable;
-use crate::config::EmulatorConfig;
+use crate::config::{ClientCredentials, EmulatorConfig};
 use crate::control::Control;
 use crate::error::{Error, Result};
 use crate::fault::{ChaosConfig, Fault, FaultHits, FaultKind, FaultTarget, Landed};
@@ -83,6 +84,24 @@ pub(crate) struct Counters {
     pub(crate) fault_hits: Mutex<BTreeMap<&'static str, FaultHits>>,
 }
 
+/// One OAuth client's counters.
+#[derive(Debug, Default)]
+pub(crate) struct ClientCounters {
+    pub(crate) tokens_issued: AtomicU64,
+    /// `/api/v2` calls with a valid token of this client (rate-limited ones included).
+    pub(crate) api_requests: AtomicU64,
+    pub(crate) api_rate_limited: AtomicU64,
+    pub(crate) channels_created: AtomicU64,
+}
+
+/// An OAuth client the emulator accepts, and its counters.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub(crate) id: Arc<str>,
+    pub(crate) credentials: ClientCredentials,
+    pub(crate) counters: ClientCounters,
+}
+
 /// Everything the tasks and handlers share.
 pub(crate) struct Shared {
     pub(crate) config: EmulatorConfig,
@@ -90,6 +109,9 @@ pub(crate) struct Shared {
     /// address is reported as loopback).
     pub(crate) addr: SocketAddr,
     pub(crate) clock: Clock,
+    /// Every OAuth client, in [`EmulatorConfig::client_credentials`] order (a token's and a
+    /// caller's `client` index into it).
+    pub(crate) clients: Vec<Client>,
     pub(crate) world: World,
     /// Who is active and in which groups now (churn changes it; `world` stays as built).
     pub(crate) org: RwLock<Org>,
@@ -134,9 +156,19 @@ impl Shared {
         let world = World::build(&config);
         let presence = world.initial_presence(config.seed, clock.now_ms());
         let (relay_tx, _) = broadcast::channel(config.relay_queue);
+        let clients = config
+            .client_credentials()
+            .into_iter()
+            .map(|credentials| Client {
+                id: Arc::from(credentials.id()),
+                credentials,
+                counters: ClientCounters::default(),
+            })
+            .collect();
         Shared {
             addr,
             clock,
+            clients,
             presence: RwLock::new(presence),
             tokens: Mutex::new(Tokens::default()),
             channels: Mutex::new(ChannelTable::new(world.users.len())),
@@ -225,6 +257,18 @@ impl Shared {
             .partition(|f: &Fault| f.target().is_some_and(&matches));
         *pending = keep;
         take
+    }
+
+    /// The client with this id and secret.
+    pub(crate) fn client_of(&self, id: &str, secret: &str) -> Option<usize> {
+        self.clients
+            .iter()
+            .position(|c| &*c.id == id && c.credentials.secret() == secret)
+    }
+
+    /// The counters of client `client` (an index from a token).
+    pub(crate) fn client_counters(&self, client: usize) -> Option<&ClientCounters> {
+        self.clients.get(client).map(|c| &c.counters)
     }
 
     /// Counts `n` applications of a fault of `kind` where it `landed`; none when `n` is 0, so

@@ -13,12 +13,16 @@ use crate::wire::ApiError;
 #[derive(Clone, Debug)]
 pub(crate) struct Caller {
     pub(crate) client_id: Arc<str>,
+    /// The client's index in `Shared::clients`.
+    pub(crate) client: usize,
     pub(crate) token: Arc<str>,
 }
 
 #[derive(Debug)]
 pub(crate) struct TokenEntry {
     pub(crate) client_id: Arc<str>,
+    /// The client's index in `Shared::clients`.
+    pub(crate) client: usize,
     pub(crate) expires_at: Instant,
     pub(crate) window_start: Instant,
     pub(crate) window_count: u32,
@@ -50,6 +54,7 @@ impl Tokens {
         match self.map.get_key_value(token) {
             Some((key, entry)) if entry.expires_at > now => Ok(Caller {
                 client_id: entry.client_id.clone(),
+                client: entry.client,
                 token: key.clone(),
             }),
             Some(_) => Err(unauthorized(

@@ -199,6 +199,8 @@ pub(crate) fn presence_object(
 }
 
 /// A user object as `/api/v2/users` returns it, optionally with `presence` and `groups`.
+/// The reference shape of [`write_user_object`], which the listings use.
+#[cfg(test)]
 pub(crate) fn user_object(
     world: &World,
     user: u32,
@@ -240,6 +242,77 @@ pub(crate) fn user_object(
         }
     }
     object
+}
+
+/// Appends `user`'s presence object, as [`presence_object`] builds it, to `out`: the
+/// listings write thousands of them, so by hand.
+pub(crate) fn write_presence_object(
+    out: &mut String,
+    world: &World,
+    user: u32,
+    presence: &UserPresence,
+    spelling: Spelling,
+) {
+    let definition = world
+        .definitions
+        .get(usize::from(presence.definition))
+        .map_or(Guid(0), |d| d.guid);
+    let _ = write!(
+        out,
+        r#"{{"presenceDefinition":{{"id":"{definition}","systemPresence":"{}","selfUri":"/api/v2/presence/definitions/{definition}"}},"message":{},"modifiedDate":"{}","source":"PURECLOUD","primary":true}}"#,
+        spell(presence.status, spelling, vary_key(user, presence)),
+        message_json(presence.message),
+        EventTime(presence.modified_ms).to_rfc3339(),
+    );
+}
+
+/// Appends a user object as `/api/v2/users` returns it to `out` (`null` for an unknown
+/// user), with its presence and groups when given; `state` is one of the fixed state
+/// names. By hand, for the listings: a page holds up to 500 users.
+pub(crate) fn write_user_object(
+    out: &mut String,
+    world: &World,
+    user: u32,
+    presence: Option<(&UserPresence, Spelling)>,
+    groups: Option<u64>,
+    state: &str,
+) {
+    let Some(info) = world.users.get(user as usize) else {
+        out.push_str("null");
+        return;
+    };
+    let guid = info.guid;
+    let division = world.division;
+    let _ = write!(
+        out,
+        r#"{{"id":"{guid}","name":"Emulated User {user}","division":{{"id":"{division}","name":"Home","selfUri":"/api/v2/authorization/divisions/{division}"}},"email":"user{user}@emulator.invalid","username":"user{user}@emulator.invalid","state":"{state}","version":1,"selfUri":"/api/v2/users/{guid}""#,
+    );
+    if let Some((presence, spelling)) = presence {
+        out.push_str(r#","presence":"#);
+        write_presence_object(out, world, user, presence, spelling);
+    }
+    if let Some(mask) = groups {
+        out.push_str(r#","groups":["#);
+        let mut first = true;
+        for (_, group) in world
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i < 64 && mask & (1 << i) != 0)
+        {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let _ = write!(
+                out,
+                r#"{{"id":"{0}","selfUri":"/api/v2/groups/{0}"}}"#,
+                group.guid
+            );
+        }
+        out.push(']');
+    }
+    out.push('}');
 }
 
 /// A fresh random id for `contextId`s.
@@ -323,6 +396,29 @@ pub(crate) fn too_many_requests(retry_after_secs: u64) -> Response {
     response
 }
 
+/// The range of entity indices on page `page_number` (from 1) of `page_size` of a listing
+/// of `total` (empty past the end).
+pub(crate) fn page_range(page_size: u32, page_number: u32, total: usize) -> std::ops::Range<usize> {
+    let size = page_size as usize;
+    let start = (page_number as usize)
+        .saturating_sub(1)
+        .saturating_mul(size)
+        .min(total);
+    start..start.saturating_add(size).min(total)
+}
+
+/// A JSON answer from text already written.
+pub(crate) fn json_text(text: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
 /// A page of a paged listing: the Genesys page fields around `entities`.
 pub(crate) struct Page<'a> {
     pub(crate) path: &'a str,
@@ -341,11 +437,7 @@ impl Page<'_> {
 
     /// The range of entity indices on this page (empty past the end).
     pub(crate) fn range(&self) -> std::ops::Range<usize> {
-        let size = self.page_size as usize;
-        let start = (self.page_number as usize - 1)
-            .saturating_mul(size)
-            .min(self.total);
-        start..(start + size).min(self.total)
+        page_range(self.page_size, self.page_number, self.total)
     }
 
     fn uri(&self, page_number: u32) -> String {
@@ -358,6 +450,38 @@ impl Page<'_> {
             uri.push_str(kv);
         }
         uri
+    }
+
+    /// The page object around `entities`, the JSON text of the entities separated by commas
+    /// (no brackets): what [`to_json`](Self::to_json) gives, written without building it.
+    pub(crate) fn to_json_text(&self, entities: &str) -> String {
+        let count = self.page_count();
+        let uri = |n: u32| serde_json::to_string(&self.uri(n)).unwrap_or_else(|_| "\"\"".into());
+        let mut out = String::with_capacity(entities.len() + 512);
+        out.push_str(r#"{"entities":["#);
+        out.push_str(entities);
+        let _ = write!(
+            out,
+            r#"],"pageSize":{},"pageNumber":{},"total":{},"pageCount":{count},"selfUri":{},"firstUri":{},"lastUri":{}"#,
+            self.page_size,
+            self.page_number,
+            self.total,
+            uri(self.page_number),
+            uri(1),
+            uri(count.max(1)),
+        );
+        if self.page_number < count {
+            let _ = write!(out, r#","nextUri":{}"#, uri(self.page_number + 1));
+        }
+        if self.page_number > 1 {
+            let _ = write!(
+                out,
+                r#","previousUri":{}"#,
+                uri((self.page_number - 1).min(count.max(1)))
+            );
+        }
+        out.push('}');
+        out
     }
 
     /// The page object with `entities`.
@@ -449,6 +573,72 @@ mod tests {
         let text = oversized(10_000);
         assert_eq!(text.len(), 10_000);
         assert!(serde_json::from_str::<Value>(&text).is_ok());
+    }
+
+    #[test]
+    fn written_users_are_the_reference_objects() {
+        let config = EmulatorConfig::default().users(40).groups(8);
+        let world = World::build(&config);
+        let presence = world.initial_presence(config.seed, 1_764_322_997_067);
+        let mut checked_groups = false;
+        for user in 0..41u32 {
+            for message in [0, 2, 4, 5, 6, 7] {
+                let state = presence
+                    .get(user as usize)
+                    .map(|p| UserPresence { message, ..*p });
+                let groups = world.users.get(user as usize).map(|u| u.groups);
+                checked_groups |= groups.is_some_and(|g| g.count_ones() > 1);
+                for spelling in [Spelling::Title, Spelling::Varied] {
+                    let mut text = String::new();
+                    write_user_object(
+                        &mut text,
+                        &world,
+                        user,
+                        state.as_ref().map(|p| (p, spelling)),
+                        groups,
+                        "active",
+                    );
+                    let reference = user_object(
+                        &world,
+                        user,
+                        state
+                            .as_ref()
+                            .map(|p| presence_object(&world, user, p, spelling, false)),
+                        groups,
+                        "active",
+                    );
+                    let written: Value = serde_json::from_str(&text).expect(&text);
+                    assert_eq!(written, reference, "{text}");
+                }
+            }
+        }
+        assert!(checked_groups);
+        let mut text = String::new();
+        write_user_object(&mut text, &world, 3, None, None, "inactive");
+        let reference = user_object(&world, 3, None, None, "inactive");
+        assert_eq!(serde_json::from_str::<Value>(&text).ok(), Some(reference));
+    }
+
+    #[test]
+    fn written_pages_are_the_reference_pages() {
+        let keep = [
+            "expand=presence%2Cgroups".to_owned(),
+            "state=active".to_owned(),
+        ];
+        for (page_number, total) in [(1, 0), (1, 25), (2, 25), (3, 25), (9, 25)] {
+            let page = Page {
+                path: "/api/v2/users",
+                page_size: 10,
+                page_number,
+                total,
+                keep: &keep,
+            };
+            let entities = vec![json!({"id": "a"}), json!({"id": "b\"c"})];
+            let text: Vec<String> = entities.iter().map(Value::to_string).collect();
+            let written: Value =
+                serde_json::from_str(&page.to_json_text(&text.join(","))).expect("valid JSON");
+            assert_eq!(written, page.to_json(entities));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
+use genesys_emulator::{ClientCredentials, Emulator, EmulatorConfig, EmulatorHandle};
 use http_body_util::{BodyExt, Full};
 use hyper::header::HeaderMap;
 use hyper_util::rt::TokioIo;
@@ -136,6 +136,29 @@ pub(crate) async fn get_token_reply(emu: &EmulatorHandle) -> Reply {
 pub(crate) async fn token(emu: &EmulatorHandle) -> String {
     let reply = get_token_reply(emu).await;
     assert_eq!(reply.status, 200, "{:?}", reply.body);
+    reply.json()["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_owned()
+}
+
+/// A token of `client`, by Basic auth.
+pub(crate) async fn token_of(emu: &EmulatorHandle, client: &ClientCredentials) -> String {
+    let reply = request(
+        emu.addr(),
+        "POST",
+        "/oauth/token",
+        &[
+            basic(client.id(), client.secret()),
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+        ],
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}: {:?}", client.id(), reply.body);
     reply.json()["access_token"]
         .as_str()
         .expect("access_token")
