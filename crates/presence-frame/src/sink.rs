@@ -51,6 +51,15 @@ pub trait PresenceSink: Send + Sync + 'static {
     }
 }
 
+/// Which users this instance owns, when several instances share the organisation (each owns
+/// the users of the Kafka partitions its consumer group assigned it). A source watches only
+/// owned users; a sink drops the events of the others. Consulted once per event: keep
+/// [`owns`](Owner::owns) cheap and lock-free.
+pub trait Owner: Send + Sync + 'static {
+    /// Whether `user` is owned now.
+    fn owns(&self, user: UserId) -> bool;
+}
+
 impl<F> PresenceSink for F
 where
     F: Fn(&mut Vec<PresenceEvent>) + Send + Sync + 'static,

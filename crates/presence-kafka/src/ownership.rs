@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use presence_frame::UserId;
+use presence_frame::{Owner, UserId};
 
 use crate::record::record_key;
 
@@ -121,6 +121,12 @@ impl Ownership {
         (0..self.partitions)
             .filter(|p| self.owns_partition(*p))
             .collect()
+    }
+}
+
+impl Owner for Ownership {
+    fn owns(&self, user: UserId) -> bool {
+        Ownership::owns(self, user)
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use parking_lot::Mutex;
-use presence_frame::{EventTime, Frame, PresenceEvent, PresenceSink, RateLimit, UserId};
+use presence_frame::{EventTime, Frame, Owner, PresenceEvent, PresenceSink, RateLimit, UserId};
 use presence_registry::{Clock, Expired, MonotonicClock, Outcome, Registry};
 
 use crate::publisher::{Enqueue, Publisher, Which};
@@ -25,6 +25,7 @@ pub type Observer = Arc<dyn Fn(&[UserId], bool) + Send + Sync>;
 pub struct SinkConfig {
     max_future_skew: Duration,
     observer: Option<Observer>,
+    owner: Option<Arc<dyn Owner>>,
 }
 
 impl Default for SinkConfig {
@@ -32,6 +33,7 @@ impl Default for SinkConfig {
         SinkConfig {
             max_future_skew: Duration::from_secs(5 * 60),
             observer: None,
+            owner: None,
         }
     }
 }
@@ -41,6 +43,7 @@ impl std::fmt::Debug for SinkConfig {
         f.debug_struct("SinkConfig")
             .field("max_future_skew", &self.max_future_skew)
             .field("observer", &self.observer.is_some())
+            .field("owner", &self.owner.is_some())
             .finish()
     }
 }
@@ -62,6 +65,16 @@ impl SinkConfig {
         self.observer = Some(Arc::new(observer));
         self
     }
+
+    /// Which users this instance owns (when several share the organisation): the events of
+    /// the others are dropped ([`SinkStats::not_owned`]), and no state or tombstone of theirs
+    /// is ever handed to the publisher, also when an event was applied just as its user's
+    /// ownership moved (the check runs again under the user's shard lock, as the
+    /// [`forget`](RegistrySink::forget) of a handover does). By default, every user is owned.
+    pub fn owner(mut self, owner: Arc<dyn Owner>) -> SinkConfig {
+        self.owner = Some(owner);
+        self
+    }
 }
 
 /// What a [`RegistrySink`] has done. Every counter only grows, except the gauges.
@@ -69,6 +82,8 @@ impl SinkConfig {
 pub struct SinkStats {
     /// Changes handed to the publisher (states; tombstones are `expired`).
     pub changes: AtomicU64,
+    /// Events, frames, states and tombstones of users this instance does not own, dropped.
+    pub not_owned: AtomicU64,
     /// Events dropped because their event time was further ahead of this machine's clock than
     /// [`SinkConfig::max_future_skew`].
     pub future_dropped: AtomicU64,
@@ -322,6 +337,7 @@ where
 struct Join<P, C: Clock> {
     registry: Arc<Registry<C>>,
     observer: Option<Observer>,
+    owner: Option<Arc<dyn Owner>>,
     publisher: P,
     skew_ms: i64,
     stats: Arc<SinkStats>,
@@ -337,6 +353,7 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         Join {
             registry,
             observer: config.observer,
+            owner: config.owner,
             publisher,
             skew_ms: i64::try_from(config.max_future_skew.as_millis()).unwrap_or(i64::MAX),
             stats: Arc::default(),
@@ -368,7 +385,17 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         }
     }
 
+    /// Whether `user` is owned (always, without an owner).
+    fn owns(&self, user: UserId) -> bool {
+        self.owner.as_ref().is_none_or(|owner| owner.owns(user))
+    }
+
     fn apply_events(&self, events: &mut Vec<PresenceEvent>, changed: &mut Vec<UserId>) {
+        if self.owner.is_some() {
+            let before = events.len();
+            events.retain(|e| self.owns(e.user));
+            SinkStats::add(&self.stats.not_owned, (before - events.len()) as u64);
+        }
         let bound = self.latest_accepted();
         if events.iter().any(|e| e.time.0 > bound) {
             events.retain(|e| {
@@ -386,10 +413,15 @@ impl<P: Publisher, C: Clock> Join<P, C> {
 
     fn apply_frames(&self, frames: &[Frame], changed: &mut Vec<UserId>) {
         let bound = self.latest_accepted();
-        if frames.iter().any(|f| f.time_ms > bound) {
+        let owned = |f: &Frame| self.owns(UserId::Relay(f.user_id));
+        if frames.iter().any(|f| f.time_ms > bound || !owned(f)) {
             let kept: Vec<Frame> = frames
                 .iter()
                 .filter(|f| {
+                    if !owned(f) {
+                        SinkStats::add(&self.stats.not_owned, 1);
+                        return false;
+                    }
                     let keep = f.time_ms <= bound;
                     if !keep {
                         self.drop_future(UserId::Relay(f.user_id), f.time_ms, bound);
@@ -417,6 +449,12 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         apply(&mut |outcome| {
             if let Outcome::Changed(change) = outcome {
                 let (user, time) = (change.current.user, change.current.time);
+                if !self.owns(user) {
+                    // Its ownership moved since the batch was filtered: the next owner
+                    // publishes it; the handover forgets it here.
+                    SinkStats::add(&self.stats.not_owned, 1);
+                    return;
+                }
                 changed.push(user);
                 if self.publisher.publish(change.current, received) == Enqueue::QueueFull {
                     refused.push((user, time));
@@ -483,6 +521,11 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         refused: &mut Vec<(UserId, EventTime)>,
     ) {
         let user = gone.last.user;
+        if !self.owns(user) {
+            // Not ours to delete: its next owner decides.
+            SinkStats::add(&self.stats.not_owned, 1);
+            return;
+        }
         let time = wall.max(gone.last.time);
         if self.publisher.tombstone(user, time, now) == Enqueue::QueueFull {
             refused.push((user, time));
@@ -799,6 +842,53 @@ mod tests {
         assert!(publisher.updates(UserId::Relay(2)).is_empty());
         let _ = sink.sweep(true);
         assert!(publisher.updates(UserId::Relay(2)).is_empty());
+    }
+
+    #[test]
+    fn only_owned_users_reach_the_publisher() {
+        let clock = ManualClock::new();
+        let registry =
+            Arc::new(Registry::with_clock(RegistryConfig::new(TTL), clock.clone()).unwrap());
+        let publisher = Arc::new(FakePublisher::default());
+        let ownership = Arc::new(crate::Ownership::none(4));
+        let owned = (0..100u32)
+            .find(|n| crate::partition_of(UserId::Relay(*n), 4) == 1)
+            .unwrap();
+        let other = (0..100u32)
+            .find(|n| crate::partition_of(UserId::Relay(*n), 4) == 2)
+            .unwrap();
+        ownership.assign(&[1]);
+        let sink = RegistrySink::new(
+            registry,
+            Arc::clone(&publisher),
+            SinkConfig::default().owner(Arc::clone(&ownership) as Arc<dyn Owner>),
+        );
+        let now = EventTime::now();
+        assert_eq!(apply(&sink, &event(owned, now, Status::BUSY)), 1);
+        assert_eq!(apply(&sink, &event(other, now, Status::BUSY)), 0);
+        let frame = |user_id| Frame {
+            time_ms: now.0 + 1,
+            user_id,
+            status: Status::AWAY,
+            location: Location::DESK,
+            groups: 1,
+        };
+        assert_eq!(sink.apply_frames(&[frame(owned), frame(other)], |_| {}), 1);
+        assert!(publisher.updates(UserId::Relay(other)).is_empty());
+        assert_eq!(states(&publisher, owned), 2);
+        assert_eq!(SinkStats::get(&sink.stats().not_owned), 2);
+        // Ownership moves away: the user's state stays until forgotten, and is never
+        // tombstoned here, not even by expiry.
+        ownership.revoke(&[1]);
+        clock.advance(TTL * 2);
+        let _ = sink.sweep(true);
+        PresenceSink::remove(&sink, &[UserId::Relay(owned)]);
+        assert!(
+            !publisher
+                .updates(UserId::Relay(owned))
+                .iter()
+                .any(|u| matches!(u, Update::Tombstone { .. }))
+        );
     }
 
     #[test]
