@@ -225,23 +225,10 @@ impl Bridge {
 
     /// A GET on the admin server: status and body.
     pub async fn admin_get(&self, path: &str) -> Result<(u16, String), String> {
-        let url = format!("http://{}{path}", self.admin);
-        tokio::task::spawn_blocking(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(5)))
-                .http_status_as_error(false)
-                .build()
-                .into();
-            let mut response = agent.get(&url).call().map_err(|e| e.to_string())?;
-            let status = response.status().as_u16();
-            let body = response
-                .body_mut()
-                .read_to_string()
-                .map_err(|e| e.to_string())?;
-            Ok((status, body))
-        })
-        .await
-        .map_err(|e| e.to_string())?
+        let (admin, path) = (self.admin, path.to_owned());
+        tokio::task::spawn_blocking(move || crate::topic::admin_get(admin, &path))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// A GET on the admin server: status and JSON body.
@@ -256,13 +243,7 @@ impl Bridge {
         let Ok((200, text)) = self.admin_get("/metrics").await else {
             return false;
         };
-        let gauge = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        };
-        gauge("presence_bridge_kafka_queue_depth") == Some(0.0)
-            && gauge("presence_bridge_kafka_in_flight") == Some(0.0)
+        crate::topic::publisher_idle(&text)
     }
 
     /// `/v1/stats`, or the error as JSON (for failure messages).

@@ -7,13 +7,16 @@
 //! [`TopicReader`] reads a topic from the beginning with its own consumer and keeps each key's
 //! last record and every problem seen on the way; [`Expect`] says whose truth the topic is
 //! judged against and [`judge`] lists the users whose last record differs from it (and
-//! [`lingering`] the keys whose last record still holds a user the truth no longer has). The
-//! broker comes from `crate::broker` (`tests/support/broker.rs`, included beside this file).
+//! [`lingering`] the keys whose last record still holds a user the truth no longer has);
+//! [`admin_get`] and [`publisher_idle`] read the bridge's admin server, to know when all it
+//! accepted is on the topic. The broker comes from `crate::broker` (`tests/support/broker.rs`,
+//! included beside this file).
 
 // Each suite uses its own part of this file.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use genesys_emulator::TruthEntry;
@@ -23,6 +26,39 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::broker::Endpoint;
+
+/// A GET on the bridge's admin server at `addr` (blocking): status and body.
+pub fn admin_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(&format!("http://{addr}{path}"))
+        .call()
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    Ok((status, body))
+}
+
+/// Whether the bridge's publisher has nothing queued and nothing unacknowledged, from the text
+/// of its `/metrics`. Every state the bridge accepted was handed to the publisher before the
+/// bridge counted it; once the publisher is idle, all of it is on the topic.
+pub fn publisher_idle(metrics: &str) -> bool {
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    gauge("presence_bridge_kafka_queue_depth") == Some(0.0)
+        && gauge("presence_bridge_kafka_in_flight") == Some(0.0)
+}
 
 /// A topic name no other test (or earlier run) uses.
 pub fn random_topic(name: &str) -> String {
