@@ -1,0 +1,828 @@
+//! Issue 12's proof, "a month in minutes": the real `presence-bridge` binary, run as a
+//! subprocess against the in-process Genesys emulator and a real Kafka broker, through 30
+//! simulated days with time scaled down (a day is 10 s by default), an organisation that
+//! changes under it (3 % of the users a day created, deleted, deactivated or moved), one
+//! maintenance wave a day and chaos on. Everything is judged from outside the bridge: the topic
+//! read back with an independent consumer, the emulator's truth and counters, and the bridge's
+//! admin HTTP (`/metrics`, `/v1/stats`, `/readyz`). `docs/soak.md` says what it proves, how time
+//! is scaled and how to run it; a run prints a per-day Markdown table and writes it to
+//! `target/soak/report.md`.
+//!
+//! ```text
+//! KAFKA_PORT=0 KAFKA_SASL_PORT=0 KAFKA_TLS_PORT=0 scripts/kafka.sh start && eval "$(scripts/kafka.sh env)"
+//! cargo test -p presence-bridge --test soak -- --ignored --nocapture
+//! SOAK_DAYS=90 cargo test -p presence-bridge --test soak -- --ignored --nocapture   # a longer run
+//! ```
+//!
+//! Settings: `SOAK_DAYS` (30), `SOAK_DAY_SECS` (10, a decimal), `SOAK_USERS` (5,000),
+//! `SOAK_GROUPS` (8; with 0 the churn's group moves change nothing and every mask is 0). Without
+//! `KAFKA_BROKERS` the test skips with one line saying so; with `CI` set it fails instead. It is
+//! `#[ignore]`d (hence `--ignored`) until the bridge passes it: see `docs/soak.md`.
+#![allow(missing_docs, unreachable_pub)]
+
+#[path = "../../../tests/support/broker.rs"]
+mod broker;
+#[path = "../../../tests/support/topic.rs"]
+mod topic;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use genesys_emulator::{
+    ChaosConfig, Emulator, EmulatorConfig, EmulatorHandle, FaultKind, Stats, TruthEntry,
+};
+
+use crate::broker::Endpoint;
+use crate::topic::{Expect, TopicReader, judge, lingering, random_topic};
+
+/// A real day: what every scaled setting is a fraction of.
+const REAL_DAY: Duration = Duration::from_secs(86_400);
+/// The share of each simulated day during which presence changes, the org churns and chaos
+/// runs; the rest is quiesced for the check (and waits for the next day's start).
+const ACTIVE_SHARE: f64 = 0.6;
+/// Presence changes per second while active.
+const CHANGE_RATE: f64 = 30.0;
+/// Org churn per simulated day, as a fraction of the users.
+const CHURN_PER_DAY: f64 = 0.03;
+/// Random faults per simulated day (every kind), plus the one maintenance wave of each day.
+const FAULTS_PER_DAY: f64 = 2.5;
+/// Genesys's rate limit, per token per minute (the emulator's default, kept).
+const RATE_LIMIT_PER_MINUTE: f64 = 300.0;
+/// Channels a day may create beyond what it needs and what its faults removed.
+const SPARE_CHANNELS: u64 = 2;
+/// How long one day's check may take to see the topic hold the truth.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// Lines of the bridge's stderr kept for failure messages.
+const LOG_TAIL: usize = 200;
+
+/// The run's settings, from the environment.
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    days: u32,
+    day: Duration,
+    users: u32,
+    groups: u32,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        fn number<T: std::str::FromStr>(name: &str, default: T) -> T {
+            match broker::env(name) {
+                None => default,
+                Some(text) => text
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
+            }
+        }
+        let day_secs: f64 = number("SOAK_DAY_SECS", 10.0);
+        assert!(
+            day_secs.is_finite() && day_secs >= 2.0,
+            "SOAK_DAY_SECS must be at least 2"
+        );
+        Settings {
+            days: number("SOAK_DAYS", 30u32).max(1),
+            day: Duration::from_secs_f64(day_secs),
+            users: number("SOAK_USERS", 5_000u32).max(1),
+            groups: number("SOAK_GROUPS", 8u32).min(64),
+        }
+    }
+
+    /// A real duration scaled down by the same factor as the day (86,400 s / day).
+    fn scaled(&self, real: Duration) -> Duration {
+        real.mul_f64(self.day.as_secs_f64() / REAL_DAY.as_secs_f64())
+    }
+
+    fn factor(&self) -> f64 {
+        REAL_DAY.as_secs_f64() / self.day.as_secs_f64()
+    }
+
+    /// `--resync-interval`: 15 minutes scaled.
+    fn resync_flag(&self) -> String {
+        millis_flag(self.scaled(Duration::from_secs(15 * 60)))
+    }
+
+    /// `--discovery-interval`: 10 minutes scaled.
+    fn discovery_flag(&self) -> String {
+        millis_flag(self.scaled(Duration::from_secs(10 * 60)))
+    }
+
+    fn active(&self) -> Duration {
+        self.day.mul_f64(ACTIVE_SHARE)
+    }
+}
+
+/// The environment variables `presence-bridge run` reads, besides `KAFKA_*` and `GENESYS_*`.
+const BRIDGE_VARIABLES: [&str; 15] = [
+    "PRESENCE_BRIDGE_CONFIG",
+    "GROUP_BITS",
+    "ALLOWED_GROUPS",
+    "RELAY_URL",
+    "PRESENCE_TTL",
+    "MAX_EVENT_SKEW",
+    "MAX_MESSAGE_SIZE",
+    "MAX_SOCKET_MESSAGE_SIZE",
+    "RESYNC_INTERVAL",
+    "DISCOVERY_INTERVAL",
+    "ADMIN_ADDR",
+    "ADMIN_MAX_EVENT_STREAMS",
+    "HISTORY_WINDOW",
+    "SHUTDOWN_GRACE",
+    "TLS_NATIVE_ROOTS",
+];
+
+/// A duration as the bridge's flags take it, in whole milliseconds (at least 10).
+fn millis_flag(d: Duration) -> String {
+    format!("{}ms", d.as_millis().max(10))
+}
+
+/// The `presence-bridge run` subprocess: its stderr is read on a thread (the last
+/// [`LOG_TAIL`] lines kept), and it is killed when dropped, so that no test outcome, panic
+/// included, leaves it running. Its client-secret file goes with it.
+struct BridgeProcess {
+    child: Child,
+    admin: SocketAddr,
+    log: Arc<Mutex<VecDeque<String>>>,
+    secret_file: PathBuf,
+}
+
+impl BridgeProcess {
+    fn spawn(emulator: &EmulatorHandle, endpoint: &Endpoint, topic: &str, s: &Settings) -> Self {
+        let secret_file =
+            std::env::temp_dir().join(format!("presence-soak-{:016x}.secret", fastrand::u64(..)));
+        std::fs::write(&secret_file, emulator.client_secret()).expect("write the secret file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_presence-bridge"));
+        command.arg("run");
+        // Only the flags below configure it: none of the bridge's variables that this
+        // environment may hold (`scripts/kafka.sh env` exports SASL and TLS settings).
+        for (name, _) in std::env::vars() {
+            if BRIDGE_VARIABLES.contains(&name.as_str())
+                || name.starts_with("KAFKA_")
+                || name.starts_with("GENESYS_")
+            {
+                command.env_remove(name);
+            }
+        }
+        let group_bits = presence_bridge::commands::group_bits_of(emulator);
+        if !group_bits.is_empty() {
+            command.args(["--group-bits", &group_bits.join(",")]);
+        }
+        let mut child = command
+            .args(["--api-url", &emulator.base_url()])
+            .args(["--login-url", &emulator.base_url()])
+            .args(["--client-id", emulator.client_id()])
+            .arg("--client-secret-file")
+            .arg(&secret_file)
+            .args(["--kafka-brokers", &endpoint.brokers])
+            .args(["--topic", topic])
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .args(["--resync-interval", &s.resync_flag()])
+            .args(["--discovery-interval", &s.discovery_flag()])
+            .args(["--shutdown-grace", "5s"])
+            .env("RUST_LOG", "info,presence_sync=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start presence-bridge");
+        let stderr = child.stderr.take().expect("the bridge's stderr");
+        let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
+        let (found, admin) = std::sync::mpsc::channel();
+        let tail = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut found = Some(found);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("admin HTTP on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    if let (Some(tx), Ok(addr)) = (found.take(), addr.parse::<SocketAddr>()) {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if tail.len() == LOG_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        });
+        let mut bridge = BridgeProcess {
+            child,
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+            secret_file,
+        };
+        match admin.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => bridge.admin = addr,
+            Err(_) => panic!(
+                "the bridge never logged its admin address within 30 s; it said:\n{}",
+                bridge.tail()
+            ),
+        }
+        bridge
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines the bridge logged.
+    fn tail(&self) -> String {
+        let tail = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Fails the test, with its last log lines, if the bridge has exited.
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "the bridge exited on its own ({status}); it said:\n{}",
+                self.tail()
+            );
+        }
+    }
+
+    /// A GET on the admin server: status and body.
+    fn get(&self, path: &str) -> Result<(u16, String), String> {
+        tokio::task::block_in_place(|| topic::admin_get(self.admin, path))
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        match self.get("/v1/stats") {
+            Ok((_, body)) => serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+            Err(e) => serde_json::Value::String(e),
+        }
+    }
+
+    fn metrics(&self) -> Metrics {
+        match self.get("/metrics") {
+            Ok((200, text)) => Metrics(text),
+            other => panic!("/metrics failed: {other:?}\n{}", self.tail()),
+        }
+    }
+
+    async fn ready(&mut self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            self.assert_running();
+            if let Ok((200, _)) = self.get("/readyz") {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the bridge was not ready within {limit:?}: {:?}\n{}",
+                self.get("/readyz"),
+                self.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The process's resident memory, in MiB (`VmRSS` of `/proc/<pid>/status`).
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read the bridge's /proc status");
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc status");
+        kib / 1024.0
+    }
+
+    /// Stops the bridge as Ctrl-C would and checks that it exits cleanly.
+    async fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                assert!(
+                    status.success(),
+                    "the bridge exited with {status}:\n{}",
+                    self.tail()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the bridge did not stop within 20 s of SIGINT:\n{}",
+                self.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for BridgeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.secret_file);
+    }
+}
+
+/// `/metrics` as Prometheus text.
+struct Metrics(String);
+
+impl Metrics {
+    /// `presence_bridge_{name}` (or `..._total`, as counters are exposed), summed over its
+    /// labels; `None` when the bridge does not export it.
+    fn get(&self, name: &str) -> Option<f64> {
+        let full = format!("presence_bridge_{name}");
+        let total = format!("{full}_total");
+        let mut found = None;
+        for line in self.0.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let metric = series.split('{').next().unwrap_or(series);
+            if (metric == full || metric == total)
+                && let Ok(v) = value.trim().parse::<f64>()
+            {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+        found
+    }
+
+    /// Whether the publisher has nothing queued and nothing unacknowledged.
+    fn publisher_idle(&self) -> bool {
+        topic::publisher_idle(&self.0)
+    }
+}
+
+/// The bridge counters each day reports, by their `/metrics` name.
+const COUNTERS: [&str; 6] = [
+    "channels_created",
+    "socket_handovers",
+    "socket_closing_new_channels",
+    "discoveries",
+    "resyncs",
+    "genesys_requests",
+];
+
+/// What is counted at a day's boundaries.
+struct Snapshot {
+    at: Instant,
+    emulator: Stats,
+    bridge: BTreeMap<&'static str, Option<f64>>,
+}
+
+impl Snapshot {
+    fn take(emulator: &EmulatorHandle, bridge: &BridgeProcess) -> Snapshot {
+        let metrics = bridge.metrics();
+        Snapshot {
+            at: Instant::now(),
+            emulator: emulator.stats(),
+            bridge: COUNTERS.iter().map(|&n| (n, metrics.get(n))).collect(),
+        }
+    }
+
+    /// How much a bridge counter grew since `before`; `None` when it is not exported.
+    fn bridge_delta(&self, before: &Snapshot, name: &str) -> Option<u64> {
+        let now = self.bridge.get(name).copied().flatten()?;
+        let then = before.bridge.get(name).copied().flatten()?;
+        Some((now - then).max(0.0) as u64)
+    }
+}
+
+fn hits(stats: &Stats, kind: FaultKind) -> genesys_emulator::FaultHits {
+    stats
+        .fault_hits
+        .get(kind.as_str())
+        .copied()
+        .unwrap_or_default()
+}
+
+fn requested(stats: &Stats, kind: FaultKind) -> u64 {
+    stats
+        .faults_requested
+        .get(kind.as_str())
+        .copied()
+        .unwrap_or(0)
+}
+
+/// One simulated day, as the report shows it.
+#[derive(Clone, Debug, Default)]
+struct Day {
+    day: u32,
+    active_users: u64,
+    created: u64,
+    deleted: u64,
+    deactivated: u64,
+    moved: u64,
+    events: u64,
+    divergent_at_quiesce: usize,
+    settle: Duration,
+    divergent: usize,
+    channels_in_use: u64,
+    channels_created: u64,
+    channels_allowed: u64,
+    bridge_channels_created: Option<u64>,
+    handovers: Option<u64>,
+    socket_closing_new_channels: Option<u64>,
+    discoveries: Option<u64>,
+    resyncs: Option<u64>,
+    bridge_requests: Option<u64>,
+    api_requests: u64,
+    api_limit: u64,
+    rate_limited: u64,
+    faults: u64,
+    channel_faults: String,
+    rss_mib: f64,
+    length: Duration,
+    overrun: Duration,
+}
+
+impl Day {
+    /// Fills in the counters of the day that ran from `start` to `end`.
+    fn count(&mut self, s: &Settings, start: &Snapshot, end: &Snapshot) {
+        let (a, b) = (&start.emulator, &end.emulator);
+        self.active_users = b.churn.active_users;
+        self.created = b.churn.created - a.churn.created;
+        self.deleted = b.churn.deleted - a.churn.deleted;
+        self.deactivated = b.churn.deactivated - a.churn.deactivated;
+        self.moved = b.churn.moved - a.churn.moved;
+        self.events = b.events_generated - a.events_generated;
+        self.channels_created = b.channels_created - a.channels_created;
+        self.api_requests = b.api_requests - a.api_requests;
+        self.rate_limited = b.api_rate_limited - a.api_rate_limited;
+        let total = |s: &Stats| s.faults_injected.values().sum::<u64>();
+        self.faults = total(b) - total(a);
+        self.length = end.at - start.at;
+        // The rate limit over the day as it really lasted (longer when its check overran).
+        let minutes = self.length.max(s.day).as_secs_f64() / 60.0;
+        self.api_limit = (RATE_LIMIT_PER_MINUTE * minutes).floor() as u64;
+        // Channels needed: each channel in use lives at most min(token, channel lifetime),
+        // both a day here, so it is replaced ceil(length / lifetime) times in a day that
+        // lasted `length` (a day is longer than `day` only when its check overran: tokens and
+        // channels age in wall time). Beyond that a day may create one channel per channel a
+        // no_longer_subscribed removed, every channel again per expire_tokens (channels die
+        // with their token), and SPARE_CHANNELS.
+        let lifetime = s.day; // token_lifetime and channel_lifetime are both one day
+        let length = self.length.max(s.day);
+        let per_channel = (length.as_secs_f64() / lifetime.as_secs_f64()).ceil() as u64;
+        let removed = hits(b, FaultKind::NoLongerSubscribed).channels
+            - hits(a, FaultKind::NoLongerSubscribed).channels;
+        let expiries =
+            requested(b, FaultKind::ExpireTokens) - requested(a, FaultKind::ExpireTokens);
+        self.channels_allowed =
+            self.channels_in_use * (per_channel + expiries) + removed + SPARE_CHANNELS;
+        self.channel_faults = format!("{removed} nls, {expiries} exp");
+        self.bridge_channels_created = end.bridge_delta(start, "channels_created");
+        self.handovers = end.bridge_delta(start, "socket_handovers");
+        self.socket_closing_new_channels = end.bridge_delta(start, "socket_closing_new_channels");
+        self.discoveries = end.bridge_delta(start, "discoveries");
+        self.resyncs = end.bridge_delta(start, "resyncs");
+        self.bridge_requests = end.bridge_delta(start, "genesys_requests");
+    }
+
+    /// What this day broke, if anything.
+    fn failures(&self) -> Vec<String> {
+        let d = self.day;
+        let mut out = Vec::new();
+        if self.divergent != 0 {
+            out.push(format!("day {d}: {} users divergent", self.divergent));
+        }
+        if self.channels_created > self.channels_allowed {
+            out.push(format!(
+                "day {d}: {} channels created, at most {} allowed ({} in use, faults {})",
+                self.channels_created,
+                self.channels_allowed,
+                self.channels_in_use,
+                self.channel_faults
+            ));
+        }
+        match self.socket_closing_new_channels {
+            Some(0) => {}
+            Some(n) => out.push(format!("day {d}: {n} socket_closing cost a new channel")),
+            None => out.push(format!(
+                "day {d}: the bridge exports no presence_bridge_socket_closing_new_channels"
+            )),
+        }
+        if self.api_requests > self.api_limit {
+            out.push(format!(
+                "day {d}: {} API requests, over the rate limit's {} for {:.1} s",
+                self.api_requests,
+                self.api_limit,
+                self.length.as_secs_f64()
+            ));
+        }
+        if self.rate_limited != 0 {
+            out.push(format!(
+                "day {d}: {} requests refused by the rate limit (not injected 429s)",
+                self.rate_limited
+            ));
+        }
+        out
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| v.to_string())
+}
+
+/// The per-day table, in Markdown.
+fn table(days: &[Day]) -> String {
+    let mut out = String::from(
+        "| day | users | +new | −del | −deact | moved | events | div@quiesce | settle s | div | ch in use | ch created (emu) | ch allowed | ch faults | ch created (bridge) | handovers | closing→new ch | discoveries | resyncs | bridge req | API req | API limit | own 429 | faults | RSS MiB | overrun s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for d in days {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            d.day,
+            d.active_users,
+            d.created,
+            d.deleted,
+            d.deactivated,
+            d.moved,
+            d.events,
+            d.divergent_at_quiesce,
+            d.settle.as_secs_f64(),
+            d.divergent,
+            d.channels_in_use,
+            d.channels_created,
+            d.channels_allowed,
+            d.channel_faults,
+            opt(d.bridge_channels_created),
+            opt(d.handovers),
+            opt(d.socket_closing_new_channels),
+            opt(d.discoveries),
+            opt(d.resyncs),
+            opt(d.bridge_requests),
+            d.api_requests,
+            d.api_limit,
+            d.rate_limited,
+            d.faults,
+            d.rss_mib,
+            d.overrun.as_secs_f64(),
+        );
+    }
+    out
+}
+
+/// The report: the settings, the table and the verdict.
+fn report(s: &Settings, header: &str, days: &[Day], footer: &str) -> String {
+    format!(
+        "# Soak report\n\n{header}\n\nSettings: {} simulated days of {:.1} s (time scaled down {:.0}×), {} users at start, churn {:.0} % a day, {CHANGE_RATE} presence changes/s while active ({:.0} % of each day), {FAULTS_PER_DAY} random faults a day (every kind) plus one maintenance wave, rate limit {RATE_LIMIT_PER_MINUTE}/min.\n\n{}\n{footer}\n",
+        s.days,
+        s.day.as_secs_f64(),
+        s.factor(),
+        s.users,
+        CHURN_PER_DAY * 100.0,
+        ACTIVE_SHARE * 100.0,
+        table(days),
+    )
+}
+
+/// Where the report goes: `target/soak/report.md`, beside the binary's own target directory.
+fn report_path() -> PathBuf {
+    let exe = Path::new(env!("CARGO_BIN_EXE_presence-bridge"));
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the binary lives in target/<profile>/");
+    target.join("soak").join("report.md")
+}
+
+fn write_report(text: &str) {
+    let path = report_path();
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// Sleeps until `at` (at once when it has passed), checking that the bridge stays up.
+async fn sleep_until(at: Instant, bridge: &mut BridgeProcess) {
+    while Instant::now() < at {
+        bridge.assert_running();
+        let left = at.saturating_duration_since(Instant::now());
+        tokio::time::sleep(left.min(Duration::from_millis(500))).await;
+    }
+}
+
+/// Users on the topic that differ from the truth, and keys of gone users not tombstoned.
+fn divergent(expect: &Expect, reader: &TopicReader, truth: &[TruthEntry]) -> Vec<String> {
+    let wanted = expect.wanted(truth);
+    let mut wrong = judge(expect, reader, &wanted, &HashMap::new());
+    wrong.extend(lingering(expect, reader, &wanted));
+    wrong
+}
+
+/// Quiesced: reads the topic, the truth and `/metrics` until no user diverges and the
+/// publisher is idle. Returns how many diverged at the first look, and how long it took.
+async fn settle(
+    day: u32,
+    emulator: &EmulatorHandle,
+    bridge: &mut BridgeProcess,
+    reader: &mut TopicReader,
+    expect: &Expect,
+) -> (usize, Duration) {
+    let truth = emulator.truth();
+    let started = Instant::now();
+    let mut first = None;
+    loop {
+        bridge.assert_running();
+        let idle = bridge.metrics().publisher_idle();
+        reader.read_to_end().await;
+        let wrong = divergent(expect, reader, &truth);
+        let first = *first.get_or_insert(wrong.len());
+        if wrong.is_empty() && idle {
+            return (first, started.elapsed());
+        }
+        if started.elapsed() > SETTLE_LIMIT {
+            // The bridge's registry entry of each user shown, to tell a publishing problem
+            // from a sync problem.
+            let shown: Vec<String> = wrong
+                .iter()
+                .take(10)
+                .map(|w| {
+                    let key = w.split(':').next().unwrap_or_default();
+                    let held = bridge.get(&format!("/v1/presence/{key}"));
+                    format!("{w}\n    registry: {held:?}")
+                })
+                .collect();
+            panic!(
+                "day {day}: {} users on the topic differ from the truth {SETTLE_LIMIT:?} after the quiesce (publisher idle: {idle}), e.g.\n{}\nbridge /v1/stats: {:#}\nemulator stats: {:?}\nthe bridge's last lines:\n{}",
+                wrong.len(),
+                shown.join("\n"),
+                bridge.stats(),
+                emulator.stats(),
+                bridge.tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the bridge fails it for now (docs/soak.md, Findings): a moved user's groupMask can stay stale for good, days overrun their 10 s, channels roll more often than a day; run with --ignored"]
+async fn a_month_with_a_changing_org_in_minutes() {
+    let wall = Instant::now();
+    let Some(endpoint) = tokio::task::block_in_place(broker::plain) else {
+        return;
+    };
+    let s = Settings::from_env();
+    let day = s.day;
+    let active = s.active();
+    let emulator = Emulator::start(
+        EmulatorConfig::default()
+            .users(s.users)
+            .spare_users(s.users * 2 / 5)
+            .groups(s.groups)
+            .max_groups_per_user(s.groups.min(2))
+            .seed(12)
+            .change_rate(CHANGE_RATE)
+            // Churn runs only while not quiesced: its day is the active part of one.
+            .churn_per_day(CHURN_PER_DAY)
+            .day(active)
+            .token_lifetime(day)
+            .channel_lifetime(day)
+            // Shifts change three times a day.
+            .shift_change_every(s.scaled(Duration::from_secs(8 * 3600)))
+            // Wire-level timings stay real: a handover needs real time to connect.
+            .socket_closing_grace(Duration::from_secs(2)),
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+    )
+    .await
+    .expect("the emulator starts");
+    let topic = random_topic("soak");
+    let mut bridge = BridgeProcess::spawn(&emulator, &endpoint, &topic, &s);
+    let ready_after = bridge.ready(Duration::from_secs(120)).await;
+    let mut reader = TopicReader::open(&endpoint, &topic).await;
+    let expect = Expect::genesys(true);
+    let started_in = wall.elapsed();
+    let header = format!(
+        "Run of {} (`SOAK_DAYS={} SOAK_DAY_SECS={} SOAK_USERS={} SOAK_GROUPS={} cargo test -p presence-bridge --test soak -- --ignored --nocapture`): bridge pid {}, --resync-interval {} and --discovery-interval {} (15 min and 10 min scaled), token and channel lifetime {:.1} s (a day), ready {:.1} s after start.",
+        humantime::format_rfc3339_seconds(SystemTime::now()),
+        s.days,
+        s.day.as_secs_f64(),
+        s.users,
+        s.groups,
+        bridge.pid(),
+        s.resync_flag(),
+        s.discovery_flag(),
+        day.as_secs_f64(),
+        ready_after.as_secs_f64(),
+    );
+    println!("{header}");
+
+    let chaos_per_minute = FAULTS_PER_DAY / active.as_secs_f64() * 60.0;
+    let wave_grace = Duration::from_secs(2).min(day / 5);
+    let mut days: Vec<Day> = Vec::new();
+    let days_began = Instant::now();
+    let mut start = days_began;
+    let mut snapshot = Snapshot::take(&emulator, &bridge);
+    for d in 1..=s.days {
+        let begin = Instant::now();
+        let mut row = Day {
+            day: d,
+            ..Day::default()
+        };
+        // The day's active part: changes, churn and chaos, with a maintenance wave half-way.
+        emulator.resume();
+        emulator
+            .set_chaos(ChaosConfig::new(chaos_per_minute).kinds(FaultKind::ALL))
+            .expect("chaos on");
+        sleep_until(begin + active / 2, &mut bridge).await;
+        emulator
+            .maintenance_wave(wave_grace)
+            .expect("a maintenance wave");
+        sleep_until(begin + active, &mut bridge).await;
+        emulator.set_chaos(ChaosConfig::new(0.0)).expect("calm");
+        emulator.quiesce().await;
+        // The check.
+        let (at_quiesce, took) = settle(d, &emulator, &mut bridge, &mut reader, &expect).await;
+        reader.assert_no_problems();
+        row.divergent_at_quiesce = at_quiesce;
+        row.settle = took;
+        row.divergent = 0;
+        row.channels_in_use = bridge.stats()["channels"]
+            .as_array()
+            .map_or(0, |c| c.len() as u64);
+        row.rss_mib = bridge.rss_mib();
+        // Tokens and channels age in wall time: the next day starts at start + d × day, or at
+        // once when the check overran.
+        let boundary = start + day * d;
+        row.overrun = Instant::now().saturating_duration_since(boundary);
+        if row.overrun.is_zero() {
+            sleep_until(boundary, &mut bridge).await;
+        } else {
+            start += row.overrun;
+        }
+        let next = Snapshot::take(&emulator, &bridge);
+        row.count(&s, &snapshot, &next);
+        snapshot = next;
+        println!(
+            "{}",
+            table(std::slice::from_ref(&row))
+                .lines()
+                .last()
+                .unwrap_or_default()
+        );
+        days.push(row);
+        write_report(&report(&s, &header, &days, "(run in progress)"));
+    }
+    let ran = days_began.elapsed();
+
+    let mut failures: Vec<String> = days.iter().flat_map(Day::failures).collect();
+    let first_rss = days.first().map_or(0.0, |d| d.rss_mib);
+    let last_rss = days.last().map_or(0.0, |d| d.rss_mib);
+    if days.len() > 1 && (last_rss - first_rss).abs() > first_rss * 0.10 {
+        failures.push(format!(
+            "RSS on the last day {last_rss:.1} MiB is not within 10 % of day 1's {first_rss:.1} MiB"
+        ));
+    }
+    let overruns: Vec<String> = days
+        .iter()
+        .filter(|d| !d.overrun.is_zero())
+        .map(|d| format!("day {} by {:.1} s", d.day, d.overrun.as_secs_f64()))
+        .collect();
+    let sum = |f: fn(&Day) -> Option<u64>| days.iter().filter_map(f).sum::<u64>();
+    bridge.stop().await;
+    emulator.shutdown().await;
+    let footer = format!(
+        "Wall time {:.1} s: start-up {:.1} s, {} days in {:.1} s. Overruns: {}. Discoveries {} and resyncs {} in all ({:.1} and {:.1} a day). RSS day 1 {first_rss:.1} MiB, last day {last_rss:.1} MiB.\n\n{}",
+        wall.elapsed().as_secs_f64(),
+        started_in.as_secs_f64(),
+        days.len(),
+        ran.as_secs_f64(),
+        if overruns.is_empty() {
+            "none".to_owned()
+        } else {
+            overruns.join(", ")
+        },
+        sum(|d| d.discoveries),
+        sum(|d| d.resyncs),
+        sum(|d| d.discoveries) as f64 / days.len() as f64,
+        sum(|d| d.resyncs) as f64 / days.len() as f64,
+        if failures.is_empty() {
+            "Verdict: every check passed.".to_owned()
+        } else {
+            format!("Verdict: FAILED\n\n- {}", failures.join("\n- "))
+        },
+    );
+    let text = report(&s, &header, &days, &footer);
+    println!("\n{text}");
+    write_report(&text);
+    assert!(
+        failures.is_empty(),
+        "the soak failed:\n- {}",
+        failures.join("\n- ")
+    );
+}
