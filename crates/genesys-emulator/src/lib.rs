@@ -12,7 +12,8 @@
 //!   [`validate`](EmulatorConfig::validate).
 //! - [`Emulator::start`]: binds (port 0 is fine) and serves; returns an [`EmulatorHandle`]
 //!   with the bound address, the base URL (login and API share it), the client
-//!   credentials, fault injection, [`truth`](EmulatorHandle::truth),
+//!   credentials (one client or [several](EmulatorConfig::clients), each with its own
+//!   channels: [`clients`](EmulatorHandle::clients)), fault injection, [`truth`](EmulatorHandle::truth),
 //!   [`quiesce`](EmulatorHandle::quiesce) and [`shutdown`](EmulatorHandle::shutdown)
 //!   (also on drop).
 //! - [`Fault`] and [`ChaosConfig`]: faults to inject on demand or at random.
