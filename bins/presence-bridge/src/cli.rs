@@ -316,6 +316,27 @@ pub struct EmulateArgs {
     /// API requests per minute per token before 429 (Genesys default: 300).
     #[arg(long, default_value_t = 300)]
     pub rate_limit: u32,
+
+    /// Number of OAuth clients, each with its own channels (20 each) and tokens (each token
+    /// with its own rate limit): the first, then emulator-client-id-2 / emulator-client-secret-2
+    /// and so on. Every client's id and secret is printed at start.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub clients: usize,
+
+    /// Users that exist but are not created yet: org churn creates them (see
+    /// --churn-per-day).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub spare_users: u32,
+
+    /// Org churn: this fraction of --users changes per --day (users created from
+    /// --spare-users, deleted, deactivated or moved between groups, equally likely); 0 for
+    /// none, at most 100.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub churn_per_day: f64,
+
+    /// How long a simulated day lasts for --churn-per-day (a soak sets, say, 10s).
+    #[arg(long, default_value = "24h", value_name = "DURATION")]
+    pub day: humantime::Duration,
 }
 
 /// Options of `demo`.

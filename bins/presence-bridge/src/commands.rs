@@ -246,6 +246,10 @@ fn validate_emulator(config: &EmulatorConfig) -> Result<()> {
             "channel_lifetime" => "channel-lifetime",
             "token_lifetime" => "token-lifetime",
             "rate_limit_per_minute" => "rate-limit",
+            "clients" => "clients",
+            "spare_users" => "spare-users",
+            "churn_per_day" => "churn-per-day",
+            "day" => "day",
             field if field.starts_with("chaos") => "chaos",
             _ => return e.into(),
         };
@@ -258,6 +262,22 @@ fn print_emulator(emulator: &EmulatorHandle) {
     say!("  base URL (login and API): {}", emulator.base_url());
     say!("  client id:                {}", emulator.client_id());
     say!("  client secret:            {}", emulator.client_secret());
+    // The further clients, each printed as the first is (their own channels and tokens).
+    for (n, client) in emulator.clients().iter().enumerate().skip(1) {
+        let n = n + 1;
+        say!(
+            "  client {n} id:{:pad$}{}",
+            "",
+            client.id(),
+            pad = 15 - digits(n)
+        );
+        say!(
+            "  client {n} secret:{:pad$}{}",
+            "",
+            client.secret(),
+            pad = 11 - digits(n)
+        );
+    }
     say!("  relay (bearer token):     {}", emulator.relay_url());
     say!(
         "  ground truth:             {}/emulator/truth",
@@ -265,14 +285,29 @@ fn print_emulator(emulator: &EmulatorHandle) {
     );
 }
 
-/// `presence-bridge emulate`.
-pub async fn emulate(args: &EmulateArgs) -> Result<()> {
+/// The number of decimal digits of `n` (at most 4: there are at most 1,000 clients).
+fn digits(n: usize) -> usize {
+    n.to_string().len().min(4)
+}
+
+/// The emulator's configuration for `emulate`'s flags, validated.
+fn emulate_config(args: &EmulateArgs) -> Result<EmulatorConfig> {
     let config = emulator_config(args.users, args.rate, args.seed, args.chaos, &args.faults)?
         .heartbeat_interval(args.heartbeat.into())
         .channel_lifetime(args.channel_lifetime.into())
         .token_lifetime(args.token_lifetime.into())
-        .rate_limit_per_minute(args.rate_limit);
+        .rate_limit_per_minute(args.rate_limit)
+        .clients(args.clients)
+        .spare_users(args.spare_users)
+        .churn_per_day(args.churn_per_day)
+        .day(args.day.into());
     validate_emulator(&config)?;
+    Ok(config)
+}
+
+/// `presence-bridge emulate`.
+pub async fn emulate(args: &EmulateArgs) -> Result<()> {
+    let config = emulate_config(args)?;
     let emulator = Emulator::start(config, args.addr)
         .await
         .with_context(|| format!("cannot start the emulator on --addr {}", args.addr))?;
@@ -378,6 +413,58 @@ mod tests {
     use log::Log as _;
 
     use super::*;
+
+    fn emulate_args(flags: &[&str]) -> EmulateArgs {
+        use clap::Parser as _;
+        let argv = ["presence-bridge", "emulate"].iter().chain(flags);
+        match Cli::try_parse_from(argv).map(|cli| cli.command) {
+            Ok(Command::Emulate(args)) => args,
+            other => panic!("{flags:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn emulate_takes_clients_spare_users_and_churn() {
+        let args = emulate_args(&[
+            "--clients",
+            "3",
+            "--spare-users",
+            "600",
+            "--churn-per-day",
+            "0.5",
+            "--day",
+            "10s",
+        ]);
+        assert_eq!(args.day, humantime::Duration::from(Duration::from_secs(10)));
+        let config = emulate_config(&args).expect("valid");
+        let ids: Vec<String> = config
+            .client_credentials()
+            .iter()
+            .map(|c| c.id().to_owned())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "emulator-client-id",
+                "emulator-client-id-2",
+                "emulator-client-id-3"
+            ]
+        );
+        let defaults = emulate_config(&emulate_args(&[])).expect("valid");
+        assert_eq!(defaults.client_credentials().len(), 1);
+        for (flags, named) in [
+            (&["--clients", "0"][..], "invalid --clients"),
+            (&["--churn-per-day", "101"], "invalid --churn-per-day"),
+            (&["--day", "0s"], "invalid --day"),
+            (
+                &["--users", "10", "--spare-users", "4294967290"],
+                "invalid --spare-users",
+            ),
+        ] {
+            let error = emulate_config(&emulate_args(flags)).expect_err("refused");
+            assert!(one_line(&error).contains(named), "{flags:?}: {error:#}");
+        }
+    }
 
     #[test]
     fn the_handshake_trace_with_the_bearer_token_is_never_logged() {
