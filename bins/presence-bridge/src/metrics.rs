@@ -372,6 +372,11 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
             &sync.users_removed,
         ),
         (
+            "users_released",
+            "Users no longer watched because another instance owns them now",
+            &sync.users_released,
+        ),
+        (
             "discovery_mask_changes",
             "Users whose group mask a re-discovery found changed (republished)",
             &sync.mask_changes,
@@ -379,6 +384,16 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
     ] {
         s.counter(name, help, load(counter));
     }
+    s.gauge(
+        "users_watched",
+        "Users subscribed on a notification channel now",
+        state.sync.watched_users() as f64,
+    );
+    s.gauge(
+        "users_unwatched",
+        "Owned users not watched: every channel the OAuth client may have is full",
+        state.sync.unwatched_users() as f64,
+    );
     s.gauge(
         "topics_rejected_users",
         "Users whose topic is rejected now",

@@ -653,10 +653,7 @@ impl ChannelContext {
                     last_message = Instant::now();
                     ping_sent = None;
                     self.status.update(index, |s| s.last_message = Some(last_message));
-                    if !batch.is_empty() {
-                        self.sink.publish(&mut batch);
-                        batch.clear();
-                    }
+                    self.decoder.deliver(&*self.sink, &mut batch);
                     let gone = match control {
                         Control::None => false,
                         Control::SocketClosing => {
@@ -867,10 +864,7 @@ impl ChannelContext {
             let mut batch = Vec::new();
             let mut forward = |message: Message| {
                 let _ = decoder.message(&message, &old_context, &mut batch);
-                if !batch.is_empty() {
-                    sink.publish(&mut batch);
-                    batch.clear();
-                }
+                decoder.deliver(&*sink, &mut batch);
             };
             let drain = async {
                 let _ = timeout(ROLLOVER_OVERLAP, async {

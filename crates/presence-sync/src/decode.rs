@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use presence_frame::{
-    EventTime, Frame, GroupMask, Guid, Notification, Payload, PresenceEvent, RateLimit, UserId,
-    decode_notification,
+    EventTime, Frame, GroupMask, Guid, Notification, Payload, PresenceEvent, PresenceSink,
+    RateLimit, UserId, decode_notification,
 };
 
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::stats::{DecodeErrorKind, SyncStats, bump};
+use crate::stats::{DecodeErrorKind, SyncStats, add, bump};
 
 /// Each user's group mask, from the configured group-to-bit mapping, and the users that
 /// discovery found gone (whose events, still on their way, are dropped). Discovery updates
@@ -84,11 +84,11 @@ impl UserMasks {
         }
     }
 
-    /// The user's mask, or `None` when discovery found the user gone: one read of the lock.
-    fn unless_gone(&self, user: UserId) -> Option<GroupMask> {
+    /// The user's mask, or `None` when discovery found the user gone, in `known` (a read of
+    /// the lock the caller holds).
+    fn unless_gone_in(&self, known: &Known, user: UserId) -> Option<GroupMask> {
         match user {
             UserId::Genesys(guid) => {
-                let known = self.known.read();
                 if !known.gone.is_empty() && known.gone.contains_key(&guid) {
                     return None;
                 }
@@ -102,7 +102,7 @@ impl UserMasks {
     /// Whether discovery found the user gone.
     #[cfg(test)]
     fn is_gone(&self, user: UserId) -> bool {
-        self.unless_gone(user).is_none()
+        self.unless_gone_in(&self.known.read(), user).is_none()
     }
 
     /// Takes the masks of a new discovery; returns the users of `watched` whose mask changed.
@@ -251,18 +251,48 @@ impl Decoder {
         }
     }
 
-    /// Stamps a Genesys event with its user's mask and applies the group filter.
-    pub(crate) fn admit(&self, mut event: PresenceEvent, out: &mut Vec<PresenceEvent>) {
-        let Some(groups) = self.masks.unless_gone(event.user) else {
-            // Unsubscribed and removed: a late event must not bring it back.
+    /// Hands `batch` (left empty) to `sink`: each event stamped with its user's mask, those
+    /// of users found gone dropped, the group filter applied. The stamping and the hand-over
+    /// happen under one read of the masks, and a re-discovery changes masks (or marks users
+    /// gone) under its write: so every event reaches the sink with the mask that held when
+    /// it got there, never an older one. (An event stamped early, held across a page fetch
+    /// and applied after a regroup at the same event time would otherwise win the
+    /// registry's tie with the old, larger mask, for good.)
+    pub(crate) fn deliver(&self, sink: &dyn PresenceSink, batch: &mut Vec<PresenceEvent>) {
+        self.deliver_with(batch, |batch| sink.publish(batch));
+    }
+
+    /// Like [`deliver`](Decoder::deliver), through [`PresenceSink::regroup`].
+    pub(crate) fn deliver_regroup(&self, sink: &dyn PresenceSink, batch: &mut Vec<PresenceEvent>) {
+        self.deliver_with(batch, |batch| sink.regroup(batch));
+    }
+
+    fn deliver_with(
+        &self,
+        batch: &mut Vec<PresenceEvent>,
+        hand_over: impl FnOnce(&mut Vec<PresenceEvent>),
+    ) {
+        if batch.is_empty() {
             return;
-        };
-        event.state.groups = groups;
-        if UserMasks::passes(event.state.groups, self.allowed) {
-            out.push(event);
-        } else {
-            bump(&self.stats.filtered_out);
         }
+        let known = self.masks.known.read();
+        let mut filtered = 0;
+        batch.retain_mut(|event| {
+            let Some(groups) = self.masks.unless_gone_in(&known, event.user) else {
+                // Unsubscribed and removed: a late event must not bring it back.
+                return false;
+            };
+            event.state.groups = groups;
+            let pass = UserMasks::passes(groups, self.allowed);
+            filtered += u64::from(!pass);
+            pass
+        });
+        add(&self.stats.filtered_out, filtered);
+        if !batch.is_empty() {
+            hand_over(batch);
+        }
+        drop(known);
+        batch.clear();
     }
 
     /// A text message (always JSON).
@@ -403,7 +433,7 @@ impl Decoder {
         match notification {
             Notification::Presence(event) => {
                 bump(&self.stats.stream_events);
-                self.admit(event, out);
+                out.push(event);
             }
             Notification::Heartbeat => bump(&self.stats.heartbeats),
             Notification::Pong => bump(&self.stats.pongs),

@@ -271,10 +271,7 @@ impl RelaySource {
                         self.sink.publish_frames(&frames);
                         frames.clear();
                     }
-                    if !batch.is_empty() {
-                        self.sink.publish(&mut batch);
-                        batch.clear();
-                    }
+                    decoder.deliver(&*self.sink, &mut batch);
                 }
                 _ = sleep_until(watchdog_at) => {
                     if ping_sent.is_some() {

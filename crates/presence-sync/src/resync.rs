@@ -36,7 +36,9 @@ pub(crate) struct Resyncer {
     pub(crate) client: GenesysClient,
     pub(crate) selection: UserSelection,
     pub(crate) page_size: usize,
-    pub(crate) watched: usize,
+    /// Users in a full listing (the last discovery's count, owned or not): what a paged
+    /// pass costs.
+    pub(crate) listed: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) decoder: Arc<Decoder>,
     pub(crate) sink: Arc<dyn PresenceSink>,
     pub(crate) batch_size: usize,
@@ -97,7 +99,8 @@ impl Resyncer {
 
     async fn resync(&self, users: &[Guid]) -> genesys_auth::Result<()> {
         let bulk_calls = users.len().div_ceil(50);
-        let page_calls = self.watched.div_ceil(self.page_size).max(1) * self.listings();
+        let listed = self.listed.load(std::sync::atomic::Ordering::Relaxed);
+        let page_calls = listed.div_ceil(self.page_size).max(self.listings());
         if bulk_calls <= page_calls {
             return self.bulk(users).await;
         }
@@ -120,10 +123,9 @@ impl Resyncer {
                 match listed.presence {
                     Some(event) => {
                         bump(&self.decoder.stats.resync_events);
-                        self.decoder.admit(event, &mut events);
+                        events.push(event);
                         if events.len() >= self.batch_size {
-                            self.sink.publish(&mut events);
-                            events.clear();
+                            self.flush(&mut events);
                         }
                     }
                     None => missing.push(listed.user),
@@ -153,9 +155,7 @@ impl Resyncer {
                 log::warn!("resync: {bad} bulk presence items could not be read");
             }
             add(&self.decoder.stats.resync_events, found.len() as u64);
-            for event in found {
-                self.decoder.admit(event, &mut events);
-            }
+            events.extend(found);
             self.flush(&mut events);
         }
         Ok(())
@@ -169,9 +169,6 @@ impl Resyncer {
     }
 
     fn flush(&self, events: &mut Vec<PresenceEvent>) {
-        if !events.is_empty() {
-            self.sink.publish(events);
-            events.clear();
-        }
+        self.decoder.deliver(&*self.sink, events);
     }
 }

@@ -165,6 +165,8 @@ pub struct SyncStats {
     pub users_removed: AtomicU64,
     /// Users whose group mask a re-discovery found changed.
     pub mask_changes: AtomicU64,
+    /// Users no longer watched because this instance no longer owns them (another does).
+    pub users_released: AtomicU64,
     /// Duration of the last completed resync, in milliseconds.
     pub last_resync_ms: AtomicU64,
     /// Sum of the durations of completed resyncs, in milliseconds.
@@ -301,12 +303,37 @@ pub struct SyncStatus {
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
     /// Users whose topic the last subscription of their channel rejected.
     pub(crate) rejected: Arc<Mutex<BTreeSet<Guid>>>,
+    /// Wakes the sync to follow a change of ownership at once.
+    pub(crate) replan: Arc<tokio::sync::Notify>,
+    /// Owned users listed but not watched: the channel limit is reached.
+    pub(crate) unwatched: Arc<std::sync::atomic::AtomicUsize>,
+    /// Users watched now.
+    pub(crate) watched: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl SyncStatus {
     /// The counters.
     pub fn stats(&self) -> &SyncStats {
         &self.stats
+    }
+
+    /// Tells the sync that the users it owns changed (its [`Owner`](presence_frame::Owner)
+    /// answers differently now): it subscribes the users it gained and unsubscribes (and
+    /// removes from the sink, which drops what it does not own) those it lost, from the
+    /// last listing, without waiting for the next discovery.
+    pub fn ownership_changed(&self) {
+        self.replan.notify_one();
+    }
+
+    /// Owned users the last plan could not watch because every channel the OAuth client may
+    /// have is full (0 when all are watched).
+    pub fn unwatched_users(&self) -> usize {
+        self.unwatched.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Users watched now (subscribed on a channel).
+    pub fn watched_users(&self) -> usize {
+        self.watched.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Users whose presence topic their channel's last subscription rejected (a deleted

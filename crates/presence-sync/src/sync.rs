@@ -3,10 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use genesys_auth::GenesysClient;
-use presence_frame::{GroupMask, Guid, PresenceEvent, UserId};
+use presence_frame::{GroupMask, Guid, Owner, PresenceEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -30,13 +30,22 @@ pub struct PresenceSync {
     config: SyncConfig,
     sink: Arc<dyn PresenceSink>,
     status: SyncStatus,
+    owner: Option<Arc<dyn Owner>>,
 }
 
-/// Users found at start, their group masks, and the presence that came with them.
+/// Users found by a discovery, their group masks, and the presence that came with them.
 struct Discovered {
     users: Vec<Guid>,
     masks: HashMap<Guid, GroupMask>,
     snapshot: Vec<PresenceEvent>,
+}
+
+/// The last listing of the organisation, owned users or not: what a change of ownership is
+/// planned from, without listing again.
+#[derive(Default)]
+struct Listing {
+    users: Vec<Guid>,
+    masks: HashMap<Guid, GroupMask>,
 }
 
 impl PresenceSync {
@@ -53,7 +62,36 @@ impl PresenceSync {
             config,
             sink: Arc::new(sink),
             status: SyncStatus::default(),
+            owner: None,
         })
+    }
+
+    /// Watches only the users `owner` owns (when several instances share the organisation;
+    /// see [`SyncStatus::ownership_changed`]). Owning more than the channels hold is not an
+    /// error then: as many as fit are watched, the rest counted
+    /// ([`SyncStatus::unwatched_users`]) and logged. By default, every user is owned.
+    pub fn with_owner(mut self, owner: Arc<dyn Owner>) -> PresenceSync {
+        self.owner = Some(owner);
+        self
+    }
+
+    /// Whether `user` is owned (always, without an owner).
+    fn owns(&self, user: Guid) -> bool {
+        self.owner
+            .as_ref()
+            .is_none_or(|owner| owner.owns(UserId::Genesys(user)))
+    }
+
+    /// `found` cut down to the owned users.
+    fn owned(&self, mut found: Discovered) -> Discovered {
+        if self.owner.is_some() {
+            found.users.retain(|u| self.owns(*u));
+            found.snapshot.retain(|e| match e.user {
+                UserId::Genesys(user) => self.owns(user),
+                UserId::Relay(_) => false,
+            });
+        }
+        found
     }
 
     /// A live view of counters and channel states.
@@ -96,11 +134,32 @@ impl PresenceSync {
             discovered.snapshot.len(),
             started.elapsed()
         );
+        let mut listing = Listing {
+            users: discovered.users.clone(),
+            masks: discovered.masks.clone(),
+        };
+        let listed = Arc::new(AtomicUsize::new(listing.users.len()));
+        let mut discovered = self.owned(discovered);
+        let capacity = self.config.topics_per_channel.max(1) * (self.config.max_channels - 1);
+        if self.owner.is_some() && discovered.users.len() > capacity {
+            // Owned is not chosen: watch what fits, say the rest.
+            discovered.users.sort_unstable();
+            let unwatched = discovered.users.split_off(capacity);
+            log::warn!(
+                "this instance owns {} users, more than its OAuth client's channels hold ({capacity}); {} are not watched (add instances, each with its own OAuth client)",
+                discovered.users.len() + unwatched.len(),
+                unwatched.len()
+            );
+            self.status
+                .unwatched
+                .store(unwatched.len(), Ordering::Relaxed);
+        }
         let plan = ChannelPlan::new(
             discovered.users,
             self.config.topics_per_channel,
             self.config.max_channels - 1,
         )?;
+        self.status.watched.store(plan.users(), Ordering::Relaxed);
         log::info!(
             "planned {} notification channel(s) for {} users",
             plan.channels().len(),
@@ -134,7 +193,7 @@ impl PresenceSync {
             client: self.client.clone(),
             selection: self.config.users.clone(),
             page_size: self.config.page_size,
-            watched: plan.users(),
+            listed: Arc::clone(&listed),
             decoder: Arc::clone(&decoder),
             sink: Arc::clone(&self.sink),
             batch_size: self.config.batch_size,
@@ -192,11 +251,23 @@ impl PresenceSync {
                     }
                     next_resync = after(self.config.resync_interval);
                 }
+                _ = self.status.replan.notified() => {
+                    let found = Discovered {
+                        users: listing.users.clone(),
+                        masks: listing.masks.clone(),
+                        snapshot: Vec::new(),
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = self.apply_listing(&mut watch, found, Instant::now(), "ownership change") => {}
+                    }
+                }
                 _ = sleep_until_some(next_discovery) => {
                     let listed_presence = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        listed = self.rediscover(&mut watch) => listed,
+                        listed = self.rediscover(&mut watch, &mut listing) => listed,
                     };
+                    listed.store(listing.users.len(), Ordering::Relaxed);
                     next_discovery = after(self.config.discovery_interval);
                     // It read every watched user's presence: that was the resync too.
                     if listed_presence {
@@ -272,16 +343,11 @@ impl PresenceSync {
 
     fn deliver_snapshot(&self, decoder: &Decoder, snapshot: Vec<PresenceEvent>) {
         add(&self.status.stats.resync_events, snapshot.len() as u64);
+        let mut snapshot = snapshot.into_iter().peekable();
         let mut batch = Vec::with_capacity(self.config.batch_size);
-        for event in snapshot {
-            decoder.admit(event, &mut batch);
-            if batch.len() >= self.config.batch_size {
-                self.sink.publish(&mut batch);
-                batch.clear();
-            }
-        }
-        if !batch.is_empty() {
-            self.sink.publish(&mut batch);
+        while snapshot.peek().is_some() {
+            batch.extend(snapshot.by_ref().take(self.config.batch_size));
+            decoder.deliver(&*self.sink, &mut batch);
         }
     }
 }
@@ -343,6 +409,8 @@ struct Changes {
     mask_changes: usize,
     retried: usize,
     not_placed: usize,
+    /// Of the removed, those still listed but no longer owned.
+    released: usize,
 }
 
 impl PresenceSync {
@@ -353,7 +421,7 @@ impl PresenceSync {
     /// which is delivered as a resync would deliver it, so a re-discovery is also a full
     /// resync (and returns `true`). One log line with the counts. A failed listing changes
     /// nothing (the next discovery tries again) and returns `false`.
-    async fn rediscover(&self, watch: &mut Watch) -> bool {
+    async fn rediscover(&self, watch: &mut Watch, listing: &mut Listing) -> bool {
         let started = Instant::now();
         let found = match self.discover().await {
             Ok(found) => found,
@@ -362,16 +430,35 @@ impl PresenceSync {
                 return false;
             }
         };
-        let changes = self.follow(watch, found).await;
-        watch.context.decoder.stats.resync_done(started.elapsed());
+        listing.users.clone_from(&found.users);
+        listing.masks.clone_from(&found.masks);
+        self.apply_listing(watch, found, started, "re-discovery")
+            .await;
         bump(&self.status.stats.discoveries);
+        true
+    }
+
+    /// Follows a listing (cut down to the owned users) and logs one line with the counts.
+    async fn apply_listing(
+        &self,
+        watch: &mut Watch,
+        found: Discovered,
+        started: Instant,
+        what: &str,
+    ) {
+        let changes = self.follow(watch, self.owned(found)).await;
         add(&self.status.stats.users_added, changes.added as u64);
-        add(&self.status.stats.users_removed, changes.removed as u64);
+        add(
+            &self.status.stats.users_removed,
+            (changes.removed - changes.released) as u64,
+        );
         add(&self.status.stats.mask_changes, changes.mask_changes as u64);
+        add(&self.status.stats.users_released, changes.released as u64);
         log::info!(
-            "re-discovery: {} users added, {} removed, {} mask changes, {} rejected asked again{}, took {:.1?}",
+            "{what}: {} users added, {} removed, {} released to other instances, {} mask changes, {} rejected asked again{}, took {:.1?}",
             changes.added,
-            changes.removed,
+            changes.removed - changes.released,
+            changes.released,
             changes.mask_changes,
             changes.retried,
             if changes.not_placed > 0 {
@@ -384,7 +471,6 @@ impl PresenceSync {
             },
             started.elapsed()
         );
-        true
     }
 
     async fn follow(&self, watch: &mut Watch, found: Discovered) -> Changes {
@@ -400,6 +486,7 @@ impl PresenceSync {
             .filter(|u| !listed.contains(u))
             .collect();
         changes.removed = removed.len();
+        changes.released = removed.iter().filter(|u| !self.owns(**u)).count();
         let removed_set: HashSet<Guid> = removed.iter().copied().collect();
 
         // Masks: the new ones for everybody; the kept users whose mask changed.
@@ -492,6 +579,11 @@ impl PresenceSync {
         }
         changes.not_placed = rest.len();
         changes.added -= rest.len();
+        self.status.unwatched.store(rest.len(), Ordering::Relaxed);
+        self.status.watched.store(
+            watch.channels.iter().map(|c| c.get().len()).sum(),
+            Ordering::Relaxed,
+        );
         // Not watched after all: their late events are dropped.
         watch.masks.set_gone(rest, true);
 
@@ -537,26 +629,18 @@ impl PresenceSync {
             if let UserId::Genesys(user) = event.user
                 && unlisted.remove(&user)
             {
-                decoder.admit(event, &mut batch);
+                batch.push(event);
             }
         }
         add(&self.status.stats.resync_events, batch.len() as u64);
-        if !batch.is_empty() {
-            self.sink.regroup(&mut batch);
-            batch.clear();
-        }
+        decoder.deliver_regroup(&*self.sink, &mut batch);
         let keep: Vec<Guid> = keep.into_iter().filter(|u| unlisted.contains(u)).collect();
         for chunk in keep.chunks(50) {
             match bulk_presence(&self.client, chunk).await {
                 Ok((events, _bad)) => {
                     add(&self.status.stats.resync_events, events.len() as u64);
-                    for event in events {
-                        decoder.admit(event, &mut batch);
-                    }
-                    if !batch.is_empty() {
-                        self.sink.regroup(&mut batch);
-                        batch.clear();
-                    }
+                    batch.extend(events);
+                    decoder.deliver_regroup(&*self.sink, &mut batch);
                 }
                 Err(e) => {
                     log::warn!(

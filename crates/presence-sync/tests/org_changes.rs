@@ -403,8 +403,8 @@ async fn by_default_the_users_are_discovered_again_every_ten_minutes() {
     h.stop().await;
 }
 
-/// Re-discovery back to back (every 10 ms, nine listings each: the users and eight groups),
-/// past the client's burst so that every request waits in its pacing: a channel that loses
+/// Re-discovery back to back (every 10 ms, one listing of the users with presence and groups
+/// each), past the client's burst so that every request waits in its pacing: a channel that loses
 /// its socket still gets its resync through within a few requests' time, and discovery goes
 /// on. Discovery makes one request at a time, so a resync waits behind at most one of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,9 +416,9 @@ async fn back_to_back_discovery_does_not_starve_a_channels_resync() {
     )
     .await;
     h.ready().await;
-    // 300 requests a minute: a burst of 150, then 2.5 a second. Spend the burst.
+    // 300 requests a minute: a burst of 60, then 3.5 a second. Spend the burst.
     h.wait_for("the burst spent", Duration::from_secs(30), |h| {
-        h.emulator.stats().api_requests >= 160
+        h.emulator.stats().api_requests >= 70
     })
     .await;
     let resyncs = load(&h.status.stats().resyncs);
@@ -440,5 +440,90 @@ async fn back_to_back_discovery_does_not_starve_a_channels_resync() {
         "the pacing kept every request within the limit"
     );
     assert!(took < Duration::from_secs(6), "the resync took {took:?}");
+    h.stop().await;
+}
+
+/// Owns the users whose GUID is even, or every user.
+#[derive(Default)]
+struct Halves {
+    all: std::sync::atomic::AtomicBool,
+}
+
+impl presence_frame::Owner for Halves {
+    fn owns(&self, user: UserId) -> bool {
+        self.all.load(Ordering::Relaxed) || matches!(user, UserId::Genesys(g) if g.0 % 2 == 0)
+    }
+}
+
+/// Issue 13: with an owner the sync watches only the owned users; a change of ownership is
+/// followed at once from the last listing (no re-discovery here): users gained are
+/// subscribed and published, users lost unsubscribed and removed from the sink (a sink that
+/// knows ownership drops their tombstones), and counted as released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_owned_users_are_watched_and_ownership_changes_are_followed_at_once() {
+    let owner = Arc::new(Halves::default());
+    let sink = RegistrySink {
+        registry: registry(),
+        removed: Arc::default(),
+        streamed: Arc::default(),
+    };
+    let h = Harness::start_owned(
+        quiet(80),
+        fast_sync(),
+        Duration::from_secs(60),
+        |_| {},
+        Arc::clone(&sink.registry),
+        sink.clone(),
+        Some(Arc::clone(&owner) as Arc<dyn presence_frame::Owner>),
+    )
+    .await;
+    h.ready().await;
+    let all = truth_users(&h);
+    let even: BTreeSet<Guid> = all.iter().copied().filter(|g| g.0 % 2 == 0).collect();
+    assert!(!even.is_empty() && even.len() < all.len());
+    let topics =
+        |h: &Harness| -> usize { h.emulator.stats().channels.iter().map(|c| c.topics).sum() };
+    assert_eq!(registry_users(&sink.registry), even);
+    assert_eq!(topics(&h), even.len());
+    assert_eq!(h.status.watched_users(), even.len());
+
+    // Every user owned now.
+    owner.all.store(true, Ordering::Relaxed);
+    h.status.ownership_changed();
+    h.wait_for(
+        "every user watched and published",
+        Duration::from_secs(20),
+        |h| topics(h) == all.len() && registry_users(&sink.registry) == all,
+    )
+    .await;
+    assert_eq!(
+        load(&h.status.stats().discoveries),
+        0,
+        "no listing was needed"
+    );
+    assert_eq!(h.status.watched_users(), all.len());
+
+    // Back to the even half: the odd users are released.
+    owner.all.store(false, Ordering::Relaxed);
+    h.status.ownership_changed();
+    h.wait_for("the odd users released", Duration::from_secs(20), |h| {
+        topics(h) == even.len() && registry_users(&sink.registry) == even
+    })
+    .await;
+    let odd = all.len() - even.len();
+    assert_eq!(load(&h.status.stats().users_released), odd as u64);
+    let removed: BTreeSet<Guid> = sink
+        .removed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|u| match u {
+            UserId::Genesys(g) => Some(*g),
+            UserId::Relay(_) => None,
+        })
+        .collect();
+    assert_eq!(removed.len(), odd);
+    assert!(removed.iter().all(|g| g.0 % 2 == 1));
+    assert_eq!(h.status.unwatched_users(), 0);
     h.stop().await;
 }

@@ -103,11 +103,37 @@ impl Harness {
         registry: Arc<Registry<ManualClock>>,
         sink: impl presence_sync::PresenceSink,
     ) -> Harness {
+        Harness::start_owned(
+            emulator,
+            sync,
+            refresh_margin,
+            prepare,
+            registry,
+            sink,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`start_sink`](Harness::start_sink), watching only the users `owner` owns.
+    pub(crate) async fn start_owned(
+        emulator: EmulatorConfig,
+        sync: SyncConfig,
+        refresh_margin: Duration,
+        prepare: impl FnOnce(&EmulatorHandle),
+        registry: Arc<Registry<ManualClock>>,
+        sink: impl presence_sync::PresenceSink,
+        owner: Option<Arc<dyn presence_frame::Owner>>,
+    ) -> Harness {
         let emulator = start_emulator(emulator).await;
         prepare(&emulator);
         let client = client_with(&emulator, 300, refresh_margin);
         let bits: Vec<(Guid, u32)> = emulator.group_ids().into_iter().zip(0u32..).collect();
-        let sync = PresenceSync::new(client.clone(), sync.group_bits(bits), sink).expect("sync");
+        let mut sync =
+            PresenceSync::new(client.clone(), sync.group_bits(bits), sink).expect("sync");
+        if let Some(owner) = owner {
+            sync = sync.with_owner(owner);
+        }
         let status = sync.status();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(sync.run(shutdown.clone()));
