@@ -198,6 +198,25 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
             .collect();
         waiting.push(json!({"part": "channels", "reason": "not every channel is connected and resynced", "channels": not_streaming}));
     }
+    let group = &state.group;
+    if group.ownership.owned().is_empty() {
+        waiting.push(json!({
+            "part": "group",
+            "reason": format!(
+                "no partition of the topic is assigned to this instance ({}) in consumer group {} yet: it owns no user (more instances than partitions keeps some idle)",
+                group.instance_id, group.group_id
+            )
+        }));
+    }
+    let unwatched = state.sync.unwatched_users();
+    if unwatched > 0 {
+        waiting.push(json!({
+            "part": "capacity",
+            "reason": format!(
+                "{unwatched} owned users are not watched: every notification channel this OAuth client may have is full (run more instances, each with its own OAuth client)"
+            )
+        }));
+    }
     if let Some(from_ms) = state.registry.expiry_held_from() {
         let held_for = state.registry.now_ms().saturating_sub(from_ms);
         waiting.push(json!({
@@ -531,8 +550,28 @@ pub fn stats_json(state: &AppState) -> serde_json::Value {
             },
         },
         "channels": channels,
+        "group": group_json(state),
         "ready": state.sync.is_ready() && kafka_up,
         "uptimeSeconds": state.started.elapsed().as_secs(),
+    })
+}
+
+/// This instance in its consumer group (`group` in `/v1/stats`).
+fn group_json(state: &AppState) -> serde_json::Value {
+    let group = &state.group;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    json!({
+        "groupId": group.group_id,
+        "instanceId": group.instance_id,
+        "partitions": group.ownership.partitions(),
+        "ownedPartitions": group.ownership.owned(),
+        "ownedUsers": state.registry.len(),
+        "watchedUsers": state.sync.watched_users(),
+        "unwatchedUsers": state.sync.unwatched_users(),
+        "assignments": load(&group.stats.assignments),
+        "revocations": load(&group.stats.revocations),
+        "lastWarmStartMs": load(&group.stats.last_warm_start_ms),
+        "lastRevocationMs": load(&group.stats.last_revocation_ms),
     })
 }
 

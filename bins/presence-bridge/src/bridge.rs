@@ -8,16 +8,72 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use genesys_auth::{AuthConfig, GenesysClient, TlsRoots};
 use parking_lot::Mutex;
-use presence_frame::UserId;
-use presence_kafka::{KafkaPublisher, Publisher, RegistrySink, SinkConfig};
+use presence_frame::{Owner, PresenceEvent, UserId};
+use presence_kafka::{
+    GroupHandler, GroupMember, KafkaPublisher, Ownership, Publisher, RegistrySink, SinkConfig,
+};
 use presence_registry::{Registry, RegistryConfig};
-use presence_sync::{PresenceSync, RelaySource, SyncConfig, UserSelection};
+use presence_sync::{PresenceSync, RelaySource, SyncConfig, SyncStatus, UserSelection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BridgeConfig, SourceConfig};
 use crate::history::{History, SAMPLE_INTERVAL};
-use crate::state::{AppState, RecentChanges};
+use crate::state::{AppState, GroupView, RecentChanges};
+
+/// How long a revocation may spend flushing the revoked users' records before the partitions
+/// go (their next owner reads the topic after that).
+const HANDOVER_FLUSH: Duration = Duration::from_secs(10);
+
+/// How long the start waits for the group's first assignment before the source starts
+/// anyway (it then follows the assignment when it comes).
+const FIRST_ASSIGNMENT: Duration = Duration::from_secs(30);
+
+/// The group's calls, turned into the bridge's moves (docs/decisions/0002-scale-out.md).
+/// An assignment loads the warm start's states as already published and tells the source to
+/// watch the new users; a revocation (the partitions are already not owned: the sink drops
+/// their users' events from then on) tells the source to stop watching them, flushes their
+/// records and forgets them, before the partitions go to their next owner.
+struct Handover {
+    join: RegistrySink<Arc<KafkaPublisher>>,
+    ownership: Arc<Ownership>,
+    source: SyncStatus,
+    runtime: tokio::runtime::Handle,
+}
+
+impl GroupHandler for Handover {
+    fn assigned(&self, partitions: &[u32], last: Vec<PresenceEvent>) {
+        let states = last.len();
+        let loaded = self.join.load_published(last);
+        log::info!(
+            "assigned partitions {partitions:?}: {loaded} of {states} users' last states loaded from the topic; watching them"
+        );
+        self.source.ownership_changed();
+    }
+
+    fn revoked(&self, partitions: &[u32], lost: bool) {
+        self.source.ownership_changed();
+        let ownership = Arc::clone(&self.ownership);
+        let not_owned = move |user: UserId| !ownership.owns(user);
+        if !lost {
+            let left = self.runtime.block_on(
+                self.join
+                    .publisher()
+                    .flush_users(&not_owned, HANDOVER_FLUSH),
+            );
+            if left > 0 {
+                log::warn!(
+                    "handing over partitions {partitions:?}: {left} users' last records not delivered within {HANDOVER_FLUSH:?}; their next owner resyncs them"
+                );
+            }
+        }
+        let forgotten = self.join.forget(&not_owned);
+        log::info!(
+            "{} partitions {partitions:?}: {forgotten} users handed over",
+            if lost { "lost" } else { "revoked" }
+        );
+    }
+}
 
 /// How often expired entries are swept (and tombstoned): a fraction of the TTL, between
 /// 100 ms and 1 s.
@@ -52,11 +108,19 @@ pub async fn serve(
     // The dashboard's list of recent changes hears of each batch's changes and each sweep's
     // expiries from the join, outside the registry's locks.
     let recent = Arc::new(Mutex::new(RecentChanges::new(8_192)));
+    // Ownership: the partitions of the topic the consumer group assigns to this instance.
+    let partitions = publisher
+        .topic_check()
+        .map(|check| check.partitions)
+        .context("the topic check is needed for its partition count")?;
+    let partitions = u32::try_from(partitions).context("the topic's partition count")?;
+    let ownership = Arc::new(Ownership::none(partitions));
     let join = RegistrySink::new(
         Arc::clone(&registry),
         Arc::clone(&publisher),
         SinkConfig::default()
             .max_future_skew(config.max_event_skew)
+            .owner(Arc::clone(&ownership) as Arc<dyn Owner>)
             .observer({
                 let recent = Arc::clone(&recent);
                 move |users: &[UserId], expired: bool| {
@@ -77,6 +141,12 @@ pub async fn serve(
         .max_socket_message_bytes(config.max_socket_message_bytes)
         .tls_roots(tls_roots);
     let source_shutdown = shutdown.child_token();
+    // The source is made first (its status is what the group's handler tells), started once
+    // the group has assigned this instance its partitions.
+    enum Source {
+        Sync(PresenceSync),
+        Relay(RelaySource),
+    }
     let (status, source) = match &config.source {
         SourceConfig::Genesys { groups } => {
             let selection = if groups.is_empty() {
@@ -85,19 +155,44 @@ pub async fn serve(
                 UserSelection::Groups(groups.clone())
             };
             let sync =
-                PresenceSync::new(client.clone(), sync_config.users(selection), join.clone())?;
-            (
-                sync.status(),
-                tokio::spawn(sync.run(source_shutdown.clone())),
-            )
+                PresenceSync::new(client.clone(), sync_config.users(selection), join.clone())?
+                    .with_owner(Arc::clone(&ownership) as Arc<dyn Owner>);
+            (sync.status(), Source::Sync(sync))
         }
         SourceConfig::Relay { url } => {
             let relay = RelaySource::new(url, client.clone(), sync_config, join.clone())?;
-            (
-                relay.status(),
-                tokio::spawn(relay.run(source_shutdown.clone())),
-            )
+            (relay.status(), Source::Relay(relay))
         }
+    };
+    let member = {
+        let kafka = config.kafka.clone();
+        let group = config.group.clone();
+        let handler = Arc::new(Handover {
+            join: join.clone(),
+            ownership: Arc::clone(&ownership),
+            source: status.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        tokio::task::spawn_blocking(move || {
+            GroupMember::start_with(&kafka, ownership, group, handler)
+        })
+        .await
+        .context("joining the consumer group")??
+    };
+    let group_stats = member.stats();
+    let first_assignment = Instant::now() + FIRST_ASSIGNMENT;
+    while group_stats
+        .assignments
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+        && Instant::now() < first_assignment
+        && !shutdown.is_cancelled()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let source = match source {
+        Source::Sync(sync) => tokio::spawn(sync.run(source_shutdown.clone())),
+        Source::Relay(relay) => tokio::spawn(relay.run(source_shutdown.clone())),
     };
 
     let state = Arc::new(AppState {
@@ -109,6 +204,12 @@ pub async fn serve(
         recent: Arc::clone(&recent),
         sink: Arc::clone(join.stats()),
         history: Mutex::new(History::new(config.history_window, SAMPLE_INTERVAL)),
+        group: GroupView {
+            group_id: config.group.group_id.clone(),
+            instance_id: config.group.instance_id.clone(),
+            ownership: member.ownership(),
+            stats: Arc::clone(&group_stats),
+        },
     });
 
     // The dashboard's history: one sample a second into a ring allocated above.
@@ -170,7 +271,11 @@ pub async fn serve(
         },
     };
 
-    // Stop taking events, then flush what is pending within the grace, then close.
+    // Leave the group first: the owned partitions are handed over (their users' records
+    // flushed, within the handover's own bound) while the source still runs, so that the next
+    // owners start from the topic at once. Then stop taking events, flush the rest within the
+    // grace, and close.
+    let _ = tokio::task::spawn_blocking(move || member.stop()).await;
     source_shutdown.cancel();
     if fatal.is_none() && !source.is_finished() {
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut source).await;

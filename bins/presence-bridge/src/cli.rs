@@ -11,7 +11,7 @@ use std::str::FromStr;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::error::ErrorKind;
 use clap::{Arg, Args, Parser, Subcommand};
-use presence_kafka::{SaslMechanism, SecurityProtocol};
+use presence_kafka::{GroupProtocol, SaslMechanism, SecurityProtocol};
 
 /// Genesys Cloud presence into Apache Kafka.
 #[derive(Debug, Parser)]
@@ -147,6 +147,29 @@ pub struct RunArgs {
     /// Client key (PEM) for mutual TLS to Kafka.
     #[arg(long, env = "KAFKA_KEY_FILE", value_name = "FILE")]
     pub kafka_key_file: Option<PathBuf>,
+
+    /// The Kafka consumer group the instances share: each owns the users of the presence
+    /// topic's partitions the group assigns it (a lone instance owns them all). Every
+    /// instance watching the same organisation and topic uses the same one.
+    /// [default: presence-bridge]
+    #[arg(long, env = "GROUP_ID", value_name = "GROUP")]
+    pub group_id: Option<String>,
+
+    /// The group protocol: `consumer` (Kafka 4's, KIP-848; the broker sets the session
+    /// timeout) or `classic` (cooperative-sticky, a 6 s session timeout).
+    /// [default: consumer]
+    #[arg(
+        long,
+        env = "GROUP_PROTOCOL",
+        value_name = "PROTOCOL",
+        value_parser = LibraryValue::new(GroupProtocol::ALL, GroupProtocol::as_str)
+    )]
+    pub group_protocol: Option<GroupProtocol>,
+
+    /// This instance's name in the group, in logs and in `/v1/stats`.
+    /// [default: HOSTNAME-PID]
+    #[arg(long, env = "INSTANCE_ID", value_name = "NAME")]
+    pub instance_id: Option<String>,
 
     /// Time-to-live: a user not confirmed (by an event or a resync) for this long is expired
     /// and a tombstone published; 1s to 365d. [default: 1h]

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use genesys_auth::{Endpoints, SecretString};
 use presence_frame::{GroupMask, Guid};
-use presence_kafka::{KafkaConfig, Sasl, SaslMechanism, SecurityProtocol, Tls};
+use presence_kafka::{
+    GroupConfig, GroupProtocol, KafkaConfig, Sasl, SaslMechanism, SecurityProtocol, Tls,
+};
 use serde::Deserialize;
 
 use crate::admin::{AdminOptions, DEFAULT_MAX_EVENT_STREAMS};
@@ -19,6 +21,19 @@ use crate::cli::RunArgs;
 pub const DEFAULT_TOPIC: &str = "genesys.presence.updates";
 /// Default admin address.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+/// Default consumer group.
+pub const DEFAULT_GROUP_ID: &str = "presence-bridge";
+
+/// `HOSTNAME-PID`: unique among the instances of a machine and readable in logs.
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "presence-bridge".into());
+    format!("{host}-{}", std::process::id())
+}
 
 /// The TOML file: the same options as the flags, by their long names.
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +57,9 @@ struct FileConfig {
     kafka_ca_file: Option<PathBuf>,
     kafka_cert_file: Option<PathBuf>,
     kafka_key_file: Option<PathBuf>,
+    group_id: Option<String>,
+    group_protocol: Option<String>,
+    instance_id: Option<String>,
     ttl: Option<String>,
     max_event_skew: Option<String>,
     max_message_size: Option<String>,
@@ -89,6 +107,8 @@ pub struct BridgeConfig {
     pub kafka: KafkaConfig,
     /// The bootstrap servers of `kafka`, for messages (`KafkaConfig` does not give them back).
     pub kafka_brokers: String,
+    /// The consumer group this instance joins, and as whom.
+    pub group: GroupConfig,
     /// Registry time-to-live.
     pub ttl: Duration,
     /// How far ahead of this machine's clock an event time may be.
@@ -527,6 +547,24 @@ impl BridgeConfig {
             MAX_SHUTDOWN_GRACE,
         )?;
 
+        let group_id = pick(args.group_id.clone(), file.group_id)
+            .map(|g| g.trim().to_owned())
+            .unwrap_or_else(|| DEFAULT_GROUP_ID.into());
+        if group_id.is_empty() {
+            bail!("invalid --group-id: empty");
+        }
+        let protocol = match (args.group_protocol, file.group_protocol) {
+            (Some(protocol), _) => protocol,
+            (None, Some(text)) => from_file("group-protocol", &text)?,
+            (None, None) => GroupProtocol::Consumer,
+        };
+        let instance_id = pick(args.instance_id.clone(), file.instance_id)
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .unwrap_or_else(default_instance_id);
+        let mut group = GroupConfig::new(group_id, instance_id);
+        group.protocol = protocol;
+
         // Last, as when the publisher checked it at start: the options above are refused first,
         // each in the binary's words.
         kafka.validate()?;
@@ -540,6 +578,7 @@ impl BridgeConfig {
             allowed,
             kafka,
             kafka_brokers,
+            group,
             ttl,
             max_event_skew,
             max_message_bytes,

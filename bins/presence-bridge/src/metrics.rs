@@ -384,6 +384,27 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
     ] {
         s.counter(name, help, load(counter));
     }
+    let group = &state.group;
+    s.gauge(
+        "group_owned_partitions",
+        "Partitions of the presence topic this instance owns (its users)",
+        group.ownership.owned().len() as f64,
+    );
+    s.counter(
+        "group_assignments",
+        "Assignments of partitions by the consumer group (each read to its end first)",
+        load(&group.stats.assignments),
+    );
+    s.counter(
+        "group_revocations",
+        "Revocations of partitions by the consumer group (handed over or lost)",
+        load(&group.stats.revocations),
+    );
+    s.gauge(
+        "group_warm_start_last_duration_seconds",
+        "How long the last assignment's read of its partitions took",
+        load(&group.stats.last_warm_start_ms) as f64 / 1000.0,
+    );
     s.gauge(
         "users_watched",
         "Users subscribed on a notification channel now",

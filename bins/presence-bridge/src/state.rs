@@ -7,7 +7,7 @@ use std::time::Instant;
 use genesys_auth::GenesysClient;
 use parking_lot::Mutex;
 use presence_frame::UserId;
-use presence_kafka::{Health, Publisher, SinkStats};
+use presence_kafka::{GroupStats, Health, Ownership, Publisher, SinkStats};
 use presence_registry::{MonotonicClock, Registry};
 use presence_sync::SyncStatus;
 
@@ -164,6 +164,33 @@ pub struct AppState {
     pub sink: Arc<SinkStats>,
     /// The dashboard's rolling history (`/v1/history`), filled by the sampler task.
     pub history: Mutex<History>,
+    /// This instance in the consumer group: what it owns, what the group did.
+    pub group: GroupView,
+}
+
+/// This instance in its consumer group, for readiness, stats and metrics.
+pub struct GroupView {
+    /// The group.
+    pub group_id: String,
+    /// This instance's name in it.
+    pub instance_id: String,
+    /// The partitions (so the users) it owns now.
+    pub ownership: Arc<Ownership>,
+    /// What the group has done.
+    pub stats: Arc<GroupStats>,
+}
+
+impl GroupView {
+    /// A lone instance that owns all of a topic's `partitions` and belongs to no group (for
+    /// tests of the admin server).
+    pub fn alone(partitions: u32) -> GroupView {
+        GroupView {
+            group_id: String::new(),
+            instance_id: "alone".into(),
+            ownership: Arc::new(Ownership::all(partitions)),
+            stats: Arc::default(),
+        }
+    }
 }
 
 /// Whether Kafka takes records: a broker answered recently and the producer has not failed

@@ -18,7 +18,7 @@ use genesys_emulator::{Emulator, EmulatorConfig, EmulatorHandle};
 use parking_lot::Mutex;
 use presence_bridge::admin::{AdminOptions, DEFAULT_MAX_EVENT_STREAMS, UPLOT_PATH};
 use presence_bridge::history::{DEFAULT_WINDOW, History, SAMPLE_INTERVAL, Sample};
-use presence_bridge::state::{AppState, RecentChanges};
+use presence_bridge::state::{AppState, GroupView, RecentChanges};
 use presence_frame::{
     EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceState, Source, Status, UserId,
 };
@@ -98,6 +98,7 @@ fn state(client: GenesysClient, registry: Arc<Registry<MonotonicClock>>) -> Arc<
         recent: Arc::new(Mutex::new(RecentChanges::new(8_192))),
         sink: Arc::default(),
         history: Mutex::new(History::new(DEFAULT_WINDOW, SAMPLE_INTERVAL)),
+        group: GroupView::alone(1),
     })
 }
 

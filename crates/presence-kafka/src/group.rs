@@ -159,7 +159,17 @@ impl GroupMember {
         group: GroupConfig,
         handler: Arc<dyn GroupHandler>,
     ) -> Result<GroupMember> {
-        let ownership = Arc::new(Ownership::none(partitions));
+        GroupMember::start_with(kafka, Arc::new(Ownership::none(partitions)), group, handler)
+    }
+
+    /// Like [`start`](GroupMember::start), keeping `ownership` (owning nothing yet, sized to
+    /// the topic's partitions) up to date: for a sink or a source made before the member.
+    pub fn start_with(
+        kafka: &KafkaConfig,
+        ownership: Arc<Ownership>,
+        group: GroupConfig,
+        handler: Arc<dyn GroupHandler>,
+    ) -> Result<GroupMember> {
         let stats = Arc::new(GroupStats::default());
         let topic = kafka.topic_name().to_owned();
         let mut config = client_config(kafka);
