@@ -562,6 +562,7 @@ impl BridgeConfig {
             .map(|i| i.trim().to_owned())
             .filter(|i| !i.is_empty())
             .unwrap_or_else(default_instance_id);
+        kafka = kafka.instance(instance_id.clone());
         let mut group = GroupConfig::new(group_id, instance_id);
         group.protocol = protocol;
 

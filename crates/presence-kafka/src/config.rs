@@ -104,6 +104,7 @@ pub struct KafkaConfig {
     pub(crate) brokers: String,
     pub(crate) topic: String,
     pub(crate) client_id: String,
+    pub(crate) instance: Option<String>,
     pub(crate) compression: Compression,
     pub(crate) linger: Duration,
     pub(crate) delivery_timeout: Duration,
@@ -129,6 +130,7 @@ impl Default for KafkaConfig {
             brokers: "localhost:9092".to_owned(),
             topic: DEFAULT_TOPIC.to_owned(),
             client_id: "presence-bridge".to_owned(),
+            instance: None,
             compression: Compression::Lz4,
             linger: Duration::from_millis(5),
             delivery_timeout: Duration::from_secs(60),
@@ -173,6 +175,14 @@ impl KafkaConfig {
     /// `presence-bridge`.
     pub fn client_id(mut self, client_id: impl Into<String>) -> KafkaConfig {
         self.client_id = client_id.into();
+        self
+    }
+
+    /// The name of this instance, sent in the [`HEADER_INSTANCE`](crate::HEADER_INSTANCE)
+    /// header of every record, so that a reader can tell which of several instances sharing
+    /// the topic wrote it. By default, none (no header).
+    pub fn instance(mut self, instance: impl Into<String>) -> KafkaConfig {
+        self.instance = Some(instance.into());
         self
     }
 

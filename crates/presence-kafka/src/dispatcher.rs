@@ -133,7 +133,13 @@ fn send(
     buffers: &mut Buffers,
     clock: WallClock,
 ) -> std::result::Result<(), Box<Pending>> {
-    let base = build_record(&shared.topic, record, clock, buffers);
+    let base = build_record(
+        &shared.topic,
+        shared.instance.as_deref(),
+        record,
+        clock,
+        buffers,
+    );
     match producer.send(base) {
         Ok(()) => {
             PublisherStats::add(&shared.stats.sent, 1);

@@ -92,7 +92,9 @@ pub use ownership::{Ownership, murmur2, partition_of};
 pub use presence_frame::{EventTime, PresenceEvent, UserId};
 pub use publisher::{BoxFuture, Enqueue, FlushReport, Publisher, Which};
 pub use queue::Update;
-pub use record::{HEADER_EVENT_TIME, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION};
+pub use record::{
+    HEADER_EVENT_TIME, HEADER_INSTANCE, HEADER_SCHEMA_VERSION, PresenceRecord, SCHEMA_VERSION,
+};
 pub use registry_sink::{Observer, RegistrySink, SinkConfig, SinkStats, Sweep};
 pub use secrecy::{ExposeSecret, SecretString};
 pub use security::{CaRoots, Sasl, SaslMechanism, SecurityProtocol, Tls};

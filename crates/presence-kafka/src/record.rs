@@ -25,6 +25,10 @@ pub const HEADER_EVENT_TIME: &str = "event-time-ms";
 /// Header holding the schema version as decimal text (`1`).
 pub const HEADER_SCHEMA_VERSION: &str = "schema-version";
 
+/// The header naming the instance that wrote the record (see
+/// [`KafkaConfig::instance`](crate::KafkaConfig::instance)), when it is named.
+pub const HEADER_INSTANCE: &str = "bridge-instance";
+
 /// The JSON value of a presence record (schema version 1).
 ///
 /// The record's key is [`user_id`](PresenceRecord::user_id) (the GUID, or the relay's decimal
@@ -150,6 +154,7 @@ impl PresenceRecord {
 /// rides along as the delivery opaque, for the delivery report.
 pub(crate) fn build_record<'a>(
     topic: &'a str,
+    instance: Option<&'a str>,
     record: Pending,
     clock: WallClock,
     buffers: &'a mut Buffers,
@@ -168,7 +173,7 @@ pub(crate) fn build_record<'a>(
         Update::Tombstone { .. } => false,
     };
     let mut time_text = itoa::Buffer::new();
-    let headers = OwnedHeaders::new_with_capacity(2)
+    let mut headers = OwnedHeaders::new_with_capacity(3)
         .insert(Header {
             key: HEADER_EVENT_TIME,
             value: Some(time_text.format(time.as_millis())),
@@ -177,6 +182,12 @@ pub(crate) fn build_record<'a>(
             key: HEADER_SCHEMA_VERSION,
             value: Some(SCHEMA_VERSION_TEXT),
         });
+    if let Some(instance) = instance {
+        headers = headers.insert(Header {
+            key: HEADER_INSTANCE,
+            value: Some(instance),
+        });
+    }
     let mut base: BaseRecord<'_, [u8], [u8], Box<Pending>> =
         BaseRecord::with_opaque_to(topic, Box::new(record))
             .key(buffers.key.as_slice())
@@ -441,6 +452,7 @@ mod tests {
         };
         let record = build_record(
             "t",
+            Some("bridge-1"),
             pending(Update::State(event.clone())),
             clock,
             &mut buffers,
@@ -460,10 +472,12 @@ mod tests {
         };
         assert_eq!(header(0), (HEADER_EVENT_TIME, b"1764320597067".to_vec()));
         assert_eq!(header(1), (HEADER_SCHEMA_VERSION, b"1".to_vec()));
+        assert_eq!(header(2), (HEADER_INSTANCE, b"bridge-1".to_vec()));
         drop(record);
 
         let tombstone = build_record(
             "t",
+            None,
             pending(Update::Tombstone {
                 user: UserId::Relay(7),
                 time: EventTime(-5),

@@ -45,6 +45,8 @@ struct HealthState {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) topic: String,
+    /// This instance's name, for the [`HEADER_INSTANCE`](crate::HEADER_INSTANCE) header.
+    pub(crate) instance: Option<String>,
     brokers: String,
     pub(crate) queue: Mutex<Queue>,
     pub(crate) stats: PublisherStats,
@@ -78,6 +80,7 @@ impl Shared {
         };
         Shared {
             topic: config.topic.clone(),
+            instance: config.instance.clone(),
             brokers: config.brokers.clone(),
             queue: Mutex::new(Queue::new(config.queue_capacity, backoff)),
             stats: PublisherStats::default(),
