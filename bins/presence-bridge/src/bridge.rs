@@ -137,6 +137,7 @@ pub async fn serve(
         .allowed(config.allowed)
         .resync_interval(config.resync_interval)
         .discovery_interval(config.discovery_interval)
+        .max_channels(config.max_channels)
         .max_message_bytes(config.max_message_bytes)
         .max_socket_message_bytes(config.max_socket_message_bytes)
         .tls_roots(tls_roots);

@@ -148,6 +148,12 @@ pub struct RunArgs {
     #[arg(long, env = "KAFKA_KEY_FILE", value_name = "FILE")]
     pub kafka_key_file: Option<PathBuf>,
 
+    /// Notification channels this instance may use on its OAuth client (Genesys allows 20
+    /// per client, shared with every other app on it); one is kept free for rollovers, so it
+    /// watches up to (N - 1) x 1,000 users. 2 to 20. [default: 20]
+    #[arg(long, env = "MAX_CHANNELS", value_name = "N")]
+    pub max_channels: Option<String>,
+
     /// The Kafka consumer group the instances share: each owns the users of the presence
     /// topic's partitions the group assigns it (a lone instance owns them all). Every
     /// instance watching the same organisation and topic uses the same one.

@@ -57,6 +57,7 @@ struct FileConfig {
     kafka_ca_file: Option<PathBuf>,
     kafka_cert_file: Option<PathBuf>,
     kafka_key_file: Option<PathBuf>,
+    max_channels: Option<String>,
     group_id: Option<String>,
     group_protocol: Option<String>,
     instance_id: Option<String>,
@@ -109,6 +110,8 @@ pub struct BridgeConfig {
     pub kafka_brokers: String,
     /// The consumer group this instance joins, and as whom.
     pub group: GroupConfig,
+    /// Notification channels this instance may use on its OAuth client.
+    pub max_channels: usize,
     /// Registry time-to-live.
     pub ttl: Duration,
     /// How far ahead of this machine's clock an event time may be.
@@ -547,6 +550,15 @@ impl BridgeConfig {
             MAX_SHUTDOWN_GRACE,
         )?;
 
+        let max_channels = match pick(args.max_channels.clone(), file.max_channels) {
+            None => 20,
+            Some(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (2..=20).contains(n))
+                .ok_or_else(|| anyhow!("invalid --max-channels {text:?}: expected 2 to 20"))?,
+        };
         let group_id = pick(args.group_id.clone(), file.group_id)
             .map(|g| g.trim().to_owned())
             .unwrap_or_else(|| DEFAULT_GROUP_ID.into());
@@ -580,6 +592,7 @@ impl BridgeConfig {
             kafka,
             kafka_brokers,
             group,
+            max_channels,
             ttl,
             max_event_skew,
             max_message_bytes,
