@@ -113,7 +113,15 @@ pub async fn serve(
         .topic_check()
         .map(|check| check.partitions)
         .context("the topic check is needed for its partition count")?;
-    let partitions = u32::try_from(partitions).context("the topic's partition count")?;
+    let partitions = u32::try_from(partitions)
+        .ok()
+        .filter(|n| *n > 0)
+        .with_context(|| {
+            format!(
+                "topic {} shows no partition (its metadata never listed any)",
+                config.kafka.topic_name()
+            )
+        })?;
     let ownership = Arc::new(Ownership::none(partitions));
     let join = RegistrySink::new(
         Arc::clone(&registry),

@@ -180,7 +180,9 @@ impl GroupMember {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true");
+            .set("enable.partition.eof", "true")
+            // The producer's statistics are enough; none from this client.
+            .set("statistics.interval.ms", "0");
         if group.protocol == GroupProtocol::Classic {
             let session = group.session_timeout.as_millis().max(1000);
             config
@@ -314,7 +316,15 @@ struct GroupContext {
     warming: Mutex<Option<Warming>>,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is the warm start's signal (it comes through `poll`), not
+        // an error.
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            log::warn!("consumer group: {error}: {reason}");
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

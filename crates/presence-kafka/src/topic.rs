@@ -42,7 +42,11 @@ pub(crate) async fn ensure_topic(
 ) -> Result<TopicCheck> {
     let topic = config.topic.clone();
     let deadline = Instant::now() + config.startup_timeout;
-    let partitions = wait_for_metadata(config, shared, producer, deadline).await?;
+    let mut partitions = wait_for_metadata(config, shared, producer, deadline).await?;
+    if partitions == Some(0) {
+        // Listed while another client creates it: wait for its partitions.
+        partitions = Some(wait_for_partitions(config, shared, producer, deadline).await?);
+    }
     let admin = admin_client(config, shared)?;
     let options = || {
         let left = deadline
@@ -95,8 +99,10 @@ pub(crate) async fn ensure_topic(
                 return Ok(check);
             }
             Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => {
-                // Created by someone else meanwhile: check it like any existing topic.
+                // Created by someone else meanwhile (another instance starting): check it
+                // like any existing topic, once its partitions show.
                 info!("Kafka topic {topic} was created concurrently; checking it");
+                check.partitions = wait_for_partitions(config, shared, producer, deadline).await?;
             }
             Some(Err((_, code))) => return Err(create_error(&topic, config, code)),
         }
@@ -140,6 +146,28 @@ pub(crate) async fn ensure_topic(
         warn!("{warning}");
     }
     Ok(check)
+}
+
+/// The topic's partition count once the metadata shows at least one (a topic another client
+/// has just created may be listed without them for a moment); 0 if it never does by
+/// `deadline`.
+async fn wait_for_partitions(
+    config: &KafkaConfig,
+    shared: &Arc<Shared>,
+    producer: &Rdkafka,
+    deadline: Instant,
+) -> Result<usize> {
+    loop {
+        if let Some(n) = wait_for_metadata(config, shared, producer, deadline).await?
+            && n > 0
+        {
+            return Ok(n);
+        }
+        if Instant::now() >= deadline {
+            return Ok(0);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Fetches metadata until a broker answers, returning the topic's partition count (`None`
