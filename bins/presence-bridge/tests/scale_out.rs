@@ -423,11 +423,10 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
     }));
     let restart_started = Instant::now();
     let mut bridges = vec![b1, b2, b3];
-    for i in 0..bridges.len() {
+    for (i, client) in clients.iter().enumerate() {
         let old = bridges.remove(i);
         let name = old.name.clone();
         old.process.stop_with("TERM").await;
-        let client = &clients[i];
         bridges.insert(i, org.bridge(client, &name, 4));
         let mut all: Vec<&mut Bridge> = bridges.iter_mut().collect();
         covered(&mut all, Duration::from_secs(90)).await;
