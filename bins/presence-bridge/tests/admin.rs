@@ -565,7 +565,8 @@ async fn the_dashboard_shows_live_data_in_chromium() {
                 "JSON.stringify({total: document.getElementById('users-total').textContent, \
                  byStatus: Object.fromEntries([...document.querySelectorAll('#by-status .row')].map(r => [r.children[0].textContent, r.children[1].textContent])), \
                  channels: document.querySelectorAll('#channels tr').length, \
-                 kafka: document.getElementById('kafka-state').textContent})",
+                 kafka: document.getElementById('kafka-state').textContent, \
+                 partitions: document.getElementById('group-partitions').textContent})",
             )
             .await;
         let shown: Value = shown
@@ -587,7 +588,18 @@ async fn the_dashboard_shows_live_data_in_chromium() {
                 .is_some_and(|o| o.len() == statuses.len());
         let channels_ok =
             shown["channels"].as_u64() == stats["channels"].as_array().map(|c| c.len() as u64);
-        if total_ok && status_ok && channels_ok && shown["kafka"] == json!("connected") {
+        // A lone instance owns every partition of the topic.
+        let partitions = stats["group"]["partitions"].as_u64().unwrap_or(0);
+        let partitions_ok = partitions > 0
+            && shown["partitions"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&format!("{partitions} of {partitions}")));
+        if total_ok
+            && status_ok
+            && channels_ok
+            && partitions_ok
+            && shown["kafka"] == json!("connected")
+        {
             break;
         }
         assert!(
