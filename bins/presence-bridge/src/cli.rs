@@ -148,6 +148,12 @@ pub struct RunArgs {
     #[arg(long, env = "KAFKA_KEY_FILE", value_name = "FILE")]
     pub kafka_key_file: Option<PathBuf>,
 
+    /// Partitions of the topic when the bridge creates it: more than the instances you will
+    /// run (each owns the users of its share; see "Running several instances"), say 12 or
+    /// 24; 1 to 10000. An existing topic keeps its own. [default: 12]
+    #[arg(long, env = "KAFKA_PARTITIONS", value_name = "N")]
+    pub kafka_partitions: Option<String>,
+
     /// Notification channels this instance may use on its OAuth client (Genesys allows 20
     /// per client, shared with every other app on it); one is kept free for rollovers, so it
     /// watches up to (N - 1) x 1,000 users. 2 to 20. [default: 20]

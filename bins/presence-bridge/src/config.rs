@@ -21,6 +21,8 @@ use crate::cli::RunArgs;
 pub const DEFAULT_TOPIC: &str = "genesys.presence.updates";
 /// Default admin address.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+/// Partitions of a topic the bridge creates: divisible by 1, 2, 3, 4, 6 and 12 instances.
+pub const DEFAULT_PARTITIONS: i32 = 12;
 /// Default consumer group.
 pub const DEFAULT_GROUP_ID: &str = "presence-bridge";
 
@@ -57,6 +59,7 @@ struct FileConfig {
     kafka_ca_file: Option<PathBuf>,
     kafka_cert_file: Option<PathBuf>,
     kafka_key_file: Option<PathBuf>,
+    kafka_partitions: Option<String>,
     max_channels: Option<String>,
     group_id: Option<String>,
     group_protocol: Option<String>,
@@ -450,6 +453,18 @@ impl BridgeConfig {
         if let Some(sasl) = sasl {
             kafka = kafka.sasl(sasl);
         }
+        let partitions = match pick(args.kafka_partitions.clone(), file.kafka_partitions) {
+            None => DEFAULT_PARTITIONS,
+            Some(text) => text
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    anyhow!("invalid --kafka-partitions {text:?}: expected 1 to 10000")
+                })?,
+        };
+        kafka = kafka.partitions(partitions);
 
         let ttl = duration(
             "ttl",

@@ -7,7 +7,7 @@
 //! Scaled down to run in CI (docs/performance.md, "Scale-out"): an instance may use 4
 //! channels here (`--max-channels 4`: 3,000 users, one channel kept free) instead of
 //! Genesys's 20 (19,000 users), so 4,500 users are more than one OAuth client can watch, as
-//! 45,000 are at full scale; the topic has 6 partitions. The broker is `scripts/kafka.sh`'s,
+//! 45,000 are at full scale; the topic has 12 partitions (the default). The broker is `scripts/kafka.sh`'s,
 //! whose consumer-protocol session timeout is 6 s (heartbeat 1 s); the times reported hold for
 //! those settings.
 //!
@@ -40,8 +40,8 @@ use topic::{Expect, TopicReader, judge, lingering, random_topic};
 /// One scenario at a time.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The partitions of a topic the first bridge creates.
-const PARTITIONS: usize = 6;
+/// The partitions of a topic the first bridge creates (`--kafka-partitions`, default 12).
+const PARTITIONS: usize = 12;
 
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_presence-bridge"))
