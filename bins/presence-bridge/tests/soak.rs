@@ -16,8 +16,14 @@
 //!
 //! Settings: `SOAK_DAYS` (30), `SOAK_DAY_SECS` (10, a decimal), `SOAK_USERS` (5,000),
 //! `SOAK_GROUPS` (8; with 0 the churn's group moves change nothing and every mask is 0). Without
-//! `KAFKA_BROKERS` the test skips with one line saying so; with `CI` set it fails instead. It is
-//! `#[ignore]`d (hence `--ignored`) until the bridge passes it: see `docs/soak.md`.
+//! `KAFKA_BROKERS` the test skips with one line saying so; with `CI` set it fails instead.
+//!
+//! Each day is an active part (the first 40 %: presence changes, churn, chaos, a maintenance
+//! wave), then a quiesced part in which the bridge settles and the test checks; the next day
+//! starts at its boundary, or at once when the check overran. Every check passes on the
+//! current bridge, but the days overran (settling after the quiesce takes 11 to 33 s under
+//! the unscaled rate limit), so 30 days take 13 minutes, not CI's 6: it stays `#[ignore]`d
+//! (hence `--ignored`) until they fit. `docs/soak.md` has the numbers.
 #![allow(missing_docs, unreachable_pub)]
 
 #[path = "../../../tests/support/broker.rs"]
@@ -44,8 +50,15 @@ use crate::topic::{Expect, TopicReader, judge, lingering, random_topic};
 /// A real day: what every scaled setting is a fraction of.
 const REAL_DAY: Duration = Duration::from_secs(86_400);
 /// The share of each simulated day during which presence changes, the org churns and chaos
-/// runs; the rest is quiesced for the check (and waits for the next day's start).
-const ACTIVE_SHARE: f64 = 0.6;
+/// runs (4 s of a 10 s day); the rest of the day is quiesced: the bridge settles, the test
+/// checks, and the next day starts at its boundary.
+const ACTIVE_SHARE: f64 = 0.4;
+/// A channel is rolled over `min(10 min, lifetime / 4)` before it (or the token that created
+/// it) ends (presence-sync `rollover_margin`), so at this scale it lives at most 3/4 of
+/// min(token lifetime, channel lifetime).
+const CHANNEL_LIFE_SHARE: f64 = 0.75;
+/// The wall time CI gives the whole test (start-up included); reported against, not asserted.
+const CI_BUDGET: Duration = Duration::from_secs(6 * 60);
 /// Presence changes per second while active.
 const CHANGE_RATE: f64 = 30.0;
 /// Org churn per simulated day, as a fraction of the users.
@@ -195,10 +208,20 @@ impl BridgeProcess {
         let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL)));
         let (found, admin) = std::sync::mpsc::channel();
         let tail = Arc::clone(&log);
+        // The whole log goes to target/soak/bridge.log too, for a look after the run.
+        let log_path = report_path().with_file_name("bridge.log");
+        if let Some(dir) = log_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut file = std::fs::File::create(&log_path).ok();
         std::thread::spawn(move || {
             let mut found = Some(found);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(f, "{line}");
+                }
                 if let Some(rest) = line.split("admin HTTP on http://").nth(1) {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
                     if let (Some(tx), Ok(addr)) = (found.take(), addr.parse::<SocketAddr>()) {
@@ -424,6 +447,10 @@ struct Day {
     events: u64,
     divergent_at_quiesce: usize,
     settle: Duration,
+    /// Discoveries the bridge completed between the quiesce and the topic holding the truth.
+    settle_discoveries: Option<u64>,
+    /// Users created, deleted, deactivated or moved, as a share of the day's first users.
+    churn_pct: f64,
     divergent: usize,
     channels_in_use: u64,
     channels_created: u64,
@@ -453,6 +480,8 @@ impl Day {
         self.deleted = b.churn.deleted - a.churn.deleted;
         self.deactivated = b.churn.deactivated - a.churn.deactivated;
         self.moved = b.churn.moved - a.churn.moved;
+        let changed = self.created + self.deleted + self.deactivated + self.moved;
+        self.churn_pct = 100.0 * changed as f64 / a.churn.active_users.max(1) as f64;
         self.events = b.events_generated - a.events_generated;
         self.channels_created = b.channels_created - a.channels_created;
         self.api_requests = b.api_requests - a.api_requests;
@@ -463,13 +492,16 @@ impl Day {
         // The rate limit over the day as it really lasted (longer when its check overran).
         let minutes = self.length.max(s.day).as_secs_f64() / 60.0;
         self.api_limit = (RATE_LIMIT_PER_MINUTE * minutes).floor() as u64;
-        // Channels needed: each channel in use lives at most min(token, channel lifetime),
-        // both a day here, so it is replaced ceil(length / lifetime) times in a day that
-        // lasted `length` (a day is longer than `day` only when its check overran: tokens and
-        // channels age in wall time). Beyond that a day may create one channel per channel a
-        // no_longer_subscribed removed, every channel again per expire_tokens (channels die
-        // with their token), and SPARE_CHANNELS.
-        let lifetime = s.day; // token_lifetime and channel_lifetime are both one day
+        // Channels needed: a channel dies with the token that created it, and the bridge rolls
+        // it over min(10 min, lifetime / 4) before its end, so each channel in use lives at
+        // most 3/4 of min(token lifetime, channel lifetime) here (both a day), and is replaced
+        // ceil(length / (3/4 × lifetime)) times in a day that lasted `length` (longer than
+        // `day` only when its check overran: tokens and channels age in wall time). At real
+        // scale the margin is 10 min of 24 h: about one creation per channel a day. Beyond
+        // that a day may create one channel per channel a no_longer_subscribed removed, every
+        // channel again per expire_tokens (channels die with their token), and
+        // SPARE_CHANNELS.
+        let lifetime = s.day.mul_f64(CHANNEL_LIFE_SHARE); // token and channel lifetime: a day
         let length = self.length.max(s.day);
         let per_channel = (length.as_secs_f64() / lifetime.as_secs_f64()).ceil() as u64;
         let removed = hits(b, FaultKind::NoLongerSubscribed).channels
@@ -535,22 +567,24 @@ fn opt(v: Option<u64>) -> String {
 /// The per-day table, in Markdown.
 fn table(days: &[Day]) -> String {
     let mut out = String::from(
-        "| day | users | +new | −del | −deact | moved | events | div@quiesce | settle s | div | ch in use | ch created (emu) | ch allowed | ch faults | ch created (bridge) | handovers | closing→new ch | discoveries | resyncs | bridge req | API req | API limit | own 429 | faults | RSS MiB | overrun s |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| day | users | +new | −del | −deact | moved | churn % | events | div@quiesce | settle s | disc to settle | div | ch in use | ch created (emu) | ch allowed | ch faults | ch created (bridge) | handovers | closing→new ch | discoveries | resyncs | bridge req | API req | API limit | own 429 | faults | RSS MiB | overrun s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for d in days {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
             d.day,
             d.active_users,
             d.created,
             d.deleted,
             d.deactivated,
             d.moved,
+            d.churn_pct,
             d.events,
             d.divergent_at_quiesce,
             d.settle.as_secs_f64(),
+            opt(d.settle_discoveries),
             d.divergent,
             d.channels_in_use,
             d.channels_created,
@@ -616,6 +650,26 @@ async fn sleep_until(at: Instant, bridge: &mut BridgeProcess) {
     }
 }
 
+/// The lines of the bridge's whole log (`target/soak/bridge.log`) that name `key`, the last
+/// 20 of them, indented.
+fn log_lines_about(key: &str) -> String {
+    if key.is_empty() {
+        return String::new();
+    }
+    let log =
+        std::fs::read_to_string(report_path().with_file_name("bridge.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(key)).collect();
+    let shown = &lines[lines.len().saturating_sub(20)..];
+    if shown.is_empty() {
+        return "      (none)".to_owned();
+    }
+    shown
+        .iter()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Users on the topic that differ from the truth, and keys of gone users not tombstoned.
 fn divergent(expect: &Expect, reader: &TopicReader, truth: &[TruthEntry]) -> Vec<String> {
     let wanted = expect.wanted(truth);
@@ -624,26 +678,47 @@ fn divergent(expect: &Expect, reader: &TopicReader, truth: &[TruthEntry]) -> Vec
     wrong
 }
 
+/// How a day's check went: users divergent at the first look after the quiesce, how long
+/// until none was and the publisher was idle, and how many discoveries the bridge completed
+/// meanwhile (`None` when it exports no `discoveries` counter).
+struct Settled {
+    at_quiesce: usize,
+    took: Duration,
+    discoveries: Option<u64>,
+}
+
 /// Quiesced: reads the topic, the truth and `/metrics` until no user diverges and the
-/// publisher is idle. Returns how many diverged at the first look, and how long it took.
+/// publisher is idle. The topic can hold the truth only once a discovery that started after
+/// the quiesce has finished (new users subscribed, gone ones tombstoned, moved ones
+/// re-masked), so this polls for convergence rather than for a count of discoveries.
 async fn settle(
     day: u32,
     emulator: &EmulatorHandle,
     bridge: &mut BridgeProcess,
     reader: &mut TopicReader,
     expect: &Expect,
-) -> (usize, Duration) {
+) -> Settled {
     let truth = emulator.truth();
     let started = Instant::now();
     let mut first = None;
+    let mut discoveries_then = None;
     loop {
         bridge.assert_running();
-        let idle = bridge.metrics().publisher_idle();
+        let metrics = bridge.metrics();
+        let idle = metrics.publisher_idle();
+        let discoveries = metrics.get("discoveries");
+        let then = *discoveries_then.get_or_insert(discoveries);
         reader.read_to_end().await;
         let wrong = divergent(expect, reader, &truth);
         let first = *first.get_or_insert(wrong.len());
         if wrong.is_empty() && idle {
-            return (first, started.elapsed());
+            return Settled {
+                at_quiesce: first,
+                took: started.elapsed(),
+                discoveries: discoveries
+                    .zip(then)
+                    .map(|(now, then)| (now - then).max(0.0) as u64),
+            };
         }
         if started.elapsed() > SETTLE_LIMIT {
             // The bridge's registry entry of each user shown, to tell a publishing problem
@@ -654,7 +729,10 @@ async fn settle(
                 .map(|w| {
                     let key = w.split(':').next().unwrap_or_default();
                     let held = bridge.get(&format!("/v1/presence/{key}"));
-                    format!("{w}\n    registry: {held:?}")
+                    format!(
+                        "{w}\n    registry: {held:?}\n    the bridge's lines about it:\n{}",
+                        log_lines_about(key)
+                    )
                 })
                 .collect();
             panic!(
@@ -671,7 +749,7 @@ async fn settle(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the bridge fails it for now (docs/soak.md, Findings): a moved user's groupMask can stay stale for good, days overrun their 10 s, channels roll more often than a day; run with --ignored"]
+#[ignore = "passes, but 30 days take ~13 min, not CI's 6: settling after each day's quiesce takes 11-33 s at the bridge's paced 3.5 requests/s (docs/soak.md); run with --ignored"]
 async fn a_month_with_a_changing_org_in_minutes() {
     let wall = Instant::now();
     let Some(endpoint) = tokio::task::block_in_place(broker::plain) else {
@@ -747,10 +825,11 @@ async fn a_month_with_a_changing_org_in_minutes() {
         emulator.set_chaos(ChaosConfig::new(0.0)).expect("calm");
         emulator.quiesce().await;
         // The check.
-        let (at_quiesce, took) = settle(d, &emulator, &mut bridge, &mut reader, &expect).await;
+        let settled = settle(d, &emulator, &mut bridge, &mut reader, &expect).await;
         reader.assert_no_problems();
-        row.divergent_at_quiesce = at_quiesce;
-        row.settle = took;
+        row.divergent_at_quiesce = settled.at_quiesce;
+        row.settle = settled.took;
+        row.settle_discoveries = settled.discoveries;
         row.divergent = 0;
         row.channels_in_use = bridge.stats()["channels"]
             .as_array()
@@ -794,14 +873,32 @@ async fn a_month_with_a_changing_org_in_minutes() {
         .map(|d| format!("day {} by {:.1} s", d.day, d.overrun.as_secs_f64()))
         .collect();
     let sum = |f: fn(&Day) -> Option<u64>| days.iter().filter_map(f).sum::<u64>();
+    let mut settles: Vec<f64> = days.iter().map(|d| d.settle.as_secs_f64()).collect();
+    settles.sort_by(f64::total_cmp);
+    let quantile = |q: f64| settles[((settles.len() - 1) as f64 * q).round() as usize];
+    let churn = days.iter().map(|d| d.churn_pct).sum::<f64>() / days.len() as f64;
     bridge.stop().await;
     emulator.shutdown().await;
+    let wall_time = wall.elapsed();
     let footer = format!(
-        "Wall time {:.1} s: start-up {:.1} s, {} days in {:.1} s. Overruns: {}. Discoveries {} and resyncs {} in all ({:.1} and {:.1} a day). RSS day 1 {first_rss:.1} MiB, last day {last_rss:.1} MiB.\n\n{}",
-        wall.elapsed().as_secs_f64(),
+        "Wall time {:.1} s ({} CI's budget of {:.0} s): start-up {:.1} s, {} days in {:.1} s. Settle after the quiesce: min {:.1} s, median {:.1} s, 90th percentile {:.1} s, max {:.1} s (a day leaves {:.1} s after its active part). Churn {churn:.2} % of the users a day on average. Overruns ({} of {} days): {}. Discoveries {} and resyncs {} in all ({:.1} and {:.1} a day). RSS day 1 {first_rss:.1} MiB, last day {last_rss:.1} MiB.\n\n{}",
+        wall_time.as_secs_f64(),
+        if wall_time <= CI_BUDGET {
+            "within"
+        } else {
+            "OVER"
+        },
+        CI_BUDGET.as_secs_f64(),
         started_in.as_secs_f64(),
         days.len(),
         ran.as_secs_f64(),
+        quantile(0.0),
+        quantile(0.5),
+        quantile(0.9),
+        quantile(1.0),
+        (day - active).as_secs_f64(),
+        overruns.len(),
+        days.len(),
         if overruns.is_empty() {
             "none".to_owned()
         } else {
