@@ -539,7 +539,11 @@ impl GenesysClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            self.inner.limiter.acquire().await;
+            // The rate limit is per token, on API calls: a token request spends none of it
+            // (it has its own backoff on 429 and 5xx below).
+            if origin == Origin::Api {
+                self.inner.limiter.acquire().await;
+            }
             bump(&self.inner.stats.requests);
             let agent = match origin {
                 Origin::Api => self.inner.api_agent.clone(),
@@ -627,7 +631,7 @@ impl GenesysClient {
 
 /// Which of the two origins a request goes to. Requests never leave them: an absolute URL on
 /// another origin is refused before it is sent ([`Error::ForeignUrl`]).
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Origin {
     Api,
     Login,
