@@ -37,6 +37,22 @@ use broker::Endpoint;
 use process::{BridgeProcess, Launch};
 use topic::{Expect, TopicReader, judge, lingering, random_topic};
 
+/// Users and `--max-channels` of the three-instance scenario: 4,500 and 4 by default, or
+/// `SCALE_OUT_USERS` and `SCALE_OUT_MAX_CHANNELS` (say 36,000 and 20, Genesys's own limit:
+/// more than one client's 19,000, and after a kill 18,000 for each of two survivors).
+fn scale() -> (u32, u32) {
+    let var = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        var("SCALE_OUT_USERS", 4_500),
+        var("SCALE_OUT_MAX_CHANNELS", 4),
+    )
+}
+
 /// One scenario at a time.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -57,6 +73,16 @@ struct Org {
 }
 
 impl Org {
+    /// The broker (`None`: skip, or fail under CI), this scenario's turn, and the org.
+    async fn begin(
+        config: EmulatorConfig,
+        name: &str,
+    ) -> Option<(Org, tokio::sync::MutexGuard<'static, ()>)> {
+        let endpoint = broker::plain()?;
+        let turn = TURN.lock().await;
+        Some((Org::start(endpoint, config, name).await, turn))
+    }
+
     async fn start(endpoint: Endpoint, config: EmulatorConfig, name: &str) -> Org {
         let _ = env_logger::builder().is_test(true).try_init();
         let emulator = Emulator::start(config, "127.0.0.1:0".parse().expect("an address"))
@@ -330,25 +356,29 @@ fn owners(bridges: &[&Bridge]) -> HashMap<i32, String> {
 
 /// 4,500 users, three instances with an OAuth client each: more users than one client can
 /// watch (3,000 here), covered by three. Then chaos, a `kill -9` of one, its restart, and a
-/// rolling restart of all three.
+/// rolling restart of all three. (Sizes: [`scale`].)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
-    let Some(endpoint) = broker::plain() else {
-        return;
-    };
-    let _turn = TURN.lock().await;
-    let org = Org::start(
-        endpoint,
+    let (users, channels) = scale();
+    let capacity = (channels - 1) * 1_000;
+    assert!(
+        users > capacity && users.div_ceil(2) <= capacity,
+        "{users} users must be more than one instance watches ({capacity}) and fit two"
+    );
+    let Some((org, _turn)) = Org::begin(
         EmulatorConfig::default()
-            .users(4_500)
+            .users(users)
             .clients(3)
             .change_rate(30.0)
             .seed(13),
         "scale-out",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let clients = org.emulator.clients();
-    let mut b1 = org.bridge(&clients[0], "bridge-1", 4);
+    let mut b1 = org.bridge(&clients[0], "bridge-1", channels);
     // Alone, it owns every partition: more users than its channels hold, and says so.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -360,7 +390,7 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
         }
         assert!(
             Instant::now() < deadline,
-            "a lone bridge owning 4,500 users never said it cannot watch them all: {:?}",
+            "a lone bridge owning {users} users never said it cannot watch them all: {:?}",
             b1.process.get("/readyz")
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -370,9 +400,13 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
         .metrics()
         .get("users_unwatched")
         .expect("users_unwatched");
-    assert_eq!(unwatched, 1_500.0, "3,000 of 4,500 watched");
-    let mut b2 = org.bridge(&clients[1], "bridge-2", 4);
-    let mut b3 = org.bridge(&clients[2], "bridge-3", 4);
+    assert_eq!(
+        unwatched,
+        f64::from(users - capacity),
+        "{capacity} of {users} watched"
+    );
+    let mut b2 = org.bridge(&clients[1], "bridge-2", channels);
+    let mut b3 = org.bridge(&clients[2], "bridge-3", channels);
     let took = covered(&mut [&mut b1, &mut b2, &mut b3], Duration::from_secs(90)).await;
     eprintln!(
         "three instances cover the org {took:.1?} after the last started ({})",
@@ -415,7 +449,7 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
 
     // Back to three, then a rolling restart: each stopped (SIGTERM) and started again once
     // the previous one is back and the group covers the org.
-    let mut b3 = org.bridge(&clients[2], "bridge-3", 4);
+    let mut b3 = org.bridge(&clients[2], "bridge-3", channels);
     covered(&mut [&mut b1, &mut b2, &mut b3], Duration::from_secs(90)).await;
     converge(&org, &mut reader, &mut [&mut b1, &mut b2, &mut b3]).await;
     let before = lengths(&tokio::task::block_in_place(|| {
@@ -427,7 +461,7 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
         let old = bridges.remove(i);
         let name = old.name.clone();
         old.process.stop_with("TERM").await;
-        bridges.insert(i, org.bridge(client, &name, 4));
+        bridges.insert(i, org.bridge(client, &name, channels));
         let mut all: Vec<&mut Bridge> = bridges.iter_mut().collect();
         covered(&mut all, Duration::from_secs(90)).await;
     }
@@ -454,12 +488,7 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
 /// loads what the topic holds, and the resync finds nothing new.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_instance_restarted_on_a_quiet_org_writes_almost_nothing() {
-    let Some(endpoint) = broker::plain() else {
-        return;
-    };
-    let _turn = TURN.lock().await;
-    let org = Org::start(
-        endpoint,
+    let Some((org, _turn)) = Org::begin(
         EmulatorConfig::default()
             .users(1_000)
             .change_rate(0.0)
@@ -467,7 +496,10 @@ async fn a_lone_instance_restarted_on_a_quiet_org_writes_almost_nothing() {
             .seed(14),
         "lone",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let client = &org.emulator.clients()[0];
     let mut bridge = org.bridge(client, "lone", 20);
     covered(&mut [&mut bridge], Duration::from_secs(60)).await;
@@ -497,12 +529,7 @@ async fn a_lone_instance_restarted_on_a_quiet_org_writes_almost_nothing() {
 /// client's channel limit (Genesys replaces the dead instance's unconnected channels).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_oauth_client_fail_over() {
-    let Some(endpoint) = broker::plain() else {
-        return;
-    };
-    let _turn = TURN.lock().await;
-    let org = Org::start(
-        endpoint,
+    let Some((org, _turn)) = Org::begin(
         EmulatorConfig::default()
             .users(2_500)
             .max_channels_per_client(4)
@@ -510,7 +537,10 @@ async fn two_instances_on_one_oauth_client_fail_over() {
             .seed(15),
         "shared-client",
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let client = &org.emulator.clients()[0];
     let mut a = org.bridge(client, "ha-a", 4);
     let mut b = org.bridge(client, "ha-b", 4);
