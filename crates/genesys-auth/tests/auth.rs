@@ -354,3 +354,36 @@ async fn the_token_state_follows_a_token_request_that_retried() {
     assert!(state.valid && !state.requesting, "{state:?}");
     assert_eq!(state.expires_at, Some(token.expires_at()));
 }
+
+/// The rate limit is per token, on API calls: a token request spends none of the pacing.
+/// With a budget of 5 a minute (a burst of 1, then one request per 17 s), the first API call
+/// takes the burst; a new token then comes at once, and only the next API call waits.
+#[tokio::test(start_paused = true)]
+async fn token_requests_spend_none_of_the_pacing() {
+    let emulator = emulator(EmulatorConfig::default().users(5)).await;
+    let client = GenesysClient::new(config_for(&emulator).requests_per_minute(5)).expect("client");
+    let _: serde_json::Value = client
+        .get_json("/api/v2/users?pageSize=1")
+        .await
+        .expect("the burst");
+    let held = client.token().await.expect("a token");
+    client.invalidate(&held).await;
+    let started = Instant::now();
+    let fresh = client.token().await.expect("a new token");
+    assert_ne!(fresh, held);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the token request waited {:?} for the pacing",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let _: serde_json::Value = client
+        .get_json("/api/v2/users?pageSize=1")
+        .await
+        .expect("paced");
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "the API call after the burst is paced (waited {:?})",
+        started.elapsed()
+    );
+}
