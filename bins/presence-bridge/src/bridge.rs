@@ -45,8 +45,11 @@ impl GroupHandler for Handover {
     fn assigned(&self, partitions: &[u32], last: Vec<PresenceEvent>) {
         let states = last.len();
         let loaded = self.join.load_published(last);
+        // A relay's frames that came while nobody owned these users (the relay has no
+        // resync): applied over the loaded states, last write wins.
+        let adopted = self.join.adopt_frames();
         log::info!(
-            "assigned partitions {partitions:?}: {loaded} of {states} users' last states loaded from the topic; watching them"
+            "assigned partitions {partitions:?}: {loaded} of {states} users' last states loaded from the topic, {adopted} relay frames kept meanwhile applied; watching them"
         );
         self.source.ownership_changed();
     }

@@ -4,6 +4,7 @@
 //! just as a change is.
 //! The lock order is documented on [`RegistrySink`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -272,6 +273,26 @@ impl<P: Publisher, C: Clock> RegistrySink<P, C> {
             .count()
     }
 
+    /// Applies (and publishes, as any change) the newest frame kept for each relay user that
+    /// is owned now but was not when its frame came; returns how many were applied. Call it
+    /// after an assignment, once the warm start's states are
+    /// [loaded](RegistrySink::load_published): last-write-wins keeps whichever is newer.
+    pub fn adopt_frames(&self) -> usize {
+        let adopted: Vec<Frame> = {
+            let mut kept = self.join.unowned_frames.lock();
+            let owned: Vec<u32> = kept
+                .keys()
+                .copied()
+                .filter(|user| self.join.owns(UserId::Relay(*user)))
+                .collect();
+            owned.iter().filter_map(|user| kept.remove(user)).collect()
+        };
+        if !adopted.is_empty() {
+            self.apply_observed(|join, changed| join.apply_frames(&adopted, changed));
+        }
+        adopted.len()
+    }
+
     /// Since when expiry has been held back, if it is.
     pub fn expiry_held_since(&self) -> Option<Instant> {
         self.join.hold.lock().since
@@ -342,6 +363,11 @@ struct Join<P, C: Clock> {
     skew_ms: i64,
     stats: Arc<SinkStats>,
     retry_tombstones: Mutex<Vec<(UserId, EventTime)>>,
+    /// The newest frame of each relay user this instance does not own (with an owner only):
+    /// what [`RegistrySink::adopt_frames`] applies when their partitions come to it, so that
+    /// a frame sent between the old owner's revocation and this assignment is not lost (the
+    /// relay has no resync). At most one 24-byte frame per relay user.
+    unowned_frames: Mutex<HashMap<u32, Frame>>,
     hold: Mutex<Hold>,
     warn_future: RateLimit,
     warn_tombstones: RateLimit,
@@ -358,6 +384,7 @@ impl<P: Publisher, C: Clock> Join<P, C> {
             skew_ms: i64::try_from(config.max_future_skew.as_millis()).unwrap_or(i64::MAX),
             stats: Arc::default(),
             retry_tombstones: Mutex::new(Vec::new()),
+            unowned_frames: Mutex::new(HashMap::new()),
             hold: Mutex::new(Hold {
                 last_healthy_ms,
                 since: None,
@@ -383,6 +410,19 @@ impl<P: Publisher, C: Clock> Join<P, C> {
                 Duration::from_millis(u64::try_from(self.skew_ms).unwrap_or(0)),
             );
         }
+    }
+
+    /// Keeps `frame` as its user's newest frame not owned (see `unowned_frames`).
+    fn keep_unowned(&self, frame: &Frame) {
+        self.unowned_frames
+            .lock()
+            .entry(frame.user_id)
+            .and_modify(|held| {
+                if frame.time_ms >= held.time_ms {
+                    *held = *frame;
+                }
+            })
+            .or_insert(*frame);
     }
 
     /// Whether `user` is owned (always, without an owner).
@@ -420,6 +460,7 @@ impl<P: Publisher, C: Clock> Join<P, C> {
                 .filter(|f| {
                     if !owned(f) {
                         SinkStats::add(&self.stats.not_owned, 1);
+                        self.keep_unowned(f);
                         return false;
                     }
                     let keep = f.time_ms <= bound;
@@ -877,6 +918,27 @@ mod tests {
         assert!(publisher.updates(UserId::Relay(other)).is_empty());
         assert_eq!(states(&publisher, owned), 2);
         assert_eq!(SinkStats::get(&sink.stats().not_owned), 2);
+        // A frame of a user not owned is kept, and applied once its partition comes here.
+        let later = Frame {
+            time_ms: now.0 + 2,
+            status: Status::BREAK,
+            ..frame(other)
+        };
+        assert_eq!(sink.apply_frames(&[frame(other), later], |_| {}), 0);
+        assert_eq!(sink.adopt_frames(), 0, "still not owned");
+        ownership.assign(&[2]);
+        assert_eq!(sink.adopt_frames(), 1, "the newest frame only");
+        assert_eq!(
+            publisher.last(UserId::Relay(other)),
+            sink.registry().get(UserId::Relay(other)).map(Update::State)
+        );
+        assert_eq!(
+            sink.registry()
+                .get(UserId::Relay(other))
+                .map(|e| e.state.status),
+            Some(Status::BREAK)
+        );
+        assert_eq!(sink.adopt_frames(), 0, "adopted once");
         // Ownership moves away: the user's state stays until forgotten, and is never
         // tombstoned here, not even by expiry.
         ownership.revoke(&[1]);
