@@ -128,6 +128,9 @@ pub struct GroupStats {
     pub warm_records: AtomicU64,
     /// Records a warm start could not read (counted, skipped).
     pub warm_bad_records: AtomicU64,
+    /// Records fetched outside a warm start (none while owned partitions stay paused, as
+    /// they should: this instance's own output is not read back).
+    pub records_ignored: AtomicU64,
     /// Duration of the last warm start, in milliseconds.
     pub last_warm_start_ms: AtomicU64,
     /// Duration of the last revocation (the handler's handover), in milliseconds.
@@ -409,12 +412,10 @@ impl GroupContext {
             return;
         };
         let mut warming = self.warming.lock();
-        let Some(warming) = warming.as_mut() else {
+        let Some(warming) = warming.as_mut().filter(|w| w.pending.contains(&partition)) else {
+            self.stats.records_ignored.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if !warming.pending.contains(&partition) {
-            return;
-        }
         self.stats.warm_records.fetch_add(1, Ordering::Relaxed);
         let Some(key) = message.key() else {
             self.stats.warm_bad_records.fetch_add(1, Ordering::Relaxed);

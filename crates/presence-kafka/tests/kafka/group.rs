@@ -136,6 +136,26 @@ async fn members_share_the_partitions_and_hand_them_over_cleanly() {
         }
     }
 
+    // Once warm, the partitions are paused: the member does not read the topic's new records
+    // (this instance's own output) back.
+    for user in 0..40u32 {
+        publisher.publish(
+            relay_event(user, 20_000 + i64::from(user), Status::MEAL),
+            now,
+        );
+    }
+    let report = publisher.flush(Duration::from_secs(20)).await;
+    assert!(report.is_complete(), "{report:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        member_a
+            .stats()
+            .records_ignored
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "records fetched after the warm start"
+    );
+
     // A second member: the partitions it gets were handed over by the first before.
     let b = Arc::new(Recorder::default());
     let member_b = tokio::task::block_in_place(|| {
