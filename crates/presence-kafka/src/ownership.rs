@@ -9,7 +9,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use presence_frame::{Guid, Owner, UserId};
+use presence_frame::{Owner, UserId};
+
+use crate::record::UserKey;
 
 /// Kafka's murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`, librdkafka's
 /// `rd_murmur2`): seed `0x9747b28c`, little-endian 4-byte blocks.
@@ -43,29 +45,7 @@ pub fn murmur2(data: &[u8]) -> u32 {
 /// The partition (of `partitions`, at least 1) that the producer puts `user`'s records in.
 /// Consulted once or twice per event: the key is written on the stack, never allocated.
 pub fn partition_of(user: UserId, partitions: u32) -> u32 {
-    let mut key = [0u8; 36];
-    let len = match user {
-        UserId::Relay(n) => {
-            let mut digits = itoa::Buffer::new();
-            let text = digits.format(n).as_bytes();
-            key[..text.len()].copy_from_slice(text);
-            text.len()
-        }
-        UserId::Genesys(Guid(v)) => {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            let mut at = 0;
-            for nibble in (0..32).rev() {
-                if matches!(nibble, 23 | 19 | 15 | 11) {
-                    key[at] = b'-';
-                    at += 1;
-                }
-                key[at] = HEX[((v >> (nibble * 4)) & 0xf) as usize];
-                at += 1;
-            }
-            at
-        }
-    };
-    (murmur2(&key[..len]) & 0x7fff_ffff) % partitions.max(1)
+    (murmur2(UserKey::new(user).as_bytes()) & 0x7fff_ffff) % partitions.max(1)
 }
 
 /// The partitions of the presence topic this instance owns, as a bitset that readers on any
@@ -153,6 +133,7 @@ impl Owner for Ownership {
 mod tests {
     use super::*;
     use crate::record::record_key;
+    use presence_frame::Guid;
     use proptest::prelude::*;
 
     /// Kafka's own vectors (`UtilsTest.testMurmur2`), as Java's signed ints.

@@ -232,25 +232,51 @@ pub(crate) struct Buffers {
 
 /// Writes the record key of `user` (its GUID or decimal number: the `userId` of the value)
 /// into `out`, cleared first.
-/// Writes `user`'s record key into `out` (cleared first): a GUID as lowercase hyphenated
-/// text, a relay id in decimal.
 pub(crate) fn record_key(out: &mut Vec<u8>, user: UserId) {
     out.clear();
     write_user_id(out, user);
 }
 
 fn write_user_id(out: &mut Vec<u8>, user: UserId) {
-    match user {
-        UserId::Relay(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-        UserId::Genesys(Guid(v)) => {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for nibble in (0..32).rev() {
-                if matches!(nibble, 23 | 19 | 15 | 11) {
-                    out.push(b'-');
-                }
-                out.push(HEX[((v >> (nibble * 4)) & 0xf) as usize]);
+    out.extend_from_slice(UserKey::new(user).as_bytes());
+}
+
+/// A user's id as record keys and `userId` spell it, on the stack: a GUID as lowercase
+/// hyphenated text, a relay id in decimal.
+pub(crate) struct UserKey {
+    bytes: [u8; 36],
+    len: usize,
+}
+
+impl UserKey {
+    pub(crate) fn new(user: UserId) -> UserKey {
+        let mut bytes = [0u8; 36];
+        let len = match user {
+            UserId::Relay(n) => {
+                let mut digits = itoa::Buffer::new();
+                let text = digits.format(n).as_bytes();
+                bytes[..text.len()].copy_from_slice(text);
+                text.len()
             }
-        }
+            UserId::Genesys(Guid(v)) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut at = 0;
+                for nibble in (0..32).rev() {
+                    if matches!(nibble, 23 | 19 | 15 | 11) {
+                        bytes[at] = b'-';
+                        at += 1;
+                    }
+                    bytes[at] = HEX[((v >> (nibble * 4)) & 0xf) as usize];
+                    at += 1;
+                }
+                at
+            }
+        };
+        UserKey { bytes, len }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
