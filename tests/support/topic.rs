@@ -74,6 +74,8 @@ pub struct Record {
     pub timestamp: Option<i64>,
     /// The JSON value; `None` for a tombstone.
     pub value: Option<serde_json::Value>,
+    /// The instance that wrote it (its `bridge-instance` header), when named.
+    pub writer: Option<String>,
 }
 
 impl Record {
@@ -113,6 +115,10 @@ pub struct TopicReader {
     pub tombstones: HashMap<String, usize>,
     /// The newest event time per key since its last tombstone (values only).
     newest: HashMap<String, i64>,
+    /// Every record read, with its key, per partition in offset order, when asked for
+    /// ([`keeping_every_record`](TopicReader::keeping_every_record)).
+    log: HashMap<i32, Vec<(String, Record)>>,
+    keep_all: bool,
     problems: Vec<String>,
     problem_count: usize,
 }
@@ -164,9 +170,24 @@ impl TopicReader {
             last_value: HashMap::new(),
             tombstones: HashMap::new(),
             newest: HashMap::new(),
+            log: HashMap::new(),
+            keep_all: false,
             problems: Vec::new(),
             problem_count: 0,
         }
+    }
+
+    /// Keeps every record read from now on, not just each key's last (see
+    /// [`log`](TopicReader::log)): for tests that judge the sequence of records.
+    pub fn keeping_every_record(mut self) -> TopicReader {
+        self.keep_all = true;
+        self
+    }
+
+    /// Every record read, with its key, per partition in offset order (empty unless
+    /// [`keeping_every_record`](TopicReader::keeping_every_record)).
+    pub fn log(&self) -> &HashMap<i32, Vec<(String, Record)>> {
+        &self.log
     }
 
     /// Reads every record up to each partition's high watermark as of now.
@@ -245,7 +266,14 @@ impl TopicReader {
                 offset: message.offset(),
                 timestamp: message.timestamp().to_millis(),
                 value,
+                writer: headers.get("bridge-instance").cloned(),
             };
+            if self.keep_all {
+                self.log
+                    .entry(record.partition)
+                    .or_default()
+                    .push((key.clone(), record.clone()));
+            }
             self.records += 1;
             self.check(&key, &record, &headers);
             if record.value.is_none() {

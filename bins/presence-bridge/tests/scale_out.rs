@@ -29,13 +29,10 @@ use std::time::{Duration, Instant};
 use genesys_emulator::{
     ChaosConfig, ClientCredentials, Emulator, EmulatorConfig, EmulatorHandle, FaultKind,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 
 use broker::Endpoint;
 use process::{BridgeProcess, Launch};
-use topic::{Expect, TopicReader, judge, lingering, random_topic};
+use topic::{Expect, Record, TopicReader, judge, lingering, random_topic};
 
 /// Users and `--max-channels` of the three-instance scenario: 4,500 and 4 by default, or
 /// `SCALE_OUT_USERS` and `SCALE_OUT_MAX_CHANNELS` (say 36,000 and 20, Genesys's own limit:
@@ -231,87 +228,40 @@ async fn converge(org: &Org, reader: &mut TopicReader, bridges: &mut [&mut Bridg
     }
 }
 
-/// Every record of a topic in offset order per partition, with its key, state (`None` for a
-/// tombstone: status code, message, definition, mask and event time) and writer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Written {
-    key: String,
-    state: Option<String>,
-    writer: Option<String>,
-}
+/// Every record read, per partition in offset order, with its key ([`TopicReader::log`]).
+type Log = HashMap<i32, Vec<(String, Record)>>;
 
-fn read_all(endpoint: &Endpoint, topic: &str) -> HashMap<i32, Vec<Written>> {
-    let consumer: BaseConsumer = endpoint
-        .client_config()
-        .set("group.id", random_topic("scan"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .expect("a consumer");
-    let mut assignment = TopicPartitionList::new();
-    let mut high = HashMap::new();
-    for p in 0..PARTITIONS as i32 {
-        assignment
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .expect("an assignment");
-        let (_, hi) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .expect("watermarks");
-        high.insert(p, hi);
-    }
-    consumer.assign(&assignment).expect("assign");
-    let mut next: HashMap<i32, i64> = (0..PARTITIONS as i32).map(|p| (p, 0)).collect();
-    let mut out: HashMap<i32, Vec<Written>> = HashMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while next.iter().any(|(p, n)| *n < high[p]) {
-        assert!(Instant::now() < deadline, "reading {topic} stalled");
-        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        next.insert(message.partition(), message.offset() + 1);
-        let header = |name: &str| {
-            message.headers().and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == name)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            })
-        };
-        let state = message.payload().map(|v| {
-            let v: serde_json::Value = serde_json::from_slice(v).expect("JSON");
-            format!(
-                "{} {} {} {} {}",
-                v["statusCode"],
-                v["message"],
-                v["presenceDefinitionId"],
-                v["groupMask"],
-                v["eventTimeMillis"]
-            )
-        });
-        out.entry(message.partition()).or_default().push(Written {
-            key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-            state,
-            writer: header("bridge-instance"),
-        });
-    }
-    out
+/// A record's state as far as a repeat is concerned (status code, message, definition, mask
+/// and event time); `None` for a tombstone.
+fn state(record: &Record) -> Option<String> {
+    record.value.as_ref().map(|v| {
+        format!(
+            "{} {} {} {} {}",
+            v["statusCode"],
+            v["message"],
+            v["presenceDefinitionId"],
+            v["groupMask"],
+            v["eventTimeMillis"]
+        )
+    })
 }
 
 /// How many records of partition logs, from `from` (per partition) on, repeat the state their
 /// key's previous record held (a record of nothing new), and how many there were.
-fn repeats(log: &HashMap<i32, Vec<Written>>, from: &HashMap<i32, usize>) -> (usize, usize) {
+fn repeats(log: &Log, from: &HashMap<i32, usize>) -> (usize, usize) {
     let (mut repeated, mut total) = (0, 0);
     for (partition, records) in log {
         let start = from.get(partition).copied().unwrap_or(0);
-        let mut last: HashMap<&str, &Option<String>> = HashMap::new();
-        for (i, record) in records.iter().enumerate() {
+        let mut last: HashMap<&str, Option<String>> = HashMap::new();
+        for (i, (key, record)) in records.iter().enumerate() {
+            let now = state(record);
             if i >= start {
                 total += 1;
-                if record.state.is_some() && last.get(record.key.as_str()) == Some(&&record.state) {
+                if now.is_some() && last.get(key.as_str()) == Some(&now) {
                     repeated += 1;
                 }
             }
-            last.insert(&record.key, &record.state);
+            last.insert(key, now);
         }
     }
     (repeated, total)
@@ -319,18 +269,17 @@ fn repeats(log: &HashMap<i32, Vec<Written>>, from: &HashMap<i32, usize>) -> (usi
 
 /// Records from `from` on (per partition) whose writer is not `owners[partition]`.
 fn foreign_writers(
-    log: &HashMap<i32, Vec<Written>>,
+    log: &Log,
     from: &HashMap<i32, usize>,
     owners: &HashMap<i32, String>,
 ) -> Vec<String> {
     let mut wrong = Vec::new();
     for (partition, records) in log {
         let start = from.get(partition).copied().unwrap_or(0);
-        for record in records.iter().skip(start) {
+        for (key, record) in records.iter().skip(start) {
             if record.writer.as_ref() != owners.get(partition) {
                 wrong.push(format!(
-                    "partition {partition}: {} written by {:?}, owner {:?}",
-                    record.key,
+                    "partition {partition}: {key} written by {:?}, owner {:?}",
                     record.writer,
                     owners.get(partition)
                 ));
@@ -340,7 +289,7 @@ fn foreign_writers(
     wrong
 }
 
-fn lengths(log: &HashMap<i32, Vec<Written>>) -> HashMap<i32, usize> {
+fn lengths(log: &Log) -> HashMap<i32, usize> {
     log.iter().map(|(p, r)| (*p, r.len())).collect()
 }
 
@@ -412,9 +361,11 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
         "three instances cover the org {took:.1?} after the last started ({})",
         org.elapsed()
     );
-    let settled = lengths(&tokio::task::block_in_place(|| {
-        read_all(&org.endpoint, &org.topic)
-    }));
+    let mut reader = TopicReader::open(&org.endpoint, &org.topic)
+        .await
+        .keeping_every_record();
+    reader.read_to_end().await;
+    let settled = lengths(reader.log());
     let owners_now = owners(&[&b1, &b2, &b3]);
 
     // Chaos on every client, then calm: the topic holds the truth.
@@ -424,12 +375,10 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
     tokio::time::sleep(Duration::from_secs(15)).await;
     org.emulator.set_chaos(ChaosConfig::new(0.0)).expect("calm");
     covered(&mut [&mut b1, &mut b2, &mut b3], Duration::from_secs(60)).await;
-    let mut reader = TopicReader::open(&org.endpoint, &org.topic).await;
     let took = converge(&org, &mut reader, &mut [&mut b1, &mut b2, &mut b3]).await;
     eprintln!("converged after chaos in {took:.1?}");
     // While nothing moved, every record came from its partition's owner.
-    let log = tokio::task::block_in_place(|| read_all(&org.endpoint, &org.topic));
-    let foreign = foreign_writers(&log, &settled, &owners_now);
+    let foreign = foreign_writers(reader.log(), &settled, &owners_now);
     assert!(foreign.is_empty(), "records from a non-owner: {foreign:#?}");
 
     // kill -9: its partitions move, and every user is covered again.
@@ -452,9 +401,7 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
     let mut b3 = org.bridge(&clients[2], "bridge-3", channels);
     covered(&mut [&mut b1, &mut b2, &mut b3], Duration::from_secs(90)).await;
     converge(&org, &mut reader, &mut [&mut b1, &mut b2, &mut b3]).await;
-    let before = lengths(&tokio::task::block_in_place(|| {
-        read_all(&org.endpoint, &org.topic)
-    }));
+    let before = lengths(reader.log());
     let restart_started = Instant::now();
     let mut bridges = vec![b1, b2, b3];
     for (i, client) in clients.iter().enumerate() {
@@ -469,8 +416,7 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
     let mut all: Vec<&mut Bridge> = bridges.iter_mut().collect();
     converge(&org, &mut reader, &mut all).await;
     reader.assert_no_problems();
-    let log = tokio::task::block_in_place(|| read_all(&org.endpoint, &org.topic));
-    let (repeated, written) = repeats(&log, &before);
+    let (repeated, written) = repeats(reader.log(), &before);
     eprintln!(
         "rolling restart of three in {restart_took:.1?}: {written} records written, {repeated} repeat their key's previous state ({:.2} %)",
         100.0 * repeated as f64 / written.max(1) as f64
@@ -503,19 +449,20 @@ async fn a_lone_instance_restarted_on_a_quiet_org_writes_almost_nothing() {
     let client = &org.emulator.clients()[0];
     let mut bridge = org.bridge(client, "lone", 20);
     covered(&mut [&mut bridge], Duration::from_secs(60)).await;
-    let mut reader = TopicReader::open(&org.endpoint, &org.topic).await;
+    let mut reader = TopicReader::open(&org.endpoint, &org.topic)
+        .await
+        .keeping_every_record();
     converge(&org, &mut reader, &mut [&mut bridge]).await;
-    let before = lengths(&tokio::task::block_in_place(|| {
-        read_all(&org.endpoint, &org.topic)
-    }));
+    let before = lengths(reader.log());
     bridge.process.stop_with("TERM").await;
     let mut bridge = org.bridge(client, "lone", 20);
     covered(&mut [&mut bridge], Duration::from_secs(60)).await;
     converge(&org, &mut reader, &mut [&mut bridge]).await;
     // Give a late resync its time to (not) publish.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let log = tokio::task::block_in_place(|| read_all(&org.endpoint, &org.topic));
-    let written: usize = log
+    reader.read_to_end().await;
+    let written: usize = reader
+        .log()
         .iter()
         .map(|(p, r)| r.len() - before.get(p).copied().unwrap_or(0))
         .sum();
