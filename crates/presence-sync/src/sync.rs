@@ -343,12 +343,14 @@ impl PresenceSync {
 
     fn deliver_snapshot(&self, decoder: &Decoder, snapshot: Vec<PresenceEvent>) {
         add(&self.status.stats.resync_events, snapshot.len() as u64);
-        let mut snapshot = snapshot.into_iter().peekable();
         let mut batch = Vec::with_capacity(self.config.batch_size);
-        while snapshot.peek().is_some() {
-            batch.extend(snapshot.by_ref().take(self.config.batch_size));
-            decoder.deliver(&*self.sink, &mut batch);
+        for event in snapshot {
+            batch.push(event);
+            if batch.len() >= self.config.batch_size {
+                decoder.deliver(&*self.sink, &mut batch);
+            }
         }
+        decoder.deliver(&*self.sink, &mut batch);
     }
 }
 
