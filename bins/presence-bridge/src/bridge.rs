@@ -25,6 +25,11 @@ use crate::state::{AppState, GroupView, RecentChanges};
 /// go (their next owner reads the topic after that).
 const HANDOVER_FLUSH: Duration = Duration::from_secs(10);
 
+/// How long a revocation waits for the sync to unsubscribe the revoked users and close the
+/// channels they no longer need, so that the partitions' next owner, when it shares this
+/// OAuth client, finds the channels free (a re-discovery in progress can delay that).
+const HANDOVER_RELEASE: Duration = Duration::from_secs(5);
+
 /// How long the start waits for the group's first assignment before the source starts
 /// anyway (it then follows the assignment when it comes).
 const FIRST_ASSIGNMENT: Duration = Duration::from_secs(30);
@@ -58,17 +63,29 @@ impl GroupHandler for Handover {
         self.source.ownership_changed();
         let ownership = Arc::clone(&self.ownership);
         let not_owned = move |user: UserId| !ownership.owns(user);
-        if !lost {
-            let left = self.runtime.block_on(
-                self.join
-                    .publisher()
-                    .flush_users(&not_owned, HANDOVER_FLUSH),
+        let (released, left) = self.runtime.block_on(async {
+            let released = tokio::time::timeout(HANDOVER_RELEASE, self.source.ownership_followed());
+            let flushed = async {
+                if lost {
+                    0
+                } else {
+                    self.join
+                        .publisher()
+                        .flush_users(&not_owned, HANDOVER_FLUSH)
+                        .await
+                }
+            };
+            tokio::join!(released, flushed)
+        });
+        if released.is_err() {
+            log::warn!(
+                "handing over partitions {partitions:?}: the sync had not released their users within {HANDOVER_RELEASE:?} (a re-discovery in progress releases them when it ends)"
             );
-            if left > 0 {
-                log::warn!(
-                    "handing over partitions {partitions:?}: {left} users' last records not delivered within {HANDOVER_FLUSH:?}; their next owner resyncs them"
-                );
-            }
+        }
+        if left > 0 {
+            log::warn!(
+                "handing over partitions {partitions:?}: {left} users' last records not delivered within {HANDOVER_FLUSH:?}; their next owner resyncs them"
+            );
         }
         let forgotten = self.join.forget(&not_owned);
         log::info!(
@@ -273,6 +290,9 @@ pub async fn serve(
         _ = shutdown.cancelled() => None,
         reason = publisher.fatal_error() => Some(anyhow!(
             "the Kafka producer failed and cannot deliver anything more: {reason}"
+        )),
+        () = member.ended() => Some(anyhow!(
+            "the consumer group member stopped unexpectedly (see the log above)"
         )),
         ended = &mut source => match ended {
             // The source's token is a child of `shutdown`: a clean end during shutdown is fine.

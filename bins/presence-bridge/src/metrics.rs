@@ -332,6 +332,11 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
             &sync.channels_extended,
         ),
         (
+            "channels_closed",
+            "Channels closed because the users left fit in fewer (released to other instances, or deleted); their users moved onto the others",
+            &sync.channels_closed,
+        ),
+        (
             "socket_handovers",
             "Sockets replaced by a new socket to the same channel after socket_closing (no new channel, no resync)",
             &sync.socket_handovers,

@@ -473,7 +473,13 @@ async fn a_lone_instance_restarted_on_a_quiet_org_writes_almost_nothing() {
 
 /// Two instances on one OAuth client (high availability below one client's capacity): one
 /// is killed, the other takes its partitions and gets the channels it needs within the
-/// client's channel limit (Genesys replaces the dead instance's unconnected channels).
+/// client's channel limit (Genesys replaces the dead instance's unconnected channels). Then
+/// the killed one comes back (failback): the survivor hands half the partitions back and
+/// closes the channels the users it keeps no longer need before the revocation completes, so
+/// the returning one finds its channels free. Every phase stays within the client's 4
+/// channels without replacing a connected one (on the old code, which never closed a
+/// channel, the survivor kept its three and the returning instance's second channel pushed
+/// a connected one out, which then pushed out another).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_oauth_client_fail_over() {
     let Some((org, _turn)) = Org::begin(
@@ -508,5 +514,30 @@ async fn two_instances_on_one_oauth_client_fail_over() {
         "the client holds {} channels, over its limit of 4",
         stats.channels.len()
     );
+
+    // Failback: the killed instance comes back and takes half the partitions again.
+    let mut a = org.bridge(client, "ha-a", 4);
+    let back = covered(&mut [&mut a, &mut b], Duration::from_secs(60)).await;
+    converge(&org, &mut reader, &mut [&mut a, &mut b]).await;
+    reader.assert_no_problems();
+    let stats = org.emulator.stats();
+    let closed = b.process.metrics().get("channels_closed").unwrap_or(0.0);
+    eprintln!(
+        "two instances on one OAuth client: after the failback both cover all 2,500 users in {back:.1?}; the survivor closed {closed} channels; the client holds {} channels ({} connected); connected channels replaced: {}",
+        stats.channels.len(),
+        stats.channels.iter().filter(|c| c.connected).count(),
+        stats.channels_replaced_connected
+    );
+    assert!(
+        stats.channels.len() <= 4,
+        "the client holds {} channels, over its limit of 4",
+        stats.channels.len()
+    );
+    assert_eq!(
+        stats.channels_replaced_connected, 0,
+        "a connected channel was pushed out under the channel limit"
+    );
+    assert!(closed >= 1.0, "the survivor closed no channel");
+    a.process.stop().await;
     b.process.stop().await;
 }

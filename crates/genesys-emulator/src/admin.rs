@@ -159,6 +159,12 @@ pub struct Stats {
     /// Notification channels created (`POST /api/v2/notifications/channels` answered 200).
     #[serde(default)]
     pub channels_created: u64,
+    /// Channels with a socket connected that creating another replaced under the channel
+    /// limit ([`ChannelLimitPolicy::ReplaceOldest`](crate::ChannelLimitPolicy::ReplaceOldest)
+    /// with every channel of the client connected): each cost a client a live channel.
+    /// Unconnected channels replaced, as Genesys documents, are not counted.
+    #[serde(default)]
+    pub channels_replaced_connected: u64,
     /// Faults asked for (through the handle, `POST /emulator/faults` or chaos), by kind
     /// (`drop_socket`, ...), whether or not they hit anything.
     pub faults_requested: BTreeMap<String, u64>,
@@ -296,6 +302,7 @@ pub(crate) fn read_stats(shared: &Shared) -> Stats {
         api_rate_limited: c.api_rate_limited.load(Ordering::Relaxed),
         tokens_issued: c.tokens_issued.load(Ordering::Relaxed),
         channels_created: c.channels_created.load(Ordering::Relaxed),
+        channels_replaced_connected: c.channels_replaced_connected.load(Ordering::Relaxed),
         faults_requested: c
             .faults_requested
             .lock()

@@ -240,6 +240,12 @@ pub(crate) async fn create(
     close_expired(&shared, expired);
     if let Some(old) = replaced {
         log::debug!("channel {} replaced by {id} (channel limit)", old.id);
+        if old.connection.is_some() {
+            shared
+                .counters
+                .channels_replaced_connected
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tell_gone(&shared, old);
     }
     axum::Json(summary).into_response()

@@ -71,6 +71,8 @@ pub(crate) struct Counters {
     pub(crate) api_rate_limited: AtomicU64,
     pub(crate) tokens_issued: AtomicU64,
     pub(crate) channels_created: AtomicU64,
+    /// Connected channels replaced under the channel limit.
+    pub(crate) channels_replaced_connected: AtomicU64,
     pub(crate) relay_messages_sent: AtomicU64,
     pub(crate) relay_frames_sent: AtomicU64,
     pub(crate) relay_messages_lost: AtomicU64,

@@ -144,6 +144,25 @@ pub struct GroupMember {
     stats: Arc<GroupStats>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    ended: Arc<Ended>,
+}
+
+/// Set (and its waiters woken) when the member's thread ends, however it ends: a panic in
+/// the handler included.
+#[derive(Default)]
+struct Ended {
+    done: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+/// Marks [`Ended`] when dropped, at the end of the member's thread or while it unwinds.
+struct EndGuard(Arc<Ended>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::SeqCst);
+        self.0.wake.notify_waiters();
+    }
 }
 
 impl fmt::Debug for GroupMember {
@@ -215,9 +234,14 @@ impl GroupMember {
             })?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
+        let ended = Arc::new(Ended::default());
+        let guard = EndGuard(Arc::clone(&ended));
         let thread = std::thread::Builder::new()
             .name("kafka-group".into())
-            .spawn(move || poll(consumer, &stopping))
+            .spawn(move || {
+                let _guard = guard;
+                poll(consumer, &stopping);
+            })
             .map_err(Error::Thread)?;
         log::info!(
             "joined consumer group {} ({} protocol) on {topic} as {}",
@@ -230,6 +254,7 @@ impl GroupMember {
             stats,
             stop,
             thread: Some(thread),
+            ended,
         })
     }
 
@@ -241,6 +266,19 @@ impl GroupMember {
     /// The member's counters.
     pub fn stats(&self) -> Arc<GroupStats> {
         Arc::clone(&self.stats)
+    }
+
+    /// Returns once the member's thread has ended: after [`stop`](GroupMember::stop), or on
+    /// its own, which only a bug does (a panic in the handler): the instance then owns
+    /// partitions nobody serves until it leaves the group, so its owner should stop it.
+    pub async fn ended(&self) {
+        loop {
+            let woken = self.ended.wake.notified();
+            if self.ended.done.load(Ordering::SeqCst) {
+                return;
+            }
+            woken.await;
+        }
     }
 
     /// Leaves the group: the owned partitions are revoked (through the handler) and the

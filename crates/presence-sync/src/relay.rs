@@ -56,10 +56,7 @@ impl RelaySource {
         let status = SyncStatus::default();
         *status.channels.lock() = vec![ChannelSlot {
             channel_id: Some(display.clone()),
-            state: ChannelState::Setup,
-            users: 0,
-            reconnects: 0,
-            last_message: None,
+            ..ChannelSlot::new(0)
         }];
         Ok(RelaySource {
             url: url.to_owned(),

@@ -140,6 +140,10 @@ pub struct SyncStats {
     pub channels_created: AtomicU64,
     /// Channels kept alive past their lifetime by subscribing their topics again.
     pub channels_extended: AtomicU64,
+    /// Channels closed because the users left fit in fewer (after a release to other
+    /// instances, or users deleted): their sockets dropped, their users moved onto the
+    /// others, so that Genesys may give the slot to another instance on the same OAuth client.
+    pub channels_closed: AtomicU64,
     /// Sockets replaced by a new socket to the same channel (after `socket_closing`), with
     /// no new channel and no resync.
     pub socket_handovers: AtomicU64,
@@ -272,7 +276,7 @@ impl ChannelState {
 /// A snapshot of one channel.
 #[derive(Clone, Debug)]
 pub struct ChannelStatus {
-    /// Position in the plan (0-based).
+    /// The channel's slot (0-based; a closed channel's slot is reused by the next one added).
     pub index: usize,
     /// The Genesys channel id in use, if any.
     pub channel_id: Option<String>,
@@ -293,6 +297,22 @@ pub(crate) struct ChannelSlot {
     pub(crate) users: usize,
     pub(crate) reconnects: u64,
     pub(crate) last_message: Option<Instant>,
+    /// The channel was closed (its slot waits to be reused): left out of every view.
+    pub(crate) closed: bool,
+}
+
+impl ChannelSlot {
+    /// A slot for a channel about to be set up for `users` users.
+    pub(crate) fn new(users: usize) -> ChannelSlot {
+        ChannelSlot {
+            channel_id: None,
+            state: ChannelState::Setup,
+            users,
+            reconnects: 0,
+            last_message: None,
+            closed: false,
+        }
+    }
 }
 
 /// Shared view of a running sync: counters and channel states. Cheap to clone.
@@ -305,6 +325,11 @@ pub struct SyncStatus {
     pub(crate) rejected: Arc<Mutex<BTreeSet<Guid>>>,
     /// Wakes the sync to follow a change of ownership at once.
     pub(crate) replan: Arc<tokio::sync::Notify>,
+    /// Changes of ownership told ([`SyncStatus::ownership_changed`]), counted.
+    pub(crate) ownership_told: Arc<std::sync::atomic::AtomicU64>,
+    /// The count of `ownership_told` the sync had read when it last finished following the
+    /// ownership (`u64::MAX` once it has stopped).
+    pub(crate) ownership_followed: Arc<tokio::sync::watch::Sender<u64>>,
     /// Owned users listed but not watched: the channel limit is reached.
     pub(crate) unwatched: Arc<std::sync::atomic::AtomicUsize>,
     /// Users watched now.
@@ -322,7 +347,34 @@ impl SyncStatus {
     /// removes from the sink, which drops what it does not own) those it lost, from the
     /// last listing, without waiting for the next discovery.
     pub fn ownership_changed(&self) {
+        self.ownership_told.fetch_add(1, Ordering::SeqCst);
         self.replan.notify_one();
+    }
+
+    /// Waits until the sync has followed every change of ownership told so far: users lost
+    /// unsubscribed (their channels told), and channels that the users left no longer need
+    /// closed, so that another instance on the same OAuth client can have them. Returns at
+    /// once when the sync is not running. A re-discovery in progress delays it (it follows
+    /// the ownership too, when it ends): callers bound the wait.
+    pub async fn ownership_followed(&self) {
+        let told = self.ownership_told.load(Ordering::SeqCst);
+        if !self.ready.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut followed = self.ownership_followed.subscribe();
+        let _ = followed.wait_for(|f| *f >= told).await;
+    }
+
+    /// Records that the sync followed the ownership as it was when `told` changes had been
+    /// told.
+    pub(crate) fn followed_ownership(&self, told: u64) {
+        self.ownership_followed.send_if_modified(|f| {
+            let newer = *f < told;
+            if newer {
+                *f = told;
+            }
+            newer
+        });
     }
 
     /// Owned users the last plan could not watch because every channel the OAuth client may
@@ -404,6 +456,7 @@ impl SyncStatus {
             .lock()
             .iter()
             .enumerate()
+            .filter(|(_, slot)| !slot.closed)
             .map(|(index, slot)| ChannelStatus {
                 index,
                 channel_id: slot.channel_id.clone(),
@@ -422,7 +475,7 @@ impl SyncStatus {
                 .channels
                 .lock()
                 .iter()
-                .all(|c| c.state == ChannelState::Streaming)
+                .all(|c| c.closed || c.state == ChannelState::Streaming)
     }
 
     pub(crate) fn set_state(&self, index: usize, state: ChannelState) {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use genesys_auth::GenesysClient;
 use presence_frame::{GroupMask, Guid, Owner, PresenceEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::plan::ChannelPlan;
 use crate::resync::{ResyncRequest, Resyncer};
 use crate::sink::PresenceSink;
-use crate::stats::{ChannelSlot, ChannelState, SyncStatus, add, bump};
+use crate::stats::{ChannelSlot, SyncStatus, add, bump};
 
 /// Streams Genesys Cloud presence for a set of users into a [`PresenceSink`], and keeps it
 /// right through every fault the service can throw. See the [crate docs](crate).
@@ -139,6 +140,7 @@ impl PresenceSync {
             masks: discovered.masks.clone(),
         };
         let listed = Arc::new(AtomicUsize::new(listing.users.len()));
+        let told = self.status.ownership_told.load(Ordering::SeqCst);
         let mut discovered = self.owned(discovered);
         let capacity = self.config.topics_per_channel.max(1) * (self.config.max_channels - 1);
         if self.owner.is_some() && discovered.users.len() > capacity {
@@ -175,18 +177,6 @@ impl PresenceSync {
         ));
         self.deliver_snapshot(&decoder, discovered.snapshot);
 
-        *self.status.channels.lock() = plan
-            .channels()
-            .iter()
-            .map(|users| ChannelSlot {
-                channel_id: None,
-                state: ChannelState::Setup,
-                users: users.len(),
-                reconnects: 0,
-                last_message: None,
-            })
-            .collect();
-
         let tracker = TaskTracker::new();
         let (resync_tx, resync_rx) = mpsc::channel(plan.channels().len() * 2 + 4);
         let resyncer = Resyncer {
@@ -199,9 +189,10 @@ impl PresenceSync {
             batch_size: self.config.batch_size,
         };
         tracker.spawn(resyncer.run(resync_rx, shutdown.clone()));
-        let spare = self.config.max_channels - plan.channels().len();
+        // Every channel the client may have, less one for each channel added below.
+        let permits = self.config.max_channels.max(1);
         let context = Arc::new(ChannelContext {
-            rollover_slots: Arc::new(tokio::sync::Semaphore::new(spare.max(1))),
+            rollover_slots: Arc::new(tokio::sync::Semaphore::new(permits)),
             client: self.client.clone(),
             config: self.config.clone(),
             decoder,
@@ -215,6 +206,8 @@ impl PresenceSync {
             context,
             masks,
             channels: Vec::new(),
+            retired: Vec::new(),
+            rollover_permits: permits,
             tracker: tracker.clone(),
             shutdown: shutdown.clone(),
         };
@@ -225,6 +218,7 @@ impl PresenceSync {
         // adds: `wait` returns once every channel, the resync task and every drain have ended.
         tracker.close();
         self.status.ready.store(true, Ordering::Relaxed);
+        self.status.followed_ownership(told);
 
         // The periodic resync and re-discovery take turns in this task: neither runs while
         // the other does, and each makes one request at a time, so that the channels' own
@@ -278,6 +272,8 @@ impl PresenceSync {
         }
         tracker.wait().await;
         self.status.ready.store(false, Ordering::Relaxed);
+        // Nobody waits for a sync that has stopped.
+        self.status.followed_ownership(u64::MAX);
         log::info!("presence sync stopped");
         Ok(())
     }
@@ -362,45 +358,132 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// What a running sync watches: its channels and their users, and what it needs to add a
-/// channel.
+/// What a running sync watches: its channels and their users, and what it needs to add or
+/// close a channel.
 struct Watch {
     context: Arc<ChannelContext>,
     masks: Arc<UserMasks>,
-    channels: Vec<Arc<ChannelUsers>>,
+    channels: Vec<Watched>,
+    /// Closed channels' slots and workers: a slot is reused once its worker has ended.
+    retired: Vec<(usize, JoinHandle<()>)>,
+    /// Permits of `context.rollover_slots` in all (held or not).
+    rollover_permits: usize,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
 
+/// One channel of a running sync.
+struct Watched {
+    /// Its slot in the status's channel list, which is also its name in the log.
+    index: usize,
+    members: Arc<ChannelUsers>,
+    /// Stops this channel alone.
+    cancel: CancellationToken,
+    worker: JoinHandle<()>,
+}
+
+/// How long closing a channel waits for its worker to drop the socket.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Watch {
-    /// Starts a channel worker for `users`.
+    /// Starts a channel worker for `users`, in the first free slot.
     fn add_channel(&mut self, users: Arc<[Guid]>) {
-        let index = self.channels.len();
         let members = Arc::new(ChannelUsers::new(Arc::clone(&users)));
-        self.channels.push(Arc::clone(&members));
-        {
+        let index = {
             let mut slots = self.context.status.channels.lock();
-            if slots.len() <= index {
-                slots.push(ChannelSlot {
-                    channel_id: None,
-                    state: ChannelState::Setup,
-                    users: users.len(),
-                    reconnects: 0,
-                    last_message: None,
-                });
+            let reusable = self.retired.iter().position(|(_, w)| w.is_finished());
+            let index = match reusable {
+                Some(at) => self.retired.swap_remove(at).0,
+                None => slots.len(),
+            };
+            if let Some(slot) = slots.get_mut(index) {
+                *slot = ChannelSlot::new(users.len());
+            } else {
+                slots.push(ChannelSlot::new(users.len()));
+            }
+            index
+        };
+        let cancel = self.shutdown.child_token();
+        let worker = self.tracker.spawn(Arc::clone(&self.context).run(
+            index,
+            Arc::clone(&members),
+            cancel.clone(),
+        ));
+        self.channels.push(Watched {
+            index,
+            members,
+            cancel,
+            worker,
+        });
+        // One rollover slot fewer: the new channel takes a free one (one is always kept).
+        if self.rollover_permits > 1
+            && let Ok(permit) = self.context.rollover_slots.try_acquire()
+        {
+            permit.forget();
+            self.rollover_permits -= 1;
+        }
+    }
+
+    /// Closes the channels at `positions` (of `channels`): their workers stop and drop their
+    /// sockets (waited for, briefly), their slots leave the status. Genesys has no way to
+    /// delete a channel; one without a connection is the first it replaces when the OAuth
+    /// client creates one more than its limit, and it expires by itself.
+    async fn close_channels(&mut self, mut positions: Vec<usize>) {
+        positions.sort_unstable();
+        positions.dedup();
+        let mut closing = Vec::with_capacity(positions.len());
+        for at in positions.into_iter().rev() {
+            let watched = self.channels.remove(at);
+            watched.cancel.cancel();
+            closing.push(watched);
+        }
+        for mut watched in closing {
+            if tokio::time::timeout(CLOSE_WAIT, &mut watched.worker)
+                .await
+                .is_err()
+            {
+                log::warn!(
+                    "channel {}: still stopping after {CLOSE_WAIT:?}",
+                    watched.index
+                );
+            }
+            self.context.status.update(watched.index, |slot| {
+                slot.closed = true;
+                slot.users = 0;
+                slot.channel_id = None;
+            });
+            log::info!(
+                "channel {}: closed (its users fit on the others)",
+                watched.index
+            );
+            bump(&self.context.status.stats.channels_closed);
+            self.retired.push((watched.index, watched.worker));
+            let max = self.context.config.max_channels;
+            if self.rollover_permits < max.saturating_sub(self.channels.len()).max(1) {
+                self.context.rollover_slots.add_permits(1);
+                self.rollover_permits += 1;
             }
         }
-        self.tracker
-            .spawn(Arc::clone(&self.context).run(index, members, self.shutdown.clone()));
     }
 
     /// Every watched user.
     fn all_users(&self) -> Arc<[Guid]> {
         self.channels
             .iter()
-            .flat_map(|c| c.get().to_vec())
+            .flat_map(|c| c.members.get().to_vec())
             .collect()
     }
+}
+
+/// How many of `channels` channels to keep for `users` users, `per_channel` topics each:
+/// fewer only when the users would fill the fewer to at most 90 %, so that a few new users
+/// after a close do not need a new channel at once (none for no users).
+fn channels_to_keep(channels: usize, users: usize, per_channel: usize) -> usize {
+    let mut keep = channels;
+    while keep > 0 && users * 10 <= (keep - 1) * per_channel * 9 {
+        keep -= 1;
+    }
+    keep
 }
 
 /// What one re-discovery changed.
@@ -413,6 +496,10 @@ struct Changes {
     not_placed: usize,
     /// Of the removed, those still listed but no longer owned.
     released: usize,
+    /// Channels closed because the users left fit in fewer.
+    closed: usize,
+    /// Users moved from the closed channels onto the others.
+    moved: usize,
 }
 
 impl PresenceSync {
@@ -448,7 +535,9 @@ impl PresenceSync {
         started: Instant,
         what: &str,
     ) {
+        let told = self.status.ownership_told.load(Ordering::SeqCst);
         let changes = self.follow(watch, self.owned(found)).await;
+        self.status.followed_ownership(told);
         add(&self.status.stats.users_added, changes.added as u64);
         add(
             &self.status.stats.users_removed,
@@ -457,12 +546,20 @@ impl PresenceSync {
         add(&self.status.stats.mask_changes, changes.mask_changes as u64);
         add(&self.status.stats.users_released, changes.released as u64);
         log::info!(
-            "{what}: {} users added, {} removed, {} released to other instances, {} mask changes, {} rejected asked again{}, took {:.1?}",
+            "{what}: {} users added, {} removed, {} released to other instances, {} mask changes, {} rejected asked again{}{}, took {:.1?}",
             changes.added,
             changes.removed - changes.released,
             changes.released,
             changes.mask_changes,
             changes.retried,
+            if changes.closed > 0 {
+                format!(
+                    ", {} channels closed ({} users moved onto the others)",
+                    changes.closed, changes.moved
+                )
+            } else {
+                String::new()
+            },
             if changes.not_placed > 0 {
                 format!(
                     ", {} not watched (the channel limit is reached)",
@@ -478,7 +575,11 @@ impl PresenceSync {
     async fn follow(&self, watch: &mut Watch, found: Discovered) -> Changes {
         let mut changes = Changes::default();
         let listed: HashSet<Guid> = found.users.iter().copied().collect();
-        let mut lists: Vec<Vec<Guid>> = watch.channels.iter().map(|c| c.get().to_vec()).collect();
+        let mut lists: Vec<Vec<Guid>> = watch
+            .channels
+            .iter()
+            .map(|c| c.members.get().to_vec())
+            .collect();
         let watched: HashSet<Guid> = lists.iter().flatten().copied().collect();
 
         // Gone: unsubscribed (each channel's remaining list), removed from the sink.
@@ -532,12 +633,26 @@ impl PresenceSync {
             list.retain(|u| !removed_set.contains(u));
             *touched = list.len() != before || list.iter().any(|u| retry.contains(u));
         }
+        // Fewer channels when the users left fit in fewer (after a release, or deletions):
+        // the emptiest close and their users move onto the others (each subscribed there and
+        // resynced, which covers the moment between the two channels).
+        let users_after = lists.iter().map(Vec::len).sum::<usize>() + added.len();
+        let keep = channels_to_keep(lists.len(), users_after, per_channel);
+        let mut closing: Vec<usize> = (0..lists.len()).collect();
+        closing.sort_by_key(|&i| (lists[i].len(), std::cmp::Reverse(i)));
+        closing.truncate(lists.len() - keep);
+        let mut moved = Vec::new();
+        for &i in &closing {
+            moved.append(&mut lists[i]);
+        }
+        changes.closed = closing.len();
+        changes.moved = moved.len();
         let mut rest = Vec::new();
-        for user in added {
+        for user in moved.into_iter().chain(added) {
             let roomiest = lists
                 .iter()
                 .enumerate()
-                .filter(|(_, l)| l.len() < per_channel)
+                .filter(|(i, l)| l.len() < per_channel && !closing.contains(i))
                 .min_by_key(|(_, l)| l.len())
                 .map(|(i, _)| i);
             match roomiest {
@@ -548,42 +663,34 @@ impl PresenceSync {
                 None => rest.push(user),
             }
         }
-        for ((members, list), touched) in watch.channels.iter().zip(lists).zip(touched) {
-            if touched {
+        for (i, (watched, list)) in watch.channels.iter().zip(lists).enumerate() {
+            if touched[i] && !closing.contains(&i) {
                 let retry_here: Vec<Guid> =
                     list.iter().copied().filter(|u| retry.contains(u)).collect();
                 let len = list.len();
-                members.set(list.into(), retry_here);
-                if let Some(index) = watch.channels.iter().position(|c| Arc::ptr_eq(c, members)) {
-                    self.status.update(index, |s| s.users = len);
-                }
+                watched.members.set(list.into(), retry_here);
+                self.status.update(watched.index, |s| s.users = len);
             }
         }
+        watch.close_channels(closing).await;
         // No room anywhere: new channels, within the plan's limit (one of Genesys's channels
         // stays free for rollovers).
         let limit = self.config.max_channels.saturating_sub(1);
         let mut rest = rest.as_slice();
         while !rest.is_empty() && watch.channels.len() < limit {
             let (head, tail) = rest.split_at(rest.len().min(per_channel));
-            // One rollover slot fewer: the new channel takes a free one.
-            if watch.context.rollover_slots.available_permits() > 1
-                && let Ok(permit) = watch.context.rollover_slots.try_acquire()
-            {
-                permit.forget();
-            }
             log::info!(
-                "re-discovery: no channel has room; adding channel {} for {} new users",
-                watch.channels.len(),
+                "no channel has room; adding a channel for {} users",
                 head.len()
             );
             watch.add_channel(head.into());
             rest = tail;
         }
         changes.not_placed = rest.len();
-        changes.added -= rest.len();
+        changes.added = changes.added.saturating_sub(rest.len());
         self.status.unwatched.store(rest.len(), Ordering::Relaxed);
         self.status.watched.store(
-            watch.channels.iter().map(|c| c.get().len()).sum(),
+            watch.channels.iter().map(|c| c.members.get().len()).sum(),
             Ordering::Relaxed,
         );
         // Not watched after all: their late events are dropped.

@@ -136,9 +136,13 @@ async fn a_new_user_is_subscribed_published_and_streamed_after_the_next_discover
     })
     .await;
     assert_eq!(load(&h.status.stats().users_added), 1);
-    // On the channel that had room: no new channel, one more topic.
+    // On the channel that had room: no new channel, one more topic (the subscription may
+    // land a moment after the listing's presence is published).
+    h.wait_for("the new user subscribed", Duration::from_secs(10), |h| {
+        h.emulator.stats().channels[0].topics == 41
+    })
+    .await;
     assert_eq!(load(&h.status.stats().channels_created), 1);
-    assert_eq!(h.emulator.stats().channels[0].topics, 41);
     assert_eq!(h.status.channels()[0].users, 41);
     // It streams: its changes from now on arrive over the socket (re-discoveries list its
     // presence too, so the stream is told apart by the events' source).
@@ -455,12 +459,18 @@ impl presence_frame::Owner for Halves {
     }
 }
 
-/// Issue 13: with an owner the sync watches only the owned users; a change of ownership is
-/// followed at once from the last listing (no re-discovery here): users gained are
-/// subscribed and published, users lost unsubscribed and removed from the sink (a sink that
-/// knows ownership drops their tombstones), and counted as released.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_owned_users_are_watched_and_ownership_changes_are_followed_at_once() {
+/// A ready sync of `emulator`'s users owned by [`Halves`] (the even half at first), its sink,
+/// the owner, every user and the even ones.
+async fn start_halves(
+    emulator: EmulatorConfig,
+    sync: SyncConfig,
+) -> (
+    Harness,
+    RegistrySink,
+    Arc<Halves>,
+    BTreeSet<Guid>,
+    BTreeSet<Guid>,
+) {
     let owner = Arc::new(Halves::default());
     let sink = RegistrySink {
         registry: registry(),
@@ -468,8 +478,8 @@ async fn only_owned_users_are_watched_and_ownership_changes_are_followed_at_once
         streamed: Arc::default(),
     };
     let h = Harness::start_owned(
-        quiet(80),
-        fast_sync(),
+        emulator,
+        sync,
         Duration::from_secs(60),
         |_| {},
         Arc::clone(&sink.registry),
@@ -479,7 +489,17 @@ async fn only_owned_users_are_watched_and_ownership_changes_are_followed_at_once
     .await;
     h.ready().await;
     let all = truth_users(&h);
-    let even: BTreeSet<Guid> = all.iter().copied().filter(|g| g.0 % 2 == 0).collect();
+    let even = all.iter().copied().filter(|g| g.0 % 2 == 0).collect();
+    (h, sink, owner, all, even)
+}
+
+/// Issue 13: with an owner the sync watches only the owned users; a change of ownership is
+/// followed at once from the last listing (no re-discovery here): users gained are
+/// subscribed and published, users lost unsubscribed and removed from the sink (a sink that
+/// knows ownership drops their tombstones), and counted as released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_owned_users_are_watched_and_ownership_changes_are_followed_at_once() {
+    let (h, sink, owner, all, even) = start_halves(quiet(80), fast_sync()).await;
     assert!(!even.is_empty() && even.len() < all.len());
     let topics =
         |h: &Harness| -> usize { h.emulator.stats().channels.iter().map(|c| c.topics).sum() };
@@ -525,5 +545,94 @@ async fn only_owned_users_are_watched_and_ownership_changes_are_followed_at_once
     assert_eq!(removed.len(), odd);
     assert!(removed.iter().all(|g| g.0 % 2 == 1));
     assert_eq!(h.status.unwatched_users(), 0);
+    h.stop().await;
+}
+
+/// Issue 13: a release leaves channels that the users left fit in fewer of; those close
+/// (their sockets dropped, so that another instance on the same OAuth client may have the
+/// slots) and their users move onto the others, where they stream. `ownership_followed`
+/// returns only once that is done. Gaining users again fills the kept channels first and
+/// reuses the closed channels' slots. Without the close, the sync kept all eight channels
+/// connected for half the users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_a_release_leaves_underused_close_and_their_users_move() {
+    let (h, sink, owner, all, even) = start_halves(
+        quiet(80).skew(0.0),
+        fast_sync().topics_per_channel(10).max_channels(10),
+    )
+    .await;
+    // The emulator's connected channels, and their topics.
+    let connected = |h: &Harness| -> (usize, usize) {
+        let stats = h.emulator.stats();
+        let live = stats.channels.iter().filter(|c| c.connected);
+        (live.clone().count(), live.map(|c| c.topics).sum())
+    };
+    let planned = even.len().div_ceil(10);
+    assert_eq!(h.status.channels().len(), planned);
+
+    // Every user owned: the planned channels fill up, then new ones take the rest.
+    owner.all.store(true, Ordering::Relaxed);
+    h.status.ownership_changed();
+    h.wait_for("every user watched", Duration::from_secs(20), |h| {
+        connected(h) == (8, all.len()) && h.status.is_ready()
+    })
+    .await;
+    assert_eq!(load(&h.status.stats().channels_closed), 0);
+
+    // Back to the even half: 8 channels for about 40 users; the emptiest close.
+    owner.all.store(false, Ordering::Relaxed);
+    h.status.ownership_changed();
+    tokio::time::timeout(Duration::from_secs(5), h.status.ownership_followed())
+        .await
+        .expect("the release is followed within 5 s");
+    let kept = h.status.channels();
+    assert!(
+        kept.len() < 8 && kept.len() * 10 >= even.len(),
+        "{} channels kept for {} users: {kept:?}",
+        kept.len(),
+        even.len()
+    );
+    // At most 90 % full after the close: a few new users need no new channel at once.
+    assert!(even.len() * 10 <= kept.len() * 10 * 9, "{kept:?}");
+    assert_eq!(
+        load(&h.status.stats().channels_closed),
+        (8 - kept.len()) as u64
+    );
+    h.wait_for(
+        "the kept channels alone connected, each even user on one",
+        Duration::from_secs(20),
+        |h| connected(h) == (kept.len(), even.len()) && h.status.is_ready(),
+    )
+    .await;
+    assert_eq!(
+        h.status.channels().iter().map(|c| c.users).sum::<usize>(),
+        even.len()
+    );
+
+    // Every even user streams, the moved ones too.
+    sink.streamed
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
+    h.emulator.set_change_rate(400.0).expect("rate");
+    let expected: HashSet<UserId> = even.iter().map(|g| UserId::Genesys(*g)).collect();
+    h.wait_for("every even user streamed", Duration::from_secs(20), |_| {
+        sink.streamed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_superset(&expected)
+    })
+    .await;
+    h.emulator.set_change_rate(0.0).expect("rate");
+
+    // Every user again: the closed slots are reused, not appended to.
+    owner.all.store(true, Ordering::Relaxed);
+    h.status.ownership_changed();
+    h.wait_for("every user watched again", Duration::from_secs(20), |h| {
+        connected(h).1 == all.len() && h.status.is_ready()
+    })
+    .await;
+    let slots: BTreeSet<usize> = h.status.channels().iter().map(|c| c.index).collect();
+    assert_eq!(slots, (0..8).collect(), "{:?}", h.status.channels());
     h.stop().await;
 }

@@ -228,3 +228,38 @@ async fn members_share_the_partitions_and_hand_them_over_cleanly() {
     tokio::task::block_in_place(|| member_a.stop());
     assert!(owned_a.owned().is_empty(), "leaving revokes everything");
 }
+
+/// A handler that panics when partitions are assigned.
+struct Panics;
+
+impl GroupHandler for Panics {
+    fn assigned(&self, _partitions: &[u32], _last: Vec<PresenceEvent>) {
+        panic!("the handler fails (on purpose, in a test)");
+    }
+
+    fn revoked(&self, _partitions: &[u32], _lost: bool) {}
+}
+
+/// A member whose thread ends on its own (here, the handler panics) says so through
+/// `ended`, so that its owner can stop instead of holding partitions nobody serves (the
+/// bridge exits with an error then). Without it, such a member looked alive and owned nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_thread_dies_says_it_ended() {
+    let Some(broker) = broker() else { return };
+    let config = broker.config("group-dies").partitions(2);
+    let publisher = KafkaPublisher::start(config.clone()).await.unwrap();
+    drop(publisher);
+    let member = tokio::task::block_in_place(|| {
+        GroupMember::start(
+            &config,
+            2,
+            GroupConfig::new(random_topic("group"), "dies"),
+            Arc::new(Panics) as Arc<dyn GroupHandler>,
+        )
+        .unwrap()
+    });
+    tokio::time::timeout(Duration::from_secs(60), member.ended())
+        .await
+        .expect("the member says its thread ended");
+    tokio::task::block_in_place(|| member.stop());
+}
