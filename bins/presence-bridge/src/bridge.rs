@@ -48,18 +48,21 @@ struct Handover {
 
 impl GroupHandler for Handover {
     fn assigned(&self, partitions: &[u32], last: Vec<PresenceEvent>) {
+        let started = Instant::now();
         let states = last.len();
         let loaded = self.join.load_published(last);
         // A relay's frames that came while nobody owned these users (the relay has no
         // resync): applied over the loaded states, last write wins.
         let adopted = self.join.adopt_frames();
         log::info!(
-            "assigned partitions {partitions:?}: {loaded} of {states} users' last states loaded from the topic, {adopted} relay frames kept meanwhile applied; watching them"
+            "assigned partitions {partitions:?}: {loaded} of {states} users' last states loaded from the topic (read as the group member logged above), {adopted} relay frames kept meanwhile applied, in {:.1?}; watching them",
+            started.elapsed()
         );
         self.source.ownership_changed();
     }
 
     fn revoked(&self, partitions: &[u32], lost: bool) {
+        let started = Instant::now();
         self.source.ownership_changed();
         let ownership = Arc::clone(&self.ownership);
         let not_owned = move |user: UserId| !ownership.owns(user);
@@ -89,8 +92,9 @@ impl GroupHandler for Handover {
         }
         let forgotten = self.join.forget(&not_owned);
         log::info!(
-            "{} partitions {partitions:?}: {forgotten} users handed over",
-            if lost { "lost" } else { "revoked" }
+            "{} partitions {partitions:?}: {forgotten} users handed over in {:.1?}",
+            if lost { "lost" } else { "revoked" },
+            started.elapsed()
         );
     }
 }

@@ -36,7 +36,8 @@ use topic::{Expect, Record, TopicReader, judge, lingering, random_topic};
 
 /// Users and `--max-channels` of the three-instance scenario: 4,500 and 4 by default, or
 /// `SCALE_OUT_USERS` and `SCALE_OUT_MAX_CHANNELS` (say 36,000 and 20, Genesys's own limit:
-/// more than one client's 19,000, and after a kill 18,000 for each of two survivors).
+/// more than one client's 19,000, and after a kill 18,000 for each of two survivors; or the
+/// issue's 45,000, which two survivors cannot all watch: see the kill below).
 fn scale() -> (u32, u32) {
     let var = |name: &str, default: u32| {
         std::env::var(name)
@@ -67,6 +68,9 @@ struct Org {
     topic: String,
     group: String,
     started: Instant,
+    /// Extra time every wait allows, for orgs larger than the default scale (resyncs after a
+    /// fault take longer under the rate limit with more users per client).
+    slack: Duration,
 }
 
 impl Org {
@@ -91,6 +95,7 @@ impl Org {
             topic: random_topic(name),
             group: random_topic("group"),
             started: Instant::now(),
+            slack: Duration::ZERO,
         }
     }
 
@@ -155,19 +160,44 @@ impl Bridge {
 /// Waits until `bridges` own every partition between them, each a disjoint share, and every
 /// one is ready; returns how long that took. Fails after `limit` with each one's view.
 async fn covered(bridges: &mut [&mut Bridge], limit: Duration) -> Duration {
+    owned_between(bridges, limit, |b| b.process.is_ready()).await
+}
+
+/// Like [`covered`], but an instance that owns more users than its channels hold may say so:
+/// ready, or not ready for `capacity` alone.
+async fn over_capacity(bridges: &mut [&mut Bridge], limit: Duration) -> Duration {
+    owned_between(bridges, limit, |b| match b.process.get("/readyz") {
+        Ok((200, _)) => true,
+        Ok((503, body)) => {
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default()["notReady"]
+                .as_array()
+                .is_some_and(|parts| parts.iter().all(|p| p["part"] == "capacity"))
+        }
+        _ => false,
+    })
+    .await
+}
+
+/// Waits until `bridges` own every partition between them, each a disjoint share, and each
+/// is `settled`; returns how long that took. Fails after `limit` with each one's view.
+async fn owned_between(
+    bridges: &mut [&mut Bridge],
+    limit: Duration,
+    settled: impl Fn(&Bridge) -> bool,
+) -> Duration {
     let started = Instant::now();
     loop {
         let mut seen = BTreeSet::new();
         let mut disjoint = true;
-        let mut ready = true;
+        let mut all_settled = true;
         for bridge in bridges.iter_mut() {
             bridge.process.assert_running();
             let owned = bridge.owned().unwrap_or_default();
             disjoint &= owned.iter().all(|p| !seen.contains(p));
             seen.extend(owned);
-            ready &= bridge.process.is_ready();
+            all_settled &= settled(bridge);
         }
-        if disjoint && ready && seen.len() == PARTITIONS {
+        if disjoint && all_settled && seen.len() == PARTITIONS {
             return started.elapsed();
         }
         if started.elapsed() > limit {
@@ -197,7 +227,7 @@ async fn converge(org: &Org, reader: &mut TopicReader, bridges: &mut [&mut Bridg
     let expect = Expect::genesys(true);
     let wanted = expect.wanted(&truth);
     let started = Instant::now();
-    let limit = Duration::from_secs(60);
+    let limit = Duration::from_secs(60) + org.slack;
     loop {
         let mut idle = true;
         for bridge in bridges.iter_mut() {
@@ -311,10 +341,13 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
     let (users, channels) = scale();
     let capacity = (channels - 1) * 1_000;
     assert!(
-        users > capacity && users.div_ceil(2) <= capacity,
-        "{users} users must be more than one instance watches ({capacity}) and fit two"
+        users > capacity && users.div_ceil(3) < capacity,
+        "{users} users must be more than one instance watches ({capacity}) and fit three"
     );
-    let Some((org, _turn)) = Org::begin(
+    // Whether two instances can watch them all (else, after a kill, the survivors watch what
+    // their channels hold and say the rest).
+    let fit_two = users.div_ceil(2) + users / 50 <= capacity;
+    let Some((mut org, _turn)) = Org::begin(
         EmulatorConfig::default()
             .users(users)
             .clients(3)
@@ -326,10 +359,14 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
     else {
         return;
     };
+    // A resync of a whole client's users lists the whole org (500 a page, 3.5 pages a second
+    // within the rate limit): at 45,000 users about 26 s, after every fault that drops all
+    // sockets.
+    org.slack = Duration::from_secs(u64::from(users) / 500);
     let clients = org.emulator.clients();
     let mut b1 = org.bridge(&clients[0], "bridge-1", channels);
     // Alone, it owns every partition: more users than its channels hold, and says so.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60) + org.slack;
     loop {
         b1.process.assert_running();
         if let Ok((503, body)) = b1.process.get("/readyz")
@@ -356,7 +393,11 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
     );
     let mut b2 = org.bridge(&clients[1], "bridge-2", channels);
     let mut b3 = org.bridge(&clients[2], "bridge-3", channels);
-    let took = covered(&mut [&mut b1, &mut b2, &mut b3], Duration::from_secs(90)).await;
+    let took = covered(
+        &mut [&mut b1, &mut b2, &mut b3],
+        Duration::from_secs(90) + org.slack,
+    )
+    .await;
     eprintln!(
         "three instances cover the org {took:.1?} after the last started ({})",
         org.elapsed()
@@ -374,32 +415,56 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
         .expect("chaos");
     tokio::time::sleep(Duration::from_secs(15)).await;
     org.emulator.set_chaos(ChaosConfig::new(0.0)).expect("calm");
-    covered(&mut [&mut b1, &mut b2, &mut b3], Duration::from_secs(60)).await;
+    covered(
+        &mut [&mut b1, &mut b2, &mut b3],
+        Duration::from_secs(60) + org.slack,
+    )
+    .await;
     let took = converge(&org, &mut reader, &mut [&mut b1, &mut b2, &mut b3]).await;
     eprintln!("converged after chaos in {took:.1?}");
     // While nothing moved, every record came from its partition's owner.
     let foreign = foreign_writers(reader.log(), &settled, &owners_now);
     assert!(foreign.is_empty(), "records from a non-owner: {foreign:#?}");
 
-    // kill -9: its partitions move, and every user is covered again.
+    // kill -9: its partitions move, and every user is covered again (or, when two cannot
+    // hold them all, as many as the survivors' channels hold, the rest said).
     let lost = b3.owned().unwrap_or_default();
     let killed = Instant::now();
     b3.process.kill().await;
-    let coverage = covered(&mut [&mut b1, &mut b2], Duration::from_secs(60)).await;
-    eprintln!(
-        "kill -9 of bridge-3 (partitions {lost:?}): every user covered again {coverage:.1?} later"
-    );
-    assert!(
-        killed.elapsed() <= Duration::from_secs(30),
-        "coverage after the kill took {coverage:?}"
-    );
-    let took = converge(&org, &mut reader, &mut [&mut b1, &mut b2]).await;
-    eprintln!("converged after the kill in {took:.1?}");
+    if fit_two {
+        let coverage = covered(&mut [&mut b1, &mut b2], Duration::from_secs(60) + org.slack).await;
+        eprintln!(
+            "kill -9 of bridge-3 (partitions {lost:?}): every user covered again {coverage:.1?} later"
+        );
+        assert!(
+            killed.elapsed() <= Duration::from_secs(30),
+            "coverage after the kill took {coverage:?}"
+        );
+        let took = converge(&org, &mut reader, &mut [&mut b1, &mut b2]).await;
+        eprintln!("converged after the kill in {took:.1?}");
+    } else {
+        let moved =
+            over_capacity(&mut [&mut b1, &mut b2], Duration::from_secs(60) + org.slack).await;
+        let unwatched: f64 = [&b1, &b2]
+            .iter()
+            .map(|b| b.process.metrics().get("users_unwatched").unwrap_or(0.0))
+            .sum();
+        eprintln!(
+            "kill -9 of bridge-3 (partitions {lost:?}): its partitions moved {moved:.1?} later; the two survivors watch {} of {users} users and say {unwatched} are not watched (two clients hold {})",
+            f64::from(users) - unwatched,
+            2 * capacity
+        );
+        assert!(unwatched >= f64::from(users - 2 * capacity));
+    }
 
     // Back to three, then a rolling restart: each stopped (SIGTERM) and started again once
     // the previous one is back and the group covers the org.
     let mut b3 = org.bridge(&clients[2], "bridge-3", channels);
-    covered(&mut [&mut b1, &mut b2, &mut b3], Duration::from_secs(90)).await;
+    covered(
+        &mut [&mut b1, &mut b2, &mut b3],
+        Duration::from_secs(90) + org.slack,
+    )
+    .await;
     converge(&org, &mut reader, &mut [&mut b1, &mut b2, &mut b3]).await;
     let before = lengths(reader.log());
     let restart_started = Instant::now();
@@ -410,7 +475,7 @@ async fn three_instances_share_the_org_fail_over_and_restart_in_turn() {
         old.process.stop_with("TERM").await;
         bridges.insert(i, org.bridge(client, &name, channels));
         let mut all: Vec<&mut Bridge> = bridges.iter_mut().collect();
-        covered(&mut all, Duration::from_secs(90)).await;
+        covered(&mut all, Duration::from_secs(90) + org.slack).await;
     }
     let restart_took = restart_started.elapsed();
     let mut all: Vec<&mut Bridge> = bridges.iter_mut().collect();
@@ -476,16 +541,27 @@ async fn a_lone_instance_restarted_on_a_quiet_org_writes_almost_nothing() {
 /// client's channel limit (Genesys replaces the dead instance's unconnected channels). Then
 /// the killed one comes back (failback): the survivor hands half the partitions back and
 /// closes the channels the users it keeps no longer need before the revocation completes, so
-/// the returning one finds its channels free. Every phase stays within the client's 4
+/// the returning one finds its channels free. Every phase stays within the client's
 /// channels without replacing a connected one (on the old code, which never closed a
 /// channel, the survivor kept its three and the returning instance's second channel pushed
 /// a connected one out, which then pushed out another).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_on_one_oauth_client_fail_over() {
-    let Some((org, _turn)) = Org::begin(
+    // 2,500 users on a client of 4 channels by default (3,000 watched at most: the issue's
+    // 15,000 of 19,000, scaled down), or `SHARED_CLIENT_USERS` and `SHARED_CLIENT_MAX_CHANNELS`
+    // (15,000 and 20 for the issue's own figures).
+    let var = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let users = var("SHARED_CLIENT_USERS", 2_500);
+    let channels = var("SHARED_CLIENT_MAX_CHANNELS", 4);
+    let Some((mut org, _turn)) = Org::begin(
         EmulatorConfig::default()
-            .users(2_500)
-            .max_channels_per_client(4)
+            .users(users)
+            .max_channels_per_client(channels as usize)
             .change_rate(20.0)
             .seed(15),
         "shared-client",
@@ -494,15 +570,16 @@ async fn two_instances_on_one_oauth_client_fail_over() {
     else {
         return;
     };
+    org.slack = Duration::from_secs(u64::from(users) / 500);
     let client = &org.emulator.clients()[0];
-    let mut a = org.bridge(client, "ha-a", 4);
-    let mut b = org.bridge(client, "ha-b", 4);
-    covered(&mut [&mut a, &mut b], Duration::from_secs(90)).await;
+    let mut a = org.bridge(client, "ha-a", channels);
+    let mut b = org.bridge(client, "ha-b", channels);
+    covered(&mut [&mut a, &mut b], Duration::from_secs(90) + org.slack).await;
     let killed = Instant::now();
     a.process.kill().await;
-    let coverage = covered(&mut [&mut b], Duration::from_secs(60)).await;
+    let coverage = covered(&mut [&mut b], Duration::from_secs(60) + org.slack).await;
     eprintln!(
-        "two instances on one OAuth client: the survivor covers all 2,500 users {coverage:.1?} after the kill"
+        "two instances on one OAuth client: the survivor covers all {users} users {coverage:.1?} after the kill"
     );
     assert!(killed.elapsed() <= Duration::from_secs(30));
     let mut reader = TopicReader::open(&org.endpoint, &org.topic).await;
@@ -510,27 +587,27 @@ async fn two_instances_on_one_oauth_client_fail_over() {
     reader.assert_no_problems();
     let stats = org.emulator.stats();
     assert!(
-        stats.channels.len() <= 4,
-        "the client holds {} channels, over its limit of 4",
+        stats.channels.len() <= channels as usize,
+        "the client holds {} channels, over its limit of {channels}",
         stats.channels.len()
     );
 
     // Failback: the killed instance comes back and takes half the partitions again.
-    let mut a = org.bridge(client, "ha-a", 4);
-    let back = covered(&mut [&mut a, &mut b], Duration::from_secs(60)).await;
+    let mut a = org.bridge(client, "ha-a", channels);
+    let back = covered(&mut [&mut a, &mut b], Duration::from_secs(60) + org.slack).await;
     converge(&org, &mut reader, &mut [&mut a, &mut b]).await;
     reader.assert_no_problems();
     let stats = org.emulator.stats();
     let closed = b.process.metrics().get("channels_closed").unwrap_or(0.0);
     eprintln!(
-        "two instances on one OAuth client: after the failback both cover all 2,500 users in {back:.1?}; the survivor closed {closed} channels; the client holds {} channels ({} connected); connected channels replaced: {}",
+        "two instances on one OAuth client: after the failback both cover all {users} users in {back:.1?}; the survivor closed {closed} channels; the client holds {} channels ({} connected); connected channels replaced: {}",
         stats.channels.len(),
         stats.channels.iter().filter(|c| c.connected).count(),
         stats.channels_replaced_connected
     );
     assert!(
-        stats.channels.len() <= 4,
-        "the client holds {} channels, over its limit of 4",
+        stats.channels.len() <= channels as usize,
+        "the client holds {} channels, over its limit of {channels}",
         stats.channels.len()
     );
     assert_eq!(
