@@ -761,3 +761,25 @@ impl PresenceSync {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::channels_to_keep;
+
+    #[test]
+    fn channels_close_only_when_the_rest_stay_at_most_90_percent_full() {
+        // Nothing to close: full, or the fewer would be over 90 %.
+        assert_eq!(channels_to_keep(5, 5_000, 1_000), 5);
+        assert_eq!(channels_to_keep(5, 3_601, 1_000), 5);
+        // 3,600 users fill 4 channels to exactly 90 %.
+        assert_eq!(channels_to_keep(5, 3_600, 1_000), 4);
+        // A failback: 15 channels, 7,500 users left: 9 hold them at 83 %.
+        assert_eq!(channels_to_keep(15, 7_500, 1_000), 9);
+        // Never more than there are; none for nobody.
+        assert_eq!(channels_to_keep(2, 10_000, 1_000), 2);
+        assert_eq!(channels_to_keep(3, 0, 1_000), 0);
+        assert_eq!(channels_to_keep(0, 0, 1_000), 0);
+        // One user keeps one channel.
+        assert_eq!(channels_to_keep(4, 1, 1_000), 1);
+    }
+}
