@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures_util::future::BoxFuture;
 use genesys_auth::GenesysClient;
 use presence_frame::{GroupMask, Guid, Owner, PresenceEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
@@ -223,14 +224,20 @@ impl PresenceSync {
         // The periodic resync and re-discovery take turns in this task: neither runs while
         // the other does, and each makes one request at a time, so that the channels' own
         // resyncs, waiting in the client's pacing queue (first come, first served), are never
-        // starved by them.
+        // starved by them. Either may take long under the rate limit (a whole-org listing);
+        // a change of ownership is followed meanwhile, at once, from the last listing, so
+        // that a revocation never waits for them.
         let after = |interval: Option<std::time::Duration>| interval.map(|i| Instant::now() + i);
         let mut next_resync = after(self.config.resync_interval);
         let mut next_discovery = after(self.config.discovery_interval);
+        let mut resync: Option<oneshot::Receiver<crate::resync::ResyncOutcome>> = None;
+        let mut discovery: Option<(Instant, BoxFuture<'_, genesys_auth::Result<Discovered>>)> =
+            None;
         loop {
+            let idle = resync.is_none() && discovery.is_none();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = sleep_until_some(next_resync) => {
+                _ = sleep_until_some(next_resync), if idle => {
                     let (done, answer) = oneshot::channel();
                     let request = ResyncRequest {
                         users: watch.all_users(),
@@ -239,10 +246,10 @@ impl PresenceSync {
                     if resync_tx.send(request).await.is_err() {
                         break;
                     }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = answer => {}
-                    }
+                    resync = Some(answer);
+                }
+                _ = async { resync.as_mut().expect("guarded").await }, if resync.is_some() => {
+                    resync = None;
                     next_resync = after(self.config.resync_interval);
                 }
                 _ = self.status.replan.notified() => {
@@ -256,10 +263,14 @@ impl PresenceSync {
                         _ = self.apply_listing(&mut watch, found, Instant::now(), "ownership change") => {}
                     }
                 }
-                _ = sleep_until_some(next_discovery) => {
+                _ = sleep_until_some(next_discovery), if idle => {
+                    discovery = Some((Instant::now(), Box::pin(self.discover())));
+                }
+                found = async { discovery.as_mut().expect("guarded").1.as_mut().await }, if discovery.is_some() => {
+                    let started = discovery.take().map_or_else(Instant::now, |(at, _)| at);
                     let listed_presence = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        listed = self.rediscover(&mut watch, &mut listing) => listed,
+                        listed = self.rediscovered(&mut watch, &mut listing, found, started) => listed,
                     };
                     listed.store(listing.users.len(), Ordering::Relaxed);
                     next_discovery = after(self.config.discovery_interval);
@@ -503,16 +514,22 @@ struct Changes {
 }
 
 impl PresenceSync {
-    /// Discovers the users again and follows the organisation: subscribes new users on
+    /// Follows the organisation as a re-discovery that started at `started` found it
+    /// (`found`, from [`discover`](Self::discover)): subscribes new users on
     /// channels with room (a new channel only when none has any, within the channel limit),
     /// unsubscribes and removes those no longer listed, asks again for rejected users still
     /// listed, and publishes changed group masks. The listing carries every user's presence,
     /// which is delivered as a resync would deliver it, so a re-discovery is also a full
     /// resync (and returns `true`). One log line with the counts. A failed listing changes
     /// nothing (the next discovery tries again) and returns `false`.
-    async fn rediscover(&self, watch: &mut Watch, listing: &mut Listing) -> bool {
-        let started = Instant::now();
-        let found = match self.discover().await {
+    async fn rediscovered(
+        &self,
+        watch: &mut Watch,
+        listing: &mut Listing,
+        found: genesys_auth::Result<Discovered>,
+        started: Instant,
+    ) -> bool {
+        let found = match found {
             Ok(found) => found,
             Err(e) => {
                 log::warn!("re-discovering users failed: {e}; trying again at the next discovery");

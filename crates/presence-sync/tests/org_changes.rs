@@ -636,3 +636,45 @@ async fn channels_a_release_leaves_underused_close_and_their_users_move() {
     assert_eq!(slots, (0..8).collect(), "{:?}", h.status.channels());
     h.stop().await;
 }
+
+/// Issue 13: a change of ownership is followed at once even while a re-discovery is still
+/// listing (here held up by a 429 with `Retry-After: 4`), so that a revocation, which waits
+/// for it, never waits for a whole-org listing under the rate limit. Before, the sync's loop
+/// ran the listing to its end first: `ownership_followed` took the 4 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ownership_change_is_followed_while_a_discovery_is_held_up() {
+    let (h, sink, owner, all, even) = start_halves(quiet(80), often()).await;
+    owner.all.store(true, Ordering::Relaxed);
+    h.status.ownership_changed();
+    h.wait_for("every user watched", Duration::from_secs(20), |h| {
+        registry_users(&sink.registry) == all && h.status.is_ready()
+    })
+    .await;
+    // The next call (the next discovery's first page, on a quiet org) waits 4 s.
+    let discoveries = load(&h.status.stats().discoveries);
+    h.emulator
+        .inject(genesys_emulator::Fault::RateLimitBurst {
+            count: 1,
+            scope: genesys_emulator::BurstScope::default(),
+            retry_after_secs: Some(4),
+        })
+        .expect("fault");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    owner.all.store(false, Ordering::Relaxed);
+    let told = std::time::Instant::now();
+    h.status.ownership_changed();
+    tokio::time::timeout(Duration::from_secs(10), h.status.ownership_followed())
+        .await
+        .expect("followed");
+    let took = told.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "following the ownership took {took:?}"
+    );
+    assert!(
+        load(&h.status.stats().discoveries) <= discoveries + 1,
+        "the held-up discovery had not ended"
+    );
+    assert_eq!(registry_users(&sink.registry), even);
+    h.stop().await;
+}
