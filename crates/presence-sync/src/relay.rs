@@ -156,6 +156,9 @@ impl RelaySource {
         self.status
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        // A relay has nothing to subscribe or release (the join drops the frames of users not
+        // owned): every change of ownership is followed as soon as it is told.
+        self.status.followed_ownership(u64::MAX);
         let mut attempt = 0u32;
         let mut connected_once = false;
         loop {

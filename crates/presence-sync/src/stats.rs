@@ -354,8 +354,9 @@ impl SyncStatus {
     /// Waits until the sync has followed every change of ownership told so far: users lost
     /// unsubscribed (their channels told), and channels that the users left no longer need
     /// closed, so that another instance on the same OAuth client can have them. Returns at
-    /// once when the sync is not running. A re-discovery in progress delays it (it follows
-    /// the ownership too, when it ends): callers bound the wait.
+    /// once when the sync is not running, and for a relay source (which has nothing to
+    /// release). Following takes moments, also while a re-discovery is listing; callers
+    /// still bound the wait.
     pub async fn ownership_followed(&self) {
         let told = self.ownership_told.load(Ordering::SeqCst);
         if !self.ready.load(Ordering::Relaxed) {

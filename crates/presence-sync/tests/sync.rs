@@ -571,6 +571,12 @@ async fn relay_source_converges_on_frames() {
         frames.load(Ordering::Relaxed) >= 500,
         "the relay's frames reach the sink as frames"
     );
+    // A relay has nothing to release: a change of ownership is followed at once (a
+    // revocation waiting on it would otherwise wait out its bound, on every revocation).
+    status.ownership_changed();
+    tokio::time::timeout(Duration::from_millis(500), status.ownership_followed())
+        .await
+        .expect("a relay follows ownership at once");
     shutdown.cancel();
     assert!(matches!(task.await, Ok(Ok(()))));
 }
