@@ -84,7 +84,15 @@ struct Settings {
     day: Duration,
     users: u32,
     groups: u32,
+    /// The day on which the bridge is paused (SIGSTOP) for [`PAUSE`], longer than the
+    /// broker's group session, so that it loses its partitions and gets them back
+    /// (`SOAK_PAUSE_DAY`; none by default).
+    pause_day: Option<u32>,
 }
+
+/// How long the bridge is paused on `SOAK_PAUSE_DAY`: more than the broker's 6 s consumer
+/// group session (`scripts/kafka.sh`).
+const PAUSE: Duration = Duration::from_secs(9);
 
 impl Settings {
     fn from_env() -> Settings {
@@ -107,6 +115,7 @@ impl Settings {
             day: Duration::from_secs_f64(day_secs),
             users: number("SOAK_USERS", 5_000u32).max(1),
             groups: number("SOAK_GROUPS", 8u32).min(64),
+            pause_day: broker::env("SOAK_PAUSE_DAY").map(|_| number("SOAK_PAUSE_DAY", 0u32)),
         }
     }
 
@@ -603,6 +612,23 @@ async fn a_month_with_a_changing_org_in_minutes() {
         emulator
             .set_chaos(ChaosConfig::new(chaos_per_minute).kinds(FaultKind::ALL))
             .expect("chaos on");
+        if s.pause_day == Some(d) {
+            sleep_until(begin + active / 4, &mut bridge).await;
+            // A paused process (a long GC or VM pause, a stopped container): its group session
+            // ends, and when it runs again it finds its partitions lost and gets them back.
+            let pid = bridge.pid().to_string();
+            let signal = |name: &str| {
+                let status = std::process::Command::new("kill")
+                    .args([name, &pid])
+                    .status()
+                    .expect("kill runs");
+                assert!(status.success(), "kill {name} {pid}");
+            };
+            signal("-STOP");
+            tokio::time::sleep(PAUSE).await;
+            signal("-CONT");
+            eprintln!("day {d}: the bridge was paused for {PAUSE:?}");
+        }
         sleep_until(begin + active / 2, &mut bridge).await;
         emulator
             .maintenance_wave(wave_grace)

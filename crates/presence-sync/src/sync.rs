@@ -553,8 +553,15 @@ impl PresenceSync {
         what: &str,
     ) {
         let told = self.status.ownership_told.load(Ordering::SeqCst);
-        let changes = self.follow(watch, self.owned(found)).await;
+        let listed = found.users.len();
+        let found = self.owned(found);
+        let owned = found.users.len();
+        let changes = self.follow(watch, found).await;
         self.status.followed_ownership(told);
+        log::debug!(
+            "{what}: {listed} users listed, {owned} owned, {} watched now",
+            self.status.watched_users()
+        );
         add(&self.status.stats.users_added, changes.added as u64);
         add(
             &self.status.stats.users_removed,
