@@ -27,7 +27,8 @@ const HANDOVER_FLUSH: Duration = Duration::from_secs(10);
 
 /// How long a revocation waits for the sync to unsubscribe the revoked users and close the
 /// channels they no longer need, so that the partitions' next owner, when it shares this
-/// OAuth client, finds the channels free (a re-discovery in progress can delay that).
+/// OAuth client, finds the channels free. Following takes moments (also while a
+/// re-discovery is listing); the bound is for a sync that cannot answer.
 const HANDOVER_RELEASE: Duration = Duration::from_secs(5);
 
 /// How long the start waits for the group's first assignment before the source starts
@@ -82,7 +83,7 @@ impl GroupHandler for Handover {
         });
         if released.is_err() {
             log::warn!(
-                "handing over partitions {partitions:?}: the sync had not released their users within {HANDOVER_RELEASE:?} (a re-discovery in progress releases them when it ends)"
+                "handing over partitions {partitions:?}: the sync had not released their users within {HANDOVER_RELEASE:?}; it releases them when it follows the ownership"
             );
         }
         if left > 0 {

@@ -144,25 +144,9 @@ pub struct GroupMember {
     stats: Arc<GroupStats>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    ended: Arc<Ended>,
-}
-
-/// Set (and its waiters woken) when the member's thread ends, however it ends: a panic in
-/// the handler included.
-#[derive(Default)]
-struct Ended {
-    done: AtomicBool,
-    wake: tokio::sync::Notify,
-}
-
-/// Marks [`Ended`] when dropped, at the end of the member's thread or while it unwinds.
-struct EndGuard(Arc<Ended>);
-
-impl Drop for EndGuard {
-    fn drop(&mut self) {
-        self.0.done.store(true, Ordering::SeqCst);
-        self.0.wake.notify_waiters();
-    }
+    /// Closed when the member's thread ends, however it ends (a panic in the handler
+    /// included): the thread owns the sender, which drops with it.
+    ended: tokio::sync::watch::Receiver<()>,
 }
 
 impl fmt::Debug for GroupMember {
@@ -234,12 +218,11 @@ impl GroupMember {
             })?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
-        let ended = Arc::new(Ended::default());
-        let guard = EndGuard(Arc::clone(&ended));
+        let (alive, ended) = tokio::sync::watch::channel(());
         let thread = std::thread::Builder::new()
             .name("kafka-group".into())
             .spawn(move || {
-                let _guard = guard;
+                let _alive = alive;
                 poll(consumer, &stopping);
             })
             .map_err(Error::Thread)?;
@@ -272,13 +255,8 @@ impl GroupMember {
     /// its own, which only a bug does (a panic in the handler): the instance then owns
     /// partitions nobody serves until it leaves the group, so its owner should stop it.
     pub async fn ended(&self) {
-        loop {
-            let woken = self.ended.wake.notified();
-            if self.ended.done.load(Ordering::SeqCst) {
-                return;
-            }
-            woken.await;
-        }
+        let mut ended = self.ended.clone();
+        while ended.changed().await.is_ok() {}
     }
 
     /// Leaves the group: the owned partitions are revoked (through the handler) and the
