@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 /// A token bucket sized so that no 60-second window holds more than 90% of `per_minute`
@@ -14,11 +13,12 @@ use tokio::time::Instant;
 pub(crate) struct RateLimiter {
     capacity: f64,
     refill_per_sec: f64,
-    state: Mutex<Bucket>,
+    state: parking_lot::Mutex<Bucket>,
 }
 
 #[derive(Debug)]
 struct Bucket {
+    /// Requests that may go now; below zero, the requests already promised a later time.
     tokens: f64,
     updated: Instant,
 }
@@ -33,33 +33,34 @@ impl RateLimiter {
             // Never zero for a budget (zero means no pacing): a budget of 1 to 4 a minute
             // gets its burst of 1 and a tenth of the budget refilled a minute.
             refill_per_sec: (budget - burst).max(f64::from(per_minute) * 0.1) / 60.0,
-            state: Mutex::new(Bucket {
+            state: parking_lot::Mutex::new(Bucket {
                 tokens: burst,
                 updated: Instant::now(),
             }),
         }
     }
 
-    /// Waits until one request may be sent, then takes it.
+    /// Waits until one request may be sent, then takes it. Each call takes its token at
+    /// once, on credit when the bucket is empty, and sleeps until the credit is paid off by
+    /// the refill: callers go in the order they called, and no lock is held while one
+    /// sleeps. A lock held across the sleep (as a fair async mutex would be) hangs every
+    /// request behind a caller whose future stops being polled mid-wait without being
+    /// dropped; here such a caller only spends its token.
     pub(crate) async fn acquire(&self) {
         if self.refill_per_sec <= 0.0 {
             return;
         }
-        // Holding the lock while sleeping keeps waiters in arrival order.
-        let mut bucket = self.state.lock().await;
-        loop {
+        let debt = {
+            let mut bucket = self.state.lock();
             let now = Instant::now();
             let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
             bucket.tokens = (bucket.tokens + elapsed * self.refill_per_sec).min(self.capacity);
             bucket.updated = now;
-            if bucket.tokens >= 1.0 {
-                bucket.tokens -= 1.0;
-                return;
-            }
-            // At least a millisecond: rounding can leave the bucket a hair short of a
-            // token, and a zero sleep would then spin (forever under a paused clock).
-            let wait = Duration::from_secs_f64((1.0 - bucket.tokens) / self.refill_per_sec);
-            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            bucket.tokens -= 1.0;
+            -bucket.tokens
+        };
+        if debt > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(debt / self.refill_per_sec)).await;
         }
     }
 }
@@ -93,5 +94,30 @@ mod tests {
         assert!(sent[60] > Duration::from_millis(250));
         let last = sent[599].as_secs_f64();
         assert!((153.0..156.0).contains(&last), "the 600th after {last} s");
+    }
+
+    /// A caller whose wait stops being polled (a future kept aside, not dropped) does not
+    /// hold up the callers after it. With the bucket behind an async mutex held across the
+    /// sleep, the second caller here waited for good.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_no_longer_polled_does_not_hold_the_others_up() {
+        let limiter = RateLimiter::new(300);
+        for _ in 0..60 {
+            limiter.acquire().await;
+        }
+        let mut parked = Box::pin(limiter.acquire());
+        tokio::select! {
+            biased;
+            _ = &mut parked => panic!("the bucket is empty: the first caller waits"),
+            _ = std::future::ready(()) => {}
+        }
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), limiter.acquire())
+            .await
+            .expect("the second caller goes after its own wait");
+        // Behind the parked caller's token: two refills of 1/3.5 s.
+        let waited = start.elapsed().as_secs_f64();
+        assert!((0.5..0.65).contains(&waited), "waited {waited} s");
+        drop(parked);
     }
 }
