@@ -15,7 +15,10 @@
 //! ```
 //!
 //! Settings: `SOAK_DAYS` (6, what CI runs; 30 for the month), `SOAK_DAY_SECS` (10, a decimal), `SOAK_USERS` (5,000),
-//! `SOAK_GROUPS` (8; with 0 the churn's group moves change nothing and every mask is 0). Without
+//! `SOAK_GROUPS` (8; with 0 the churn's group moves change nothing and every mask is 0),
+//! `SOAK_PAUSE_DAY` (1: the day on which the bridge is stopped with SIGSTOP for 9 s, longer
+//! than its consumer-group session, so that it loses its partitions and gets them back; 0 for
+//! none), `BRIDGE_LOG` (the bridge's `RUST_LOG`; its whole log is `target/soak/bridge.log`). Without
 //! `KAFKA_BROKERS` the test skips with one line saying so; with `CI` set it fails instead.
 //!
 //! Each day is an active part (the first 40 %: presence changes, churn, chaos, a maintenance
@@ -86,7 +89,8 @@ struct Settings {
     groups: u32,
     /// The day on which the bridge is paused (SIGSTOP) for [`PAUSE`], longer than the
     /// broker's group session, so that it loses its partitions and gets them back
-    /// (`SOAK_PAUSE_DAY`; none by default).
+    /// (`SOAK_PAUSE_DAY`: day 1 by default, so that the days after it compare their RSS
+    /// with a day that had the warm start's allocations too; 0 for none).
     pause_day: Option<u32>,
 }
 
@@ -115,7 +119,7 @@ impl Settings {
             day: Duration::from_secs_f64(day_secs),
             users: number("SOAK_USERS", 5_000u32).max(1),
             groups: number("SOAK_GROUPS", 8u32).min(64),
-            pause_day: broker::env("SOAK_PAUSE_DAY").map(|_| number("SOAK_PAUSE_DAY", 0u32)),
+            pause_day: Some(number("SOAK_PAUSE_DAY", 1u32)).filter(|d| *d > 0),
         }
     }
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use parking_lot::Mutex;
-use presence_frame::{EventTime, Frame, Owner, PresenceEvent, PresenceSink, RateLimit, UserId};
+use presence_frame::{
+    EventTime, Frame, Held, Owner, PresenceEvent, PresenceSink, RateLimit, UserId,
+};
 use presence_registry::{Clock, Expired, MonotonicClock, Outcome, Registry};
 
 use crate::publisher::{Enqueue, Publisher, Which};
@@ -339,6 +341,21 @@ where
             });
         });
         self.publish(&mut rest);
+    }
+
+    /// The registry's live entries of the owned users.
+    fn held(&self) -> Vec<(UserId, Held)> {
+        let mut held = Vec::with_capacity(self.join.registry.len());
+        self.join.registry.for_each(|e| {
+            if self.join.owns(e.user) {
+                let state = Held {
+                    time: e.time,
+                    groups: e.state.groups,
+                };
+                held.push((e.user, state));
+            }
+        });
+        held
     }
 
     /// Removes each user from the registry and tombstones it under its shard's lock (dated
@@ -950,6 +967,42 @@ mod tests {
                 .updates(UserId::Relay(owned))
                 .iter()
                 .any(|u| matches!(u, Update::Tombstone { .. }))
+        );
+    }
+
+    #[test]
+    fn held_lists_the_owned_users_states_and_masks() {
+        let clock = ManualClock::new();
+        let registry =
+            Arc::new(Registry::with_clock(RegistryConfig::new(TTL), clock.clone()).unwrap());
+        let ownership = Arc::new(crate::Ownership::none(4));
+        let in_partition = |p: u32| move |n: &u32| crate::partition_of(UserId::Relay(*n), 4) == p;
+        let owned = (0..100u32).find(in_partition(1)).unwrap();
+        let other = (0..100u32).find(in_partition(2)).unwrap();
+        ownership.assign(&[1, 2]);
+        let sink = RegistrySink::new(
+            registry,
+            Arc::new(FakePublisher::default()),
+            SinkConfig::default().owner(Arc::clone(&ownership) as Arc<dyn Owner>),
+        );
+        let now = EventTime::now();
+        let mut warm = event(owned, now, Status::BUSY);
+        warm.state.groups = GroupMask(6);
+        assert_eq!(
+            sink.load_published(vec![warm, event(other, now, Status::AWAY)]),
+            2
+        );
+        ownership.revoke(&[2]);
+        let held = PresenceSink::held(&sink);
+        assert_eq!(
+            held,
+            vec![(
+                UserId::Relay(owned),
+                Held {
+                    time: now,
+                    groups: GroupMask(6)
+                }
+            )]
         );
     }
 

@@ -27,8 +27,12 @@
 //!   - re-discovers the users every [`discovery_interval`](SyncConfig::discovery_interval)
 //!     (10 minutes) and follows the organisation: new users are subscribed on the channels
 //!     with room (`POST` of their topics; a new channel only when none has room) and resynced,
-//!     users no longer listed are unsubscribed (`PUT` of the remaining topics) and
-//!     [removed](PresenceSink::remove) from the sink, changed group masks are handed to
+//!     users no longer listed (by two listings in a row: an offset-paged listing can skip
+//!     a user when another is deleted between its pages) are unsubscribed (`PUT` of the
+//!     remaining topics) and [removed](PresenceSink::remove) from the sink, as are users
+//!     the sink [holds](PresenceSink::held) from elsewhere (a warm start) that the listings
+//!     no longer have; a held state whose group mask the listing contradicts is handed to
+//!     [`PresenceSink::regroup`] again; changed group masks are handed to
 //!     [`PresenceSink::regroup`] with the user's presence, and rejected users are asked for
 //!     again. Its requests go one at a time through the client's pacing, taking turns with
 //!     the periodic resync, so channel resyncs waiting there are never starved;

@@ -5,9 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures_util::future::BoxFuture;
 use genesys_auth::GenesysClient;
-use presence_frame::{GroupMask, Guid, Owner, PresenceEvent, UserId};
+use presence_frame::{EventTime, GroupMask, Guid, Held, Owner, PresenceEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -40,15 +39,26 @@ struct Discovered {
     users: Vec<Guid>,
     masks: HashMap<Guid, GroupMask>,
     snapshot: Vec<PresenceEvent>,
+    /// When the listing started (this machine's clock).
+    listed_at: EventTime,
+    /// Which listing this is: 0 for the first, one more for each re-discovery.
+    seq: u64,
 }
 
 /// The last listing of the organisation, owned users or not: what a change of ownership is
 /// planned from, without listing again.
-#[derive(Default)]
 struct Listing {
     users: Vec<Guid>,
     masks: HashMap<Guid, GroupMask>,
+    listed_at: EventTime,
+    seq: u64,
 }
+
+/// How much older than a listing's start a held state of a user the listing does not have
+/// must be before the user is taken for gone: a user created while the listing ran may be
+/// missing from it but already published (by the instance that owned it before), and the
+/// organisation's clock and this machine's may differ by a little.
+const LISTING_SKEW_MS: i64 = 5_000;
 
 impl PresenceSync {
     /// A sync that will use `client` and deliver to `sink`. Nothing happens until
@@ -119,7 +129,7 @@ impl PresenceSync {
             }
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                r = self.discover() => r,
+                r = discover(self.client.clone(), self.config.clone()) => r,
             };
             match result {
                 Ok(found) => break found,
@@ -139,10 +149,13 @@ impl PresenceSync {
         let mut listing = Listing {
             users: discovered.users.clone(),
             masks: discovered.masks.clone(),
+            listed_at: discovered.listed_at,
+            seq: 0,
         };
         let listed = Arc::new(AtomicUsize::new(listing.users.len()));
         let told = self.status.ownership_told.load(Ordering::SeqCst);
         let mut discovered = self.owned(discovered);
+        let owned: HashSet<Guid> = discovered.users.iter().copied().collect();
         let capacity = self.config.topics_per_channel.max(1) * (self.config.max_channels - 1);
         if self.owner.is_some() && discovered.users.len() > capacity {
             // Owned is not chosen: watch what fits, say the rest.
@@ -176,7 +189,14 @@ impl PresenceSync {
             self.config.allowed,
             self.config.max_message_bytes,
         ));
-        self.deliver_snapshot(&decoder, discovered.snapshot);
+        // What the sink already holds (a warm start's states) is set right first; held users
+        // this listing does not have are removed once the next one misses them too.
+        let (stale_masks, unlisted) =
+            against_held(&self.held(), &masks, &owned, discovered.listed_at);
+        let mut absences = Absences::default();
+        absences.confirm(0, &unlisted.into_iter().collect());
+        let (regrouped, snapshot) = split_off_users(discovered.snapshot, &stale_masks);
+        self.deliver_snapshot(&decoder, snapshot);
 
         let tracker = TaskTracker::new();
         let (resync_tx, resync_rx) = mpsc::channel(plan.channels().len() * 2 + 4);
@@ -206,6 +226,7 @@ impl PresenceSync {
         let mut watch = Watch {
             context,
             masks,
+            absences,
             channels: Vec::new(),
             retired: Vec::new(),
             rollover_permits: permits,
@@ -215,24 +236,37 @@ impl PresenceSync {
         for users in plan.channels() {
             watch.add_channel(users.as_slice().into());
         }
+        if !stale_masks.is_empty() {
+            log::info!(
+                "{} users held from before carry another group mask than listed: published again",
+                stale_masks.len()
+            );
+            add(&self.status.stats.mask_changes, stale_masks.len() as u64);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = self.publish_masks(&watch, &stale_masks, regrouped) => {}
+            }
+        }
         // Closed, but still taking the drain tasks of rollovers and the channels re-discovery
         // adds: `wait` returns once every channel, the resync task and every drain have ended.
         tracker.close();
         self.status.ready.store(true, Ordering::Relaxed);
         self.status.followed_ownership(told);
 
-        // The periodic resync and re-discovery take turns in this task: neither runs while
-        // the other does, and each makes one request at a time, so that the channels' own
-        // resyncs, waiting in the client's pacing queue (first come, first served), are never
-        // starved by them. Either may take long under the rate limit (a whole-org listing);
-        // a change of ownership is followed meanwhile, at once, from the last listing, so
-        // that a revocation never waits for them.
+        // The periodic resync and re-discovery take turns: neither runs while the other does,
+        // and each makes one request at a time, so that the channels' own resyncs, waiting in
+        // the client's pacing queue (first come, first served), are never starved by them.
+        // Either may take long under the rate limit (a whole-org listing); a change of
+        // ownership is followed meanwhile, at once, from the last listing, so that a
+        // revocation never waits for them. Both run as tasks of their own, which go on while
+        // this loop follows a change (and may make requests of its own): a listing held here
+        // as a future and not polled meanwhile could sit in the client's pacing queue, and
+        // every request behind it would wait for good.
         let after = |interval: Option<std::time::Duration>| interval.map(|i| Instant::now() + i);
         let mut next_resync = after(self.config.resync_interval);
         let mut next_discovery = after(self.config.discovery_interval);
         let mut resync: Option<oneshot::Receiver<crate::resync::ResyncOutcome>> = None;
-        let mut discovery: Option<(Instant, BoxFuture<'_, genesys_auth::Result<Discovered>>)> =
-            None;
+        let mut discovery: Option<(Instant, JoinHandle<genesys_auth::Result<Discovered>>)> = None;
         loop {
             let idle = resync.is_none() && discovery.is_none();
             tokio::select! {
@@ -257,6 +291,8 @@ impl PresenceSync {
                         users: listing.users.clone(),
                         masks: listing.masks.clone(),
                         snapshot: Vec::new(),
+                        listed_at: listing.listed_at,
+                        seq: listing.seq,
                     };
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -264,10 +300,12 @@ impl PresenceSync {
                     }
                 }
                 _ = sleep_until_some(next_discovery), if idle => {
-                    discovery = Some((Instant::now(), Box::pin(self.discover())));
+                    let listing = discover(self.client.clone(), self.config.clone());
+                    discovery = Some((Instant::now(), tokio::spawn(listing)));
                 }
-                found = async { discovery.as_mut().expect("guarded").1.as_mut().await }, if discovery.is_some() => {
+                found = async { (&mut discovery.as_mut().expect("guarded").1).await }, if discovery.is_some() => {
                     let started = discovery.take().map_or_else(Instant::now, |(at, _)| at);
+                    let found = found.unwrap_or_else(|e| Err(genesys_auth::Error::Worker(e.to_string())));
                     let listed_presence = tokio::select! {
                         _ = shutdown.cancelled() => break,
                         listed = self.rediscovered(&mut watch, &mut listing, found, started) => listed,
@@ -281,6 +319,9 @@ impl PresenceSync {
                 }
             }
         }
+        if let Some((_, listing)) = discovery {
+            listing.abort();
+        }
         tracker.wait().await;
         self.status.ready.store(false, Ordering::Relaxed);
         // Nobody waits for a sync that has stopped.
@@ -289,63 +330,16 @@ impl PresenceSync {
         Ok(())
     }
 
-    /// Lists the users to watch, their group masks and their presence. Watching every
-    /// active user, one listing with `expand=presence&expand=groups` gives all three (one
-    /// call per 500 users); watching groups, each group's members are listed with their
-    /// presence, and each mapped group's members for the masks.
-    async fn discover(&self) -> genesys_auth::Result<Discovered> {
-        let page = self.config.page_size;
-        let mut bits: HashMap<Guid, GroupMask> = HashMap::new();
-        for (group, bit) in &self.config.group_bits {
-            if let Some(bit) = GroupMask::bit(*bit) {
-                *bits.entry(*group).or_default() |= bit;
-            }
-        }
-        let groups_inline = matches!(self.config.users, UserSelection::AllActive);
-        let mut masks: HashMap<Guid, GroupMask> = HashMap::new();
-        if !groups_inline {
-            for (group, bit) in &bits {
-                walk_pages(&self.client, members_uri(*group, page, false), |listed| {
-                    *masks.entry(listed.user).or_default() |= *bit;
-                })
-                .await?;
-            }
-        }
-        let mut users = Vec::new();
-        let mut snapshot = Vec::new();
-        let uris = match &self.config.users {
-            UserSelection::AllActive => vec![users_uri(page, true, !bits.is_empty())],
-            UserSelection::Groups(groups) => {
-                groups.iter().map(|g| members_uri(*g, page, true)).collect()
-            }
-        };
-        for uri in uris {
-            let bad = walk_pages(&self.client, uri, |listed| {
-                if groups_inline {
-                    let mask = listed
-                        .groups
-                        .iter()
-                        .filter_map(|g| bits.get(g))
-                        .fold(GroupMask::default(), |mask, bit| mask | *bit);
-                    if mask != GroupMask::default() {
-                        masks.insert(listed.user, mask);
-                    }
-                }
-                users.push(listed.user);
-                snapshot.extend(listed.presence);
+    /// The Genesys users the sink holds, with what it holds for them.
+    fn held(&self) -> HashMap<Guid, Held> {
+        self.sink
+            .held()
+            .into_iter()
+            .filter_map(|(user, held)| match user {
+                UserId::Genesys(user) => Some((user, held)),
+                UserId::Relay(_) => None,
             })
-            .await?;
-            if bad > 0 {
-                log::warn!(
-                    "discovery: {bad} users came back with an id or presence that could not be read"
-                );
-            }
-        }
-        Ok(Discovered {
-            users,
-            masks,
-            snapshot,
-        })
+            .collect()
     }
 
     fn deliver_snapshot(&self, decoder: &Decoder, snapshot: Vec<PresenceEvent>) {
@@ -361,6 +355,110 @@ impl PresenceSync {
     }
 }
 
+/// Lists the users to watch, their group masks and their presence. Watching every
+/// active user, one listing with `expand=presence&expand=groups` gives all three (one
+/// call per 500 users); watching groups, each group's members are listed with their
+/// presence, and each mapped group's members for the masks.
+async fn discover(client: GenesysClient, config: SyncConfig) -> genesys_auth::Result<Discovered> {
+    let listed_at = EventTime::now();
+    let page = config.page_size;
+    let mut bits: HashMap<Guid, GroupMask> = HashMap::new();
+    for (group, bit) in &config.group_bits {
+        if let Some(bit) = GroupMask::bit(*bit) {
+            *bits.entry(*group).or_default() |= bit;
+        }
+    }
+    let groups_inline = matches!(config.users, UserSelection::AllActive);
+    let mut masks: HashMap<Guid, GroupMask> = HashMap::new();
+    if !groups_inline {
+        for (group, bit) in &bits {
+            walk_pages(&client, members_uri(*group, page, false), |listed| {
+                *masks.entry(listed.user).or_default() |= *bit;
+            })
+            .await?;
+        }
+    }
+    let mut users = Vec::new();
+    let mut snapshot = Vec::new();
+    let uris = match &config.users {
+        UserSelection::AllActive => vec![users_uri(page, true, !bits.is_empty())],
+        UserSelection::Groups(groups) => {
+            groups.iter().map(|g| members_uri(*g, page, true)).collect()
+        }
+    };
+    for uri in uris {
+        let bad = walk_pages(&client, uri, |listed| {
+            if groups_inline {
+                let mask = listed
+                    .groups
+                    .iter()
+                    .filter_map(|g| bits.get(g))
+                    .fold(GroupMask::default(), |mask, bit| mask | *bit);
+                if mask != GroupMask::default() {
+                    masks.insert(listed.user, mask);
+                }
+            }
+            users.push(listed.user);
+            snapshot.extend(listed.presence);
+        })
+        .await?;
+        if bad > 0 {
+            log::warn!(
+                "discovery: {bad} users came back with an id or presence that could not be read"
+            );
+        }
+    }
+    Ok(Discovered {
+        users,
+        masks,
+        snapshot,
+        listed_at,
+        seq: 0,
+    })
+}
+
+/// What the sink holds that a listing shows wrong: the `listed` users whose held state
+/// carries another group mask than `masks` (updated to the listing) gives them, and the users
+/// held but not listed whose states are older than the listing's start (`listed_at`, less
+/// [`LISTING_SKEW_MS`]): gone before it began. Both sorted.
+fn against_held(
+    held: &HashMap<Guid, Held>,
+    masks: &UserMasks,
+    listed: &HashSet<Guid>,
+    listed_at: EventTime,
+) -> (Vec<Guid>, Vec<Guid>) {
+    let before = EventTime(listed_at.as_millis().saturating_sub(LISTING_SKEW_MS));
+    let mut stale_masks = Vec::new();
+    let mut gone = Vec::new();
+    for (user, state) in held {
+        if listed.contains(user) {
+            if state.groups != masks.of(UserId::Genesys(*user)) {
+                stale_masks.push(*user);
+            }
+        } else if state.time < before {
+            gone.push(*user);
+        }
+    }
+    stale_masks.sort_unstable();
+    gone.sort_unstable();
+    (stale_masks, gone)
+}
+
+/// `snapshot` split into the events of `users` and the rest.
+fn split_off_users(
+    snapshot: Vec<PresenceEvent>,
+    users: &[Guid],
+) -> (Vec<PresenceEvent>, Vec<PresenceEvent>) {
+    if users.is_empty() {
+        return (Vec::new(), snapshot);
+    }
+    let users: HashSet<Guid> = users.iter().copied().collect();
+    snapshot.into_iter().partition(|e| match e.user {
+        UserId::Genesys(user) => users.contains(&user),
+        UserId::Relay(_) => false,
+    })
+}
+
 /// Sleeps until `at`, or forever when there is none.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -374,6 +472,7 @@ async fn sleep_until_some(at: Option<Instant>) {
 struct Watch {
     context: Arc<ChannelContext>,
     masks: Arc<UserMasks>,
+    absences: Absences,
     channels: Vec<Watched>,
     /// Closed channels' slots and workers: a slot is reused once its worker has ended.
     retired: Vec<(usize, JoinHandle<()>)>,
@@ -381,6 +480,34 @@ struct Watch {
     rollover_permits: usize,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+}
+
+/// Owned users the last listings did not have, each with the first listing that missed it. A
+/// user is taken for gone only when a later listing misses it too: the users listing is paged
+/// by offset, so a user deleted (or created) between two page fetches shifts the users after
+/// it, and one listing can skip a user who is still there. Removing such a user would
+/// tombstone a live user until the next listing brings it back with its old state, which,
+/// older than the tombstone, a reader keeping each key's newest event time then ignores.
+#[derive(Debug, Default)]
+struct Absences {
+    since: HashMap<Guid, u64>,
+}
+
+impl Absences {
+    /// Of `missing` (the users listing `seq` did not have), those an earlier listing missed
+    /// too: gone. The others are remembered from `seq`; users not missing now are forgotten.
+    fn confirm(&mut self, seq: u64, missing: &HashSet<Guid>) -> HashSet<Guid> {
+        self.since.retain(|user, _| missing.contains(user));
+        let mut gone = HashSet::new();
+        for user in missing {
+            let first = *self.since.entry(*user).or_insert(seq);
+            if first < seq {
+                gone.insert(*user);
+            }
+        }
+        self.since.retain(|user, _| !gone.contains(user));
+        gone
+    }
 }
 
 /// One channel of a running sync.
@@ -511,11 +638,17 @@ struct Changes {
     closed: usize,
     /// Users moved from the closed channels onto the others.
     moved: usize,
+    /// Users the sink held from before (a warm start) that were neither listed nor watched,
+    /// removed.
+    left_over: usize,
+    /// Owned users this listing did not have but the one before did: kept until a later
+    /// listing confirms them gone.
+    unconfirmed: usize,
 }
 
 impl PresenceSync {
     /// Follows the organisation as a re-discovery that started at `started` found it
-    /// (`found`, from [`discover`](Self::discover)): subscribes new users on
+    /// (`found`, from [`discover`]): subscribes new users on
     /// channels with room (a new channel only when none has any, within the channel limit),
     /// unsubscribes and removes those no longer listed, asks again for rejected users still
     /// listed, and publishes changed group masks. The listing carries every user's presence,
@@ -529,7 +662,7 @@ impl PresenceSync {
         found: genesys_auth::Result<Discovered>,
         started: Instant,
     ) -> bool {
-        let found = match found {
+        let mut found = match found {
             Ok(found) => found,
             Err(e) => {
                 log::warn!("re-discovering users failed: {e}; trying again at the next discovery");
@@ -538,6 +671,9 @@ impl PresenceSync {
         };
         listing.users.clone_from(&found.users);
         listing.masks.clone_from(&found.masks);
+        listing.listed_at = found.listed_at;
+        listing.seq += 1;
+        found.seq = listing.seq;
         self.apply_listing(watch, found, started, "re-discovery")
             .await;
         bump(&self.status.stats.discoveries);
@@ -565,17 +701,33 @@ impl PresenceSync {
         add(&self.status.stats.users_added, changes.added as u64);
         add(
             &self.status.stats.users_removed,
-            (changes.removed - changes.released) as u64,
+            (changes.removed - changes.released + changes.left_over) as u64,
         );
         add(&self.status.stats.mask_changes, changes.mask_changes as u64);
         add(&self.status.stats.users_released, changes.released as u64);
         log::info!(
-            "{what}: {} users added, {} removed, {} released to other instances, {} mask changes, {} rejected asked again{}{}, took {:.1?}",
+            "{what}: {} users added, {} removed{}, {} released to other instances, {} mask changes, {} rejected asked again{}{}{}, took {:.1?}",
             changes.added,
-            changes.removed - changes.released,
+            changes.removed - changes.released + changes.left_over,
+            if changes.left_over > 0 {
+                format!(
+                    " ({} of them held from before, not watched)",
+                    changes.left_over
+                )
+            } else {
+                String::new()
+            },
             changes.released,
             changes.mask_changes,
             changes.retried,
+            if changes.unconfirmed > 0 {
+                format!(
+                    ", {} not listed this time (removed if the next listing misses them too)",
+                    changes.unconfirmed
+                )
+            } else {
+                String::new()
+            },
             if changes.closed > 0 {
                 format!(
                     ", {} channels closed ({} users moved onto the others)",
@@ -606,20 +758,38 @@ impl PresenceSync {
             .collect();
         let watched: HashSet<Guid> = lists.iter().flatten().copied().collect();
 
-        // Gone: unsubscribed (each channel's remaining list), removed from the sink.
-        let removed: Vec<Guid> = watched
+        // Masks: the new ones for everybody; the kept users whose mask changed, and the users
+        // whose held state carries another mask (a warm start's, read back from the topic).
+        let kept = watched.iter().copied().filter(|u| listed.contains(u));
+        let mut changed_masks = watch.masks.update(found.masks, kept);
+        let (stale_masks, held_unlisted) =
+            against_held(&self.held(), &watch.masks, &listed, found.listed_at);
+        let mut regroup: HashSet<Guid> = changed_masks.iter().copied().collect();
+        changed_masks.extend(stale_masks.into_iter().filter(|u| regroup.insert(*u)));
+        changes.mask_changes = changed_masks.len();
+
+        // Gone: unsubscribed (each channel's remaining list), removed from the sink. Users
+        // no longer owned go at once; an owned user the listing does not have only once a
+        // later listing misses it too (see `Absences`): watched, or held from before (a warm
+        // start's states of users gone since).
+        let (released, unlisted): (Vec<Guid>, Vec<Guid>) = watched
             .iter()
             .copied()
             .filter(|u| !listed.contains(u))
-            .collect();
+            .partition(|u| !self.owns(*u));
+        let missing: HashSet<Guid> = unlisted.iter().chain(&held_unlisted).copied().collect();
+        let gone = watch.absences.confirm(found.seq, &missing);
+        let mut removed = released;
+        changes.released = removed.len();
+        removed.extend(unlisted.into_iter().filter(|u| gone.contains(u)));
         changes.removed = removed.len();
-        changes.released = removed.iter().filter(|u| !self.owns(**u)).count();
         let removed_set: HashSet<Guid> = removed.iter().copied().collect();
-
-        // Masks: the new ones for everybody; the kept users whose mask changed.
-        let kept = watched.iter().copied().filter(|u| listed.contains(u));
-        let changed_masks = watch.masks.update(found.masks, kept);
-        changes.mask_changes = changed_masks.len();
+        let left_over: Vec<Guid> = held_unlisted
+            .into_iter()
+            .filter(|u| gone.contains(u) && !watched.contains(u))
+            .collect();
+        changes.left_over = left_over.len();
+        changes.unconfirmed = missing.len() - gone.len();
 
         // Rejected before: dropped when gone, asked for again when still listed.
         let rejected = self.status.rejected_users();
@@ -720,19 +890,18 @@ impl PresenceSync {
         // Not watched after all: their late events are dropped.
         watch.masks.set_gone(rest, true);
 
-        if !removed.is_empty() {
-            let users: Vec<UserId> = removed.iter().map(|u| UserId::Genesys(*u)).collect();
+        if !removed.is_empty() || !left_over.is_empty() {
+            let users: Vec<UserId> = removed
+                .iter()
+                .chain(&left_over)
+                .map(|u| UserId::Genesys(*u))
+                .collect();
             self.sink.remove(&users);
         }
         // The presence listed with the users: the changed masks with it, the rest as a
         // resync (new users are resynced again once subscribed, which closes the gap between
         // the listing and their subscription).
-        let regroup: HashSet<Guid> = changed_masks.iter().copied().collect();
-        let (regrouped, rest): (Vec<PresenceEvent>, Vec<PresenceEvent>) =
-            found.snapshot.into_iter().partition(|e| match e.user {
-                UserId::Genesys(user) => regroup.contains(&user),
-                UserId::Relay(_) => false,
-            });
+        let (regrouped, rest) = split_off_users(found.snapshot, &changed_masks);
         self.publish_masks(watch, &changed_masks, regrouped).await;
         self.deliver_snapshot(&watch.context.decoder, rest);
         changes
@@ -788,7 +957,25 @@ impl PresenceSync {
 
 #[cfg(test)]
 mod tests {
-    use super::channels_to_keep;
+    use super::{Absences, channels_to_keep};
+    use presence_frame::Guid;
+    use std::collections::HashSet;
+
+    #[test]
+    fn a_user_is_gone_only_when_a_later_listing_misses_it_too() {
+        let set = |users: &[u128]| -> HashSet<Guid> { users.iter().map(|u| Guid(*u)).collect() };
+        let mut absences = Absences::default();
+        // Listing 1 skips users 1 and 2: nobody is gone yet.
+        assert!(absences.confirm(1, &set(&[1, 2])).is_empty());
+        // The same listing again (a change of ownership planned from it) confirms nothing.
+        assert!(absences.confirm(1, &set(&[1, 2])).is_empty());
+        // Listing 2 has user 1 again (it was skipped, not gone) and misses 2 and 3.
+        assert_eq!(absences.confirm(2, &set(&[2, 3])), set(&[2]));
+        // User 1 is forgotten: missed again later, it needs two listings once more.
+        assert!(absences.confirm(3, &set(&[1, 3])) == set(&[3]));
+        assert_eq!(absences.confirm(4, &set(&[1])), set(&[1]));
+        assert!(absences.since.is_empty());
+    }
 
     #[test]
     fn channels_close_only_when_the_rest_stay_at_most_90_percent_full() {

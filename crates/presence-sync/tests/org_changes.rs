@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use genesys_emulator::{EmulatorConfig, FaultTarget};
-use presence_frame::{GroupMask, Guid, PresenceEvent, PresenceSink, Source, UserId};
+use presence_frame::{
+    EventTime, GroupMask, Guid, Held, Location, PresenceEvent, PresenceSink, PresenceState, Source,
+    UserId,
+};
 use presence_registry::{ManualClock, Registry};
 use presence_sync::SyncConfig;
 
@@ -58,6 +61,18 @@ impl PresenceSink for RegistrySink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .extend_from_slice(users);
+    }
+
+    fn held(&self) -> Vec<(UserId, Held)> {
+        let mut held = Vec::new();
+        self.registry.for_each(|e| {
+            let state = Held {
+                time: e.time,
+                groups: e.state.groups,
+            };
+            held.push((e.user, state));
+        });
+        held
     }
 
     fn regroup(&self, events: &mut Vec<PresenceEvent>) {
@@ -379,7 +394,11 @@ async fn rejected_users_are_asked_for_again_at_each_discovery_and_dropped_when_g
     assert_eq!(h.emulator.stats().channels[0].topics, 19);
     assert_eq!(load(&h.status.stats().channels_extended), 0);
     h.converge(Duration::from_secs(10)).await;
-    assert_eq!(registry_users(&h.registry), truth_users(&h));
+    // The deleted user, once a second listing misses it too.
+    h.wait_for("the deleted user removed", Duration::from_secs(10), |h| {
+        registry_users(&h.registry) == truth_users(h)
+    })
+    .await;
     h.stop().await;
 }
 
@@ -676,5 +695,132 @@ async fn an_ownership_change_is_followed_while_a_discovery_is_held_up() {
         "the held-up discovery had not ended"
     );
     assert_eq!(registry_users(&sink.registry), even);
+    h.stop().await;
+}
+
+/// A user's state as the truth has it, with the group mask `groups`: what a warm start reads
+/// back from the topic.
+fn state_from(t: &genesys_emulator::TruthEntry, groups: GroupMask) -> PresenceEvent {
+    PresenceEvent {
+        user: UserId::Genesys(t.user().expect("a user")),
+        time: EventTime::parse_rfc3339(&t.modified_date).expect("time"),
+        state: PresenceState {
+            status: t.status(),
+            location: Location::DESK,
+            groups,
+            definition_id: Some(t.presence_definition_id.as_str().into()),
+            message: (!t.message.is_empty()).then(|| t.message.as_str().into()),
+        },
+        source: Source::Resync,
+    }
+}
+
+/// Issue 13 (a lone instance that lost its partitions and got them back): the users gained
+/// arrive with states the sink already holds from a warm start, read back from the topic.
+/// Where such a state carries a group mask the organisation no longer gives the user (the
+/// move was listed while nothing was owned, so nobody published it), the user's presence is
+/// published again with the listed mask, although a resync's state of the same time with a
+/// smaller mask loses the registry's tie; and a held user the organisation no longer has is
+/// removed. Before, the larger stale masks stayed for good and the gone user was never
+/// removed (the sync only compared masks and listings against the users it watched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_start_s_stale_masks_and_gone_users_are_set_right_when_users_are_gained() {
+    let (h, sink, owner, all, even) = start_halves(quiet(40).groups(3), often()).await;
+    h.converge_except(
+        Duration::from_secs(10),
+        &all.difference(&even).copied().collect::<Vec<_>>(),
+    )
+    .await;
+    // The warm start: every odd user's true state with a larger mask (an unmapped bit the
+    // user was in when last published), and a user deleted since, with an old state.
+    let truth = h.emulator.truth();
+    let stale = GroupMask(1 << 7);
+    let mut loaded = 0;
+    for t in truth
+        .iter()
+        .filter(|t| t.user().is_some_and(|u| !even.contains(&u)))
+    {
+        let event = state_from(t, GroupMask(t.group_mask) | stale);
+        assert!(matches!(
+            sink.registry.apply(event),
+            presence_registry::Outcome::Changed(_)
+        ));
+        loaded += 1;
+    }
+    assert!(loaded > 0);
+    let gone = Guid(u128::MAX - 1);
+    let mut old = state_from(&truth[0], GroupMask(0));
+    old.user = UserId::Genesys(gone);
+    old.time = EventTime(old.time.as_millis() - 3_600_000);
+    assert!(matches!(
+        sink.registry.apply(old),
+        presence_registry::Outcome::Changed(_)
+    ));
+
+    owner.all.store(true, Ordering::Relaxed);
+    h.status.ownership_changed();
+    h.wait_for("every user watched", Duration::from_secs(20), |h| {
+        h.status.watched_users() == all.len() && h.status.is_ready()
+    })
+    .await;
+    h.converge(Duration::from_secs(10)).await;
+    h.wait_for(
+        "the gone user removed (once a second listing misses it too)",
+        Duration::from_secs(10),
+        |_| registry_users(&sink.registry) == all,
+    )
+    .await;
+    assert!(
+        sink.removed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&UserId::Genesys(gone))
+    );
+    assert!(load(&h.status.stats().mask_changes) >= loaded);
+    h.stop().await;
+}
+
+/// The same at a start (a lone instance restarted: its warm start loaded before the first
+/// listing): the first listing publishes again every user whose held mask it contradicts, and
+/// the held users it does not have are removed once the next listing misses them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_start_before_the_first_listing_is_set_right_by_it() {
+    let sink = RegistrySink {
+        registry: registry(),
+        removed: Arc::default(),
+        streamed: Arc::default(),
+    };
+    let gone = Guid(u128::MAX - 1);
+    let warm = Arc::clone(&sink.registry);
+    let loaded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = Arc::clone(&loaded);
+    let h = Harness::start_sink(
+        quiet(30).groups(3),
+        often(),
+        Duration::from_secs(60),
+        move |emulator| {
+            let truth = emulator.truth();
+            for t in truth.iter().filter(|t| t.user().is_some()) {
+                let _ = warm.apply(state_from(t, GroupMask(t.group_mask | 1 << 7)));
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+            let mut old = state_from(&truth[0], GroupMask(0));
+            old.user = UserId::Genesys(gone);
+            old.time = EventTime(old.time.as_millis() - 3_600_000);
+            let _ = warm.apply(old);
+        },
+        Arc::clone(&sink.registry),
+        sink.clone(),
+    )
+    .await;
+    h.ready().await;
+    h.converge(Duration::from_secs(10)).await;
+    assert_eq!(load(&h.status.stats().mask_changes), load(&loaded));
+    // The gone user: once a second listing misses it too.
+    h.wait_for("the gone user removed", Duration::from_secs(10), |h| {
+        registry_users(&sink.registry) == truth_users(h)
+    })
+    .await;
+    assert_eq!(load(&h.status.stats().users_removed), 1);
     h.stop().await;
 }
