@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use genesys_auth::GenesysClient;
-use presence_frame::{EventTime, GroupMask, Guid, Held, Owner, PresenceEvent, UserId};
+use presence_frame::{GroupMask, Guid, Held, Owner, PresenceEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -39,8 +39,6 @@ struct Discovered {
     users: Vec<Guid>,
     masks: HashMap<Guid, GroupMask>,
     snapshot: Vec<PresenceEvent>,
-    /// When the listing started (this machine's clock).
-    listed_at: EventTime,
     /// Which listing this is: 0 for the first, one more for each re-discovery.
     seq: u64,
 }
@@ -50,15 +48,8 @@ struct Discovered {
 struct Listing {
     users: Vec<Guid>,
     masks: HashMap<Guid, GroupMask>,
-    listed_at: EventTime,
     seq: u64,
 }
-
-/// How much older than a listing's start a held state of a user the listing does not have
-/// must be before the user is taken for gone: a user created while the listing ran may be
-/// missing from it but already published (by the instance that owned it before), and the
-/// organisation's clock and this machine's may differ by a little.
-const LISTING_SKEW_MS: i64 = 5_000;
 
 impl PresenceSync {
     /// A sync that will use `client` and deliver to `sink`. Nothing happens until
@@ -149,7 +140,6 @@ impl PresenceSync {
         let mut listing = Listing {
             users: discovered.users.clone(),
             masks: discovered.masks.clone(),
-            listed_at: discovered.listed_at,
             seq: 0,
         };
         let listed = Arc::new(AtomicUsize::new(listing.users.len()));
@@ -191,8 +181,7 @@ impl PresenceSync {
         ));
         // What the sink already holds (a warm start's states) is set right first; held users
         // this listing does not have are removed once the next one misses them too.
-        let (stale_masks, unlisted) =
-            against_held(&self.held(), &masks, &owned, discovered.listed_at);
+        let (stale_masks, unlisted) = against_held(&self.held(), &masks, &owned);
         let mut absences = Absences::default();
         absences.confirm(0, &unlisted.into_iter().collect());
         let (regrouped, snapshot) = split_off_users(discovered.snapshot, &stale_masks);
@@ -291,7 +280,6 @@ impl PresenceSync {
                         users: listing.users.clone(),
                         masks: listing.masks.clone(),
                         snapshot: Vec::new(),
-                        listed_at: listing.listed_at,
                         seq: listing.seq,
                     };
                     tokio::select! {
@@ -360,7 +348,6 @@ impl PresenceSync {
 /// call per 500 users); watching groups, each group's members are listed with their
 /// presence, and each mapped group's members for the masks.
 async fn discover(client: GenesysClient, config: SyncConfig) -> genesys_auth::Result<Discovered> {
-    let listed_at = EventTime::now();
     let page = config.page_size;
     let mut bits: HashMap<Guid, GroupMask> = HashMap::new();
     for (group, bit) in &config.group_bits {
@@ -412,36 +399,30 @@ async fn discover(client: GenesysClient, config: SyncConfig) -> genesys_auth::Re
         users,
         masks,
         snapshot,
-        listed_at,
         seq: 0,
     })
 }
 
 /// What the sink holds that a listing shows wrong: the `listed` users whose held state
 /// carries another group mask than `masks` (updated to the listing) gives them, and the users
-/// held but not listed whose states are older than the listing's start (`listed_at`, less
-/// [`LISTING_SKEW_MS`]): gone before it began. Both sorted.
+/// held but not listed (gone, or skipped by this listing: see [`Absences`]). Both sorted.
 fn against_held(
     held: &HashMap<Guid, Held>,
     masks: &UserMasks,
     listed: &HashSet<Guid>,
-    listed_at: EventTime,
 ) -> (Vec<Guid>, Vec<Guid>) {
-    let before = EventTime(listed_at.as_millis().saturating_sub(LISTING_SKEW_MS));
     let mut stale_masks = Vec::new();
-    let mut gone = Vec::new();
+    let mut unlisted = Vec::new();
     for (user, state) in held {
-        if listed.contains(user) {
-            if state.groups != masks.of(UserId::Genesys(*user)) {
-                stale_masks.push(*user);
-            }
-        } else if state.time < before {
-            gone.push(*user);
+        if !listed.contains(user) {
+            unlisted.push(*user);
+        } else if state.groups != masks.of(UserId::Genesys(*user)) {
+            stale_masks.push(*user);
         }
     }
     stale_masks.sort_unstable();
-    gone.sort_unstable();
-    (stale_masks, gone)
+    unlisted.sort_unstable();
+    (stale_masks, unlisted)
 }
 
 /// `snapshot` split into the events of `users` and the rest.
@@ -671,7 +652,6 @@ impl PresenceSync {
         };
         listing.users.clone_from(&found.users);
         listing.masks.clone_from(&found.masks);
-        listing.listed_at = found.listed_at;
         listing.seq += 1;
         found.seq = listing.seq;
         self.apply_listing(watch, found, started, "re-discovery")
@@ -762,8 +742,7 @@ impl PresenceSync {
         // whose held state carries another mask (a warm start's, read back from the topic).
         let kept = watched.iter().copied().filter(|u| listed.contains(u));
         let mut changed_masks = watch.masks.update(found.masks, kept);
-        let (stale_masks, held_unlisted) =
-            against_held(&self.held(), &watch.masks, &listed, found.listed_at);
+        let (stale_masks, held_unlisted) = against_held(&self.held(), &watch.masks, &listed);
         let mut regroup: HashSet<Guid> = changed_masks.iter().copied().collect();
         changed_masks.extend(stale_masks.into_iter().filter(|u| regroup.insert(*u)));
         changes.mask_changes = changed_masks.len();
