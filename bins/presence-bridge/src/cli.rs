@@ -216,7 +216,8 @@ pub struct RunArgs {
 
     /// Discover the users again this often and follow the organisation: new users are
     /// subscribed and published, deleted or deactivated ones unsubscribed and tombstoned
-    /// (once two listings in a row miss them), group moves republished with the new mask. One listing of every active user with
+    /// (once two listings in a row miss them: a listing that misses users is followed by
+    /// another at once), group moves republished with the new mask. One listing of every active user with
     /// their presence and groups (a call per 500 users). "off" discovers only at start; at
     /// least 10ms. [default: 10m]
     #[arg(long, env = "DISCOVERY_INTERVAL", value_name = "DURATION")]

@@ -28,7 +28,8 @@
 //!     (10 minutes) and follows the organisation: new users are subscribed on the channels
 //!     with room (`POST` of their topics; a new channel only when none has room) and resynced,
 //!     users no longer listed (by two listings in a row: an offset-paged listing can skip
-//!     a user when another is deleted between its pages) are unsubscribed (`PUT` of the
+//!     a user when another is deleted between its pages; a listing that misses users is
+//!     followed by another at once) are unsubscribed (`PUT` of the
 //!     remaining topics) and [removed](PresenceSink::remove) from the sink, as are users
 //!     the sink [holds](PresenceSink::held) from elsewhere (a warm start) that the listings
 //!     no longer have; a held state whose group mask the listing contradicts is handed to

@@ -256,6 +256,9 @@ impl PresenceSync {
         let mut next_discovery = after(self.config.discovery_interval);
         let mut resync: Option<oneshot::Receiver<crate::resync::ResyncOutcome>> = None;
         let mut discovery: Option<(Instant, JoinHandle<genesys_auth::Result<Discovered>>)> = None;
+        // Whether the listing under way was started at once to confirm users the one before
+        // it missed.
+        let mut confirming = false;
         loop {
             let idle = resync.is_none() && discovery.is_none();
             tokio::select! {
@@ -294,15 +297,24 @@ impl PresenceSync {
                 found = async { (&mut discovery.as_mut().expect("guarded").1).await }, if discovery.is_some() => {
                     let started = discovery.take().map_or_else(Instant::now, |(at, _)| at);
                     let found = found.unwrap_or_else(|e| Err(genesys_auth::Error::Worker(e.to_string())));
-                    let listed_presence = tokio::select! {
+                    let changes = tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        listed = self.rediscovered(&mut watch, &mut listing, found, started) => listed,
+                        changes = self.rediscovered(&mut watch, &mut listing, found, started) => changes,
                     };
                     listed.store(listing.users.len(), Ordering::Relaxed);
                     next_discovery = after(self.config.discovery_interval);
-                    // It read every watched user's presence: that was the resync too.
-                    if listed_presence {
+                    let confirmed = std::mem::take(&mut confirming);
+                    if let Some(changes) = changes {
+                        // It read every watched user's presence: that was the resync too.
                         next_resync = after(self.config.resync_interval);
+                        // Users it missed are removed only when the next listing misses them
+                        // too: list again at once rather than an interval later, so that a
+                        // deleted user's tombstone waits one listing, not two intervals. Once:
+                        // what a confirming listing misses waits for the interval.
+                        if changes.unconfirmed > 0 && !confirmed && next_discovery.is_some() {
+                            next_discovery = Some(Instant::now());
+                            confirming = true;
+                        }
                     }
                 }
             }
@@ -634,30 +646,31 @@ impl PresenceSync {
     /// unsubscribes and removes those no longer listed, asks again for rejected users still
     /// listed, and publishes changed group masks. The listing carries every user's presence,
     /// which is delivered as a resync would deliver it, so a re-discovery is also a full
-    /// resync (and returns `true`). One log line with the counts. A failed listing changes
-    /// nothing (the next discovery tries again) and returns `false`.
+    /// resync. Returns what changed; one log line with the counts. A failed listing changes
+    /// nothing (the next discovery tries again) and returns `None`.
     async fn rediscovered(
         &self,
         watch: &mut Watch,
         listing: &mut Listing,
         found: genesys_auth::Result<Discovered>,
         started: Instant,
-    ) -> bool {
+    ) -> Option<Changes> {
         let mut found = match found {
             Ok(found) => found,
             Err(e) => {
                 log::warn!("re-discovering users failed: {e}; trying again at the next discovery");
-                return false;
+                return None;
             }
         };
         listing.users.clone_from(&found.users);
         listing.masks.clone_from(&found.masks);
         listing.seq += 1;
         found.seq = listing.seq;
-        self.apply_listing(watch, found, started, "re-discovery")
+        let changes = self
+            .apply_listing(watch, found, started, "re-discovery")
             .await;
         bump(&self.status.stats.discoveries);
-        true
+        Some(changes)
     }
 
     /// Follows a listing (cut down to the owned users) and logs one line with the counts.
@@ -667,7 +680,7 @@ impl PresenceSync {
         found: Discovered,
         started: Instant,
         what: &str,
-    ) {
+    ) -> Changes {
         let told = self.status.ownership_told.load(Ordering::SeqCst);
         let listed = found.users.len();
         let found = self.owned(found);
@@ -726,6 +739,7 @@ impl PresenceSync {
             },
             started.elapsed()
         );
+        changes
     }
 
     async fn follow(&self, watch: &mut Watch, found: Discovered) -> Changes {

@@ -404,6 +404,40 @@ async fn rejected_users_are_asked_for_again_at_each_discovery_and_dropped_when_g
 
 /// On tokio's paused clock, with Genesys's own intervals: the default discovery interval
 /// (10 minutes) finds a new user after ten minutes, not before.
+/// On tokio's paused clock, with the default ten minutes: the listing after a user's deletion
+/// misses it, and a second listing, started at once to confirm it (one listing alone may skip
+/// a live user), removes it, rather than one ten minutes later.
+#[tokio::test(start_paused = true)]
+async fn a_user_a_listing_misses_is_confirmed_gone_by_a_listing_at_once() {
+    let (h, _) = start(
+        quiet(20),
+        SyncConfig::default().backoff(Duration::from_millis(20), Duration::from_millis(500)),
+        |_| {},
+    )
+    .await;
+    h.ready().await;
+    let gone = h.emulator.user_ids()[3];
+    assert!(h.emulator.delete_user(gone));
+    h.wait_for(
+        "the first re-discovery",
+        Duration::from_secs(11 * 60),
+        |h| load(&h.status.stats().discoveries) >= 1,
+    )
+    .await;
+    let first = tokio::time::Instant::now();
+    h.wait_for("the deleted user removed", Duration::from_secs(60), |h| {
+        h.registry.get(UserId::Genesys(gone)).is_none()
+    })
+    .await;
+    assert!(first.elapsed() < Duration::from_secs(60));
+    assert_eq!(load(&h.status.stats().discoveries), 2);
+    assert_eq!(load(&h.status.stats().users_removed), 1);
+    // Nobody missing now: the next listing is ten minutes away again.
+    tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+    assert_eq!(load(&h.status.stats().discoveries), 2);
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn by_default_the_users_are_discovered_again_every_ten_minutes() {
     let (h, _) = start(
