@@ -343,7 +343,7 @@ pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
         ),
         (
             "socket_closing_new_channels",
-            "socket_closing messages that cost a new channel (the channel was gone when the new socket connected)",
+            "socket_closing messages that cost a new channel (the channel was gone before its end when the new socket connected)",
             &sync.socket_closing_new_channels,
         ),
         (

@@ -148,8 +148,9 @@ pub struct SyncStats {
     /// no new channel and no resync.
     pub socket_handovers: AtomicU64,
     /// `socket_closing` messages that cost a new channel after all: the new socket to the
-    /// same channel was refused because the channel was gone (404). A maintenance wave on
-    /// live channels costs none.
+    /// same channel was refused because the channel was gone (404) before its end. A
+    /// maintenance wave on live channels costs none; one read only after the channel's end
+    /// (the process held up past it) is not counted, the channel having died of age.
     pub socket_closing_new_channels: AtomicU64,
     /// Tokens fetched ahead of the client's own refresh because the held one had less life
     /// left than a channel created or extended with it should have.
