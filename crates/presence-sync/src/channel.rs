@@ -206,6 +206,40 @@ pub(crate) async fn connect(
     }
 }
 
+/// Decodes the messages that are ready on `ws` without waiting (at most
+/// [`DRAIN_MESSAGES`]) into `batch`, stopping at the first that needs the session's
+/// attention: a control message (returned), or the end of the stream (left for the
+/// session's next read, which then sees the stream end). A close frame read here sets
+/// `closed`: the next read sees only the end, and the session must still know that the
+/// server closed the socket cleanly.
+fn drain_ready(
+    decoder: &Decoder,
+    ws: &mut Ws,
+    context: &str,
+    batch: &mut Vec<PresenceEvent>,
+    closed: &mut bool,
+) -> Control {
+    for _ in 0..DRAIN_MESSAGES {
+        let control = match ws.next().now_or_never() {
+            Some(Some(Ok(Message::Close(_)))) => {
+                *closed = true;
+                return Control::None;
+            }
+            // Nothing ready, or the stream's end.
+            None | Some(None) => return Control::None,
+            Some(Some(Err(e))) => {
+                decoder.socket_error(&e, context);
+                return Control::None;
+            }
+            Some(Some(Ok(message))) => decoder.message(&message, context, batch),
+        };
+        if control != Control::None {
+            return control;
+        }
+    }
+    Control::None
+}
+
 fn rollover_margin(config: &SyncConfig, channel: &Channel) -> Duration {
     config.rollover_before_expiry.min(channel.lifetime / 4)
 }
@@ -585,6 +619,9 @@ impl ChannelContext {
         let mut renew_retry_at: Option<Instant> = None;
         let mut renew_attempt = 0u32;
         let mut handover_retry_at: Option<Instant> = None;
+        // Whether a close frame of the current socket was read while draining (see
+        // `drain_ready`).
+        let mut close_read = false;
         let mut batch: Vec<PresenceEvent> = Vec::with_capacity(config.batch_size);
         self.status
             .update(index, |s| s.last_message = Some(last_message));
@@ -625,7 +662,8 @@ impl ChannelContext {
                             if let Some(Err(e)) = &ended {
                                 self.decoder.socket_error(e, &context);
                             }
-                            let closed_cleanly = matches!(ended, Some(Ok(Message::Close(_))));
+                            let closed_cleanly =
+                                close_read || matches!(ended, Some(Ok(Message::Close(_))));
                             // A replacement on its way is waited for a little.
                             if let Some(pending) = replacement.take() {
                                 let (cause, started) = (pending.cause, pending.started);
@@ -638,6 +676,7 @@ impl ChannelContext {
                                         && closed_cleanly
                                         && started.elapsed() < HANDOVER_TRUST;
                                     self.adopt(index, &mut channel, &mut ws, new, cause, &mut context, cancel);
+                                    close_read = false;
                                     last_message = Instant::now();
                                     ping_sent = None;
                                     if !handover {
@@ -658,7 +697,7 @@ impl ChannelContext {
                     // Messages already read off the socket join the batch, so the registry and
                     // the publisher see one call per burst rather than one per notification.
                     let control = match control {
-                        Control::None => self.drain_ready(&mut ws, &context, &mut batch),
+                        Control::None => drain_ready(&self.decoder, &mut ws, &context, &mut batch, &mut close_read),
                         other => other,
                     };
                     last_message = Instant::now();
@@ -773,6 +812,7 @@ impl ChannelContext {
                         Ok(Ok(new)) => {
                             renew_attempt = 0;
                             self.adopt(index, &mut channel, &mut ws, new, cause, &mut context, cancel);
+                            close_read = false;
                             last_message = Instant::now();
                             ping_sent = None;
                         }
@@ -819,28 +859,6 @@ impl ChannelContext {
                 }
             }
         }
-    }
-
-    /// Decodes the messages that are ready on `ws` without waiting (at most
-    /// [`DRAIN_MESSAGES`]) into `batch`, stopping at the first that needs the session's
-    /// attention: a control message (returned), or the end of the stream (left for the
-    /// session's next read, which then sees the stream end).
-    fn drain_ready(&self, ws: &mut Ws, context: &str, batch: &mut Vec<PresenceEvent>) -> Control {
-        for _ in 0..DRAIN_MESSAGES {
-            let control = match ws.next().now_or_never() {
-                // Nothing ready, or the stream's end.
-                None | Some(None | Some(Ok(Message::Close(_)))) => return Control::None,
-                Some(Some(Err(e))) => {
-                    self.decoder.socket_error(&e, context);
-                    return Control::None;
-                }
-                Some(Some(Ok(message))) => self.decoder.message(&message, context, batch),
-            };
-            if control != Control::None {
-                return control;
-            }
-        }
-        Control::None
     }
 
     /// Switches the session to a replacement socket (on the same channel or a new one); the
@@ -968,6 +986,52 @@ mod tests {
     async fn connect_to(url: &str) -> Result<Ws, SessionError> {
         let config = SyncConfig::default().connect_timeout(Duration::from_millis(300));
         connect(url.into_client_request().expect("request"), &config).await
+    }
+
+    /// A close frame that arrives in the same burst as the messages before it is read by
+    /// `drain_ready`, not by the session's next read, which then sees only the end of the
+    /// stream: `drain_ready` says so, or a clean handover would be taken for a lost socket
+    /// (and cost a resync).
+    #[tokio::test]
+    async fn a_close_frame_read_while_draining_is_reported() {
+        use presence_frame::GroupMask;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("ws://{}/channels/c1", listener.local_addr().expect("addr"));
+        let (sent, burst) = oneshot::channel();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(socket)
+                .await
+                .expect("handshake");
+            for _ in 0..3 {
+                ws.feed(Message::text(r#"{"topicName":"channel.metadata","eventBody":{"message":"WebSocket Heartbeat"}}"#))
+                    .await
+                    .expect("feed");
+            }
+            ws.close(None).await.expect("close");
+            let _ = sent.send(());
+            while ws.next().await.is_some() {}
+        });
+        let mut ws = connect_to(&url).await.expect("connect");
+        burst.await.expect("the burst is written");
+        let first = ws.next().await;
+        assert!(matches!(first, Some(Ok(Message::Text(_)))), "{first:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let decoder = Decoder::new(
+            Arc::default(),
+            Arc::new(crate::decode::UserMasks::new(
+                Default::default(),
+                GroupMask::NONE,
+            )),
+            None,
+            64 * 1024,
+        );
+        let mut batch = Vec::new();
+        let mut closed = false;
+        let control = drain_ready(&decoder, &mut ws, "test", &mut batch, &mut closed);
+        assert_eq!(control, Control::None);
+        assert!(closed, "the close frame was read while draining");
+        assert!(!matches!(ws.next().await, Some(Ok(Message::Close(_)))));
     }
 
     #[tokio::test]
