@@ -62,9 +62,12 @@ const REAL_DAY: Duration = Duration::from_secs(86_400);
 /// checks, and the next day starts at its boundary.
 const ACTIVE_SHARE: f64 = 0.4;
 /// A channel is rolled over `min(10 min, lifetime / 4)` before it (or the token that created
-/// it) ends (presence-sync `rollover_margin`), so at this scale it lives at most 3/4 of
-/// min(token lifetime, channel lifetime).
-const CHANNEL_LIFE_SHARE: f64 = 0.75;
+/// it) ends (presence-sync `rollover_margin`), and it may be created with a token that has
+/// only 7/8 of a fresh token's life left (presence-sync `token_for` keeps the held token
+/// while it has that much; a channel dies with its token): so at this scale a channel lives
+/// between 7/8 − 1/4 = 5/8 and 3/4 of min(token lifetime, channel lifetime). The allowance
+/// counts the shortest (measured: about 0.69 on average).
+const CHANNEL_LIFE_SHARE: f64 = 0.625;
 /// The wall time CI gives the whole test (start-up included); reported against, not asserted.
 const CI_BUDGET: Duration = Duration::from_secs(6 * 60);
 /// Presence changes per second while active.
@@ -294,8 +297,9 @@ impl Day {
         self.api_limit = (RATE_LIMIT_PER_MINUTE * minutes).floor() as u64;
         // Channels needed: a channel dies with the token that created it, and the bridge rolls
         // it over min(10 min, lifetime / 4) before its end, so each channel in use lives at
-        // most 3/4 of min(token lifetime, channel lifetime) here (both a day), and is replaced
-        // ceil(length / (3/4 × lifetime)) times in a day that lasted `length` (longer than
+        // least 5/8 of min(token lifetime, channel lifetime) here (both a day; see
+        // CHANNEL_LIFE_SHARE), and is replaced at most
+        // ceil(length / (5/8 × lifetime)) times in a day that lasted `length` (longer than
         // `day` only when its check overran: tokens and channels age in wall time). At real
         // scale the margin is 10 min of 24 h: about one creation per channel a day. Beyond
         // that a day may create one channel per channel a no_longer_subscribed removed, every
