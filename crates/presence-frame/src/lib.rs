@@ -54,4 +54,4 @@ pub use json::{
     SystemTopicType, decode_notification, presence_topic,
 };
 pub use ratelimit::RateLimit;
-pub use sink::{Held, Owner, PresenceSink};
+pub use sink::{Owner, PresenceSink};

@@ -1,16 +1,7 @@
 //! Where decoded presence goes: the one interface between the sources of events (a Genesys
 //! sync, a relay, a test) and what consumes them (a registry joined to a publisher, a channel).
 
-use crate::{EventTime, Frame, GroupMask, PresenceEvent, UserId};
-
-/// What a sink holds for one user: the event time and group mask of its current state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Held {
-    /// The state's event time.
-    pub time: EventTime,
-    /// The group mask the state carries.
-    pub groups: GroupMask,
-}
+use crate::{Frame, GroupMask, PresenceEvent, UserId};
 
 /// Receives decoded, group-filtered events from a source.
 ///
@@ -60,11 +51,11 @@ pub trait PresenceSink: Send + Sync + 'static {
     }
 
     /// Every user this sink holds a state for (only the owned ones, when it knows an
-    /// [`Owner`]), with that state's time and group mask. A source compares a listing of the
+    /// [`Owner`]), with the group mask that state carries. A source compares a listing of the
     /// organisation against it: states that came from elsewhere (a warm start read back from
     /// Kafka) may carry a group mask the organisation no longer gives the user, or belong to
     /// a user it no longer has. By default, none (a sink that keeps no state).
-    fn held(&self) -> Vec<(UserId, Held)> {
+    fn held(&self) -> Vec<(UserId, GroupMask)> {
         Vec::new()
     }
 }

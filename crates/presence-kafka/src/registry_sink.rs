@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use parking_lot::Mutex;
 use presence_frame::{
-    EventTime, Frame, Held, Owner, PresenceEvent, PresenceSink, RateLimit, UserId,
+    EventTime, Frame, GroupMask, Owner, PresenceEvent, PresenceSink, RateLimit, UserId,
 };
 use presence_registry::{Clock, Expired, MonotonicClock, Outcome, Registry};
 
@@ -344,15 +344,11 @@ where
     }
 
     /// The registry's live entries of the owned users.
-    fn held(&self) -> Vec<(UserId, Held)> {
+    fn held(&self) -> Vec<(UserId, GroupMask)> {
         let mut held = Vec::with_capacity(self.join.registry.len());
         self.join.registry.for_each(|e| {
             if self.join.owns(e.user) {
-                let state = Held {
-                    time: e.time,
-                    groups: e.state.groups,
-                };
-                held.push((e.user, state));
+                held.push((e.user, e.state.groups));
             }
         });
         held
@@ -993,16 +989,9 @@ mod tests {
             2
         );
         ownership.revoke(&[2]);
-        let held = PresenceSink::held(&sink);
         assert_eq!(
-            held,
-            vec![(
-                UserId::Relay(owned),
-                Held {
-                    time: now,
-                    groups: GroupMask(6)
-                }
-            )]
+            PresenceSink::held(&sink),
+            vec![(UserId::Relay(owned), GroupMask(6))]
         );
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use genesys_auth::GenesysClient;
-use presence_frame::{GroupMask, Guid, Held, Owner, PresenceEvent, UserId};
+use presence_frame::{GroupMask, Guid, Owner, PresenceEvent, UserId};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -184,7 +184,8 @@ impl PresenceSync {
         let (stale_masks, unlisted) = against_held(&self.held(), &masks, &owned);
         let mut absences = Absences::default();
         absences.confirm(0, &unlisted.into_iter().collect());
-        let (regrouped, snapshot) = split_off_users(discovered.snapshot, &stale_masks);
+        let stale: HashSet<Guid> = stale_masks.iter().copied().collect();
+        let (regrouped, snapshot) = split_off_users(discovered.snapshot, &stale);
         self.deliver_snapshot(&decoder, snapshot);
 
         let tracker = TaskTracker::new();
@@ -330,13 +331,13 @@ impl PresenceSync {
         Ok(())
     }
 
-    /// The Genesys users the sink holds, with what it holds for them.
-    fn held(&self) -> HashMap<Guid, Held> {
+    /// The Genesys users the sink holds, with the group mask of the state it holds.
+    fn held(&self) -> HashMap<Guid, GroupMask> {
         self.sink
             .held()
             .into_iter()
-            .filter_map(|(user, held)| match user {
-                UserId::Genesys(user) => Some((user, held)),
+            .filter_map(|(user, mask)| match user {
+                UserId::Genesys(user) => Some((user, mask)),
                 UserId::Relay(_) => None,
             })
             .collect()
@@ -419,16 +420,16 @@ async fn discover(client: GenesysClient, config: SyncConfig) -> genesys_auth::Re
 /// carries another group mask than `masks` (updated to the listing) gives them, and the users
 /// held but not listed (gone, or skipped by this listing: see [`Absences`]). Both sorted.
 fn against_held(
-    held: &HashMap<Guid, Held>,
+    held: &HashMap<Guid, GroupMask>,
     masks: &UserMasks,
     listed: &HashSet<Guid>,
 ) -> (Vec<Guid>, Vec<Guid>) {
     let mut stale_masks = Vec::new();
     let mut unlisted = Vec::new();
-    for (user, state) in held {
+    for (user, mask) in held {
         if !listed.contains(user) {
             unlisted.push(*user);
-        } else if state.groups != masks.of(UserId::Genesys(*user)) {
+        } else if *mask != masks.of(UserId::Genesys(*user)) {
             stale_masks.push(*user);
         }
     }
@@ -440,12 +441,11 @@ fn against_held(
 /// `snapshot` split into the events of `users` and the rest.
 fn split_off_users(
     snapshot: Vec<PresenceEvent>,
-    users: &[Guid],
+    users: &HashSet<Guid>,
 ) -> (Vec<PresenceEvent>, Vec<PresenceEvent>) {
     if users.is_empty() {
         return (Vec::new(), snapshot);
     }
-    let users: HashSet<Guid> = users.iter().copied().collect();
     snapshot.into_iter().partition(|e| match e.user {
         UserId::Genesys(user) => users.contains(&user),
         UserId::Relay(_) => false,
@@ -692,16 +692,14 @@ impl PresenceSync {
             self.status.watched_users()
         );
         add(&self.status.stats.users_added, changes.added as u64);
-        add(
-            &self.status.stats.users_removed,
-            (changes.removed - changes.released + changes.left_over) as u64,
-        );
+        let removed = changes.removed - changes.released + changes.left_over;
+        add(&self.status.stats.users_removed, removed as u64);
         add(&self.status.stats.mask_changes, changes.mask_changes as u64);
         add(&self.status.stats.users_released, changes.released as u64);
         log::info!(
             "{what}: {} users added, {} removed{}, {} released to other instances, {} mask changes, {} rejected asked again{}{}{}, took {:.1?}",
             changes.added,
-            changes.removed - changes.released + changes.left_over,
+            removed,
             if changes.left_over > 0 {
                 format!(
                     " ({} of them held from before, not watched)",
@@ -894,7 +892,7 @@ impl PresenceSync {
         // The presence listed with the users: the changed masks with it, the rest as a
         // resync (new users are resynced again once subscribed, which closes the gap between
         // the listing and their subscription).
-        let (regrouped, rest) = split_off_users(found.snapshot, &changed_masks);
+        let (regrouped, rest) = split_off_users(found.snapshot, &regroup);
         self.publish_masks(watch, &changed_masks, regrouped).await;
         self.deliver_snapshot(&watch.context.decoder, rest);
         changes

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use genesys_emulator::{EmulatorConfig, FaultTarget};
 use presence_frame::{
-    EventTime, GroupMask, Guid, Held, Location, PresenceEvent, PresenceSink, PresenceState, Source,
+    EventTime, GroupMask, Guid, Location, PresenceEvent, PresenceSink, PresenceState, Source,
     UserId,
 };
 use presence_registry::{ManualClock, Registry};
@@ -63,15 +63,10 @@ impl PresenceSink for RegistrySink {
             .extend_from_slice(users);
     }
 
-    fn held(&self) -> Vec<(UserId, Held)> {
+    fn held(&self) -> Vec<(UserId, GroupMask)> {
         let mut held = Vec::new();
-        self.registry.for_each(|e| {
-            let state = Held {
-                time: e.time,
-                groups: e.state.groups,
-            };
-            held.push((e.user, state));
-        });
+        self.registry
+            .for_each(|e| held.push((e.user, e.state.groups)));
         held
     }
 
