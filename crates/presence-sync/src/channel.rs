@@ -566,23 +566,21 @@ impl ChannelContext {
                         slot: None,
                         new_channel: false,
                     }),
-                    Err(SessionError::Gone) if Instant::now() < channel.ends_at() => {
-                        log::info!(
-                            "channel {} is gone (404) after socket_closing; creating a new one",
-                            channel.id
-                        );
-                        bump(&context.status.stats.socket_closing_new_channels);
-                        context
-                            .replacement_channel(&members, channel.lifetime)
-                            .await
-                    }
                     Err(SessionError::Gone) => {
-                        // Past its end (the process was held up beyond it, say stopped): the
-                        // channel died of age, not of the socket_closing read only now.
-                        log::info!(
-                            "channel {} is gone (404) after socket_closing, past its end; creating a new one",
-                            channel.id
-                        );
+                        if Instant::now() < channel.ends_at() {
+                            log::info!(
+                                "channel {} is gone (404) after socket_closing; creating a new one",
+                                channel.id
+                            );
+                            bump(&context.status.stats.socket_closing_new_channels);
+                        } else {
+                            // Past its end (the process was held up beyond it, say stopped):
+                            // the channel died of age, not of the socket_closing read only now.
+                            log::info!(
+                                "channel {} is gone (404) after socket_closing, past its end; creating a new one",
+                                channel.id
+                            );
+                        }
                         context
                             .replacement_channel(&members, channel.lifetime)
                             .await
