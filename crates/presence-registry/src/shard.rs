@@ -351,6 +351,12 @@ impl Shard {
     }
 
     /// Applies `event`, whose user hashes to `hash`, at `now`.
+    ///
+    /// The common case, a published entry within its time-to-live, is decided here; an entry
+    /// past its TTL (not yet swept) or holding a state that never reached downstream goes to
+    /// [`apply_unusual`](Self::apply_unusual), out of line, so that the path every event takes
+    /// stays short. Each outcome is built where it is returned: an outcome is two ~100-byte
+    /// states, and wrapping one in an `Option` first costs a copy per change.
     #[inline(always)]
     pub(crate) fn apply(&mut self, event: &impl Incoming, hash: u64, now: Now) -> Outcome {
         let Some(at) = self.find(event.user(), hash) else {
@@ -359,43 +365,81 @@ impl Shard {
         };
         let slot = at as usize;
         let hot = self.hot[slot];
-        let expired = now.is_expired(hot.confirmed_ms);
-
+        if !hot.published || now.is_expired(hot.confirmed_ms) {
+            return self.apply_unusual(at, event, now);
+        }
         let by_state = hot.cmp_state(|| &self.extra[slot], event);
-        let ordering = event.time().cmp(&hot.time).then(by_state);
-        if ordering.is_lt() {
+        match event.time().cmp(&hot.time).then(by_state) {
+            // Older than what is held.
+            Ordering::Less => Outcome::Stale,
+            // A repeat (same time, same state): keep the larger source so replicas agree.
+            Ordering::Equal => {
+                let entry = &mut self.hot[slot];
+                entry.source = entry.source.max(event.source());
+                self.confirm(at, now.ms, now.tick);
+                Outcome::Refreshed
+            }
+            Ordering::Greater if by_state.is_eq() => {
+                // The same state at a later time: the source moved its time, which Genesys
+                // does only on a change, so a change and its undo happened unseen (say, in a
+                // gap before a resync). Report it so that downstream learns the new time.
+                let outcome = changed(Some(self.event_at(slot)), event);
+                let entry = &mut self.hot[slot];
+                entry.time = event.time();
+                entry.source = event.source();
+                self.confirm(at, now.ms, now.tick);
+                outcome
+            }
+            Ordering::Greater => {
+                let outcome = changed(Some(self.replace(at, event)), event);
+                self.confirm(at, now.ms, now.tick);
+                outcome
+            }
+        }
+    }
+
+    /// [`apply`](Self::apply) for an entry that is past its time-to-live but not yet swept, or
+    /// whose state never reached downstream (see
+    /// [`Registry::mark_unpublished`](crate::Registry::mark_unpublished)).
+    #[cold]
+    #[inline(never)]
+    fn apply_unusual(&mut self, at: u32, event: &impl Incoming, now: Now) -> Outcome {
+        let slot = at as usize;
+        let hot = self.hot[slot];
+        let by_state = hot.cmp_state(|| &self.extra[slot], event);
+        if event.time().cmp(&hot.time).then(by_state).is_lt() {
             // Older than what is held. Also when the entry is past its time-to-live but not yet
             // swept: its tombstone is still to come, and downstream saw the newer state, so an
             // older one now would take the user back in time. After the sweep it may start
             // afresh (the tombstone lies between the two).
             return Outcome::Stale;
         }
+        // Past its TTL, the entry is gone as far as readers know: a change has no previous.
+        let expired = now.is_expired(hot.confirmed_ms);
         if by_state.is_eq() {
-            let previous = (hot.time != event.time() || !hot.published || expired)
-                .then(|| self.event_at(slot));
+            let later = event.time() > hot.time;
+            if !later && hot.published {
+                // A repeat of a published entry past its TTL but not yet swept: it lives on,
+                // and downstream, which never saw its tombstone, already holds this state.
+                let entry = &mut self.hot[slot];
+                entry.source = entry.source.max(event.source());
+                self.confirm(at, now.ms, now.tick);
+                return Outcome::Refreshed;
+            }
+            // The same state at a later time (see `apply`), or a repeat of a state that never
+            // reached downstream: report it (again).
+            let previous = (!expired).then(|| self.event_at(slot));
             let entry = &mut self.hot[slot];
-            if event.time() > hot.time {
-                // The same state at a later time: the source moved its time, which Genesys
-                // does only on a change, so a change and its undo happened unseen (say, in a
-                // gap before a resync). Report it so that downstream learns the new time.
+            if later {
                 entry.time = event.time();
                 entry.source = event.source();
             } else {
-                // A repeat (same time, same state): keep the larger source so replicas agree.
                 entry.source = entry.source.max(event.source());
             }
-            let republish = !entry.published || event.time() > hot.time;
             entry.published = true;
             self.confirm(at, now.ms, now.tick);
-            return match previous {
-                // A repeat of a state that never reached downstream: report it again.
-                Some(previous) if republish => changed((!expired).then_some(previous), event),
-                // A repeat of a published entry past its TTL but not yet swept: it lives on,
-                // and downstream, which never saw its tombstone, already holds this state.
-                _ => Outcome::Refreshed,
-            };
+            return changed(previous, event);
         }
-
         let previous = self.replace(at, event);
         self.confirm(at, now.ms, now.tick);
         changed((!expired).then_some(previous), event)

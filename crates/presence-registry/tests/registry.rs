@@ -305,6 +305,40 @@ fn a_state_marked_unpublished_is_reported_again_on_its_next_repeat() {
 }
 
 #[test]
+fn an_unpublished_or_expired_entry_takes_every_kind_of_event() {
+    // These entries are decided out of the common path (`Shard::apply_unusual`): each kind of
+    // event must still have the outcome a published, live entry's rules give it.
+    let (registry, clock) = registry();
+    let first = event(1, 200, Status::AVAILABLE);
+    let _ = registry.apply(first.clone());
+    assert!(registry.mark_unpublished(first.user, first.time));
+    // Older: stale, and the mark stays.
+    assert_eq!(registry.apply(event(1, 100, Status::BUSY)), Outcome::Stale);
+    // A newer, different state: a change from the state held.
+    let busy = event(1, 300, Status::BUSY);
+    assert_eq!(
+        registry.apply(busy.clone()),
+        Outcome::Changed(Change {
+            previous: Some(first),
+            current: busy.clone()
+        })
+    );
+    assert_eq!(registry.apply(busy.clone()), Outcome::Refreshed, "published");
+    // Past its TTL, not swept: the same state at a later time is a change with no previous.
+    clock.advance(TTL);
+    let busy_later = event(1, 400, Status::BUSY);
+    assert_eq!(
+        registry.apply(busy_later.clone()),
+        Outcome::Changed(Change {
+            previous: None,
+            current: busy_later.clone()
+        })
+    );
+    assert_eq!(registry.apply(busy_later), Outcome::Refreshed, "live again");
+    assert_eq!(registry.counts_by_status().total(), 1);
+}
+
+#[test]
 fn held_expiry_keeps_entries_until_released() {
     // Issue 15, item 5: while the source cannot be reached, nobody expires.
     let (registry, clock) = registry();
