@@ -273,9 +273,19 @@ impl GroupMember {
     }
 }
 
+/// Dropped without [`stop`](GroupMember::stop) (a panic, or a task aborted while it held the
+/// member): the thread is told to stop, and joined only outside a Tokio runtime. On a
+/// runtime's thread it is left to end on its own: its last act is the final revocation, whose
+/// handler may wait on that very runtime (the bridge's does), so joining there could hang the
+/// runtime, and the test or process with it, for good.
 impl Drop for GroupMember {
     fn drop(&mut self) {
-        self.leave();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.stop.store(true, Ordering::Relaxed);
+            drop(self.thread.take());
+        } else {
+            self.leave();
+        }
     }
 }
 
