@@ -3,9 +3,11 @@
 //! and with a periodic resync shorter than the TTL, live users are confirmed and never get one,
 //! while the repeated identical snapshots publish nothing.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use genesys_emulator::EmulatorConfig;
+use presence_frame::EventTime;
 
 use crate::common::{self, Bridge, TopicReader};
 
@@ -28,6 +30,8 @@ async fn idle_users_expire_into_tombstones() {
     .await;
     let mut reader = TopicReader::open(&kafka.endpoint, &bridge.topic).await;
     let deadline = Instant::now() + Duration::from_secs(20);
+    // When each user's tombstone was first read (wall clock, ms): it was written no later.
+    let mut seen_at: HashMap<String, i64> = HashMap::new();
     while reader.tombstones.len() < USERS {
         bridge.assert_running().await;
         assert!(
@@ -38,6 +42,10 @@ async fn idle_users_expire_into_tombstones() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         reader.read_to_end().await;
+        let now = EventTime::now().as_millis();
+        for key in reader.tombstones.keys() {
+            seen_at.entry(key.clone()).or_insert(now);
+        }
     }
     reader.assert_no_problems();
     let truth = bridge.emulator.truth();
@@ -52,18 +60,26 @@ async fn idle_users_expire_into_tombstones() {
         assert!(last.value.is_none(), "{}: last record {last:?}", t.user_id);
         assert_eq!(reader.tombstones[&t.user_id], 1);
     }
-    // Not before the TTL: each tombstone (timestamped with the expiry) comes at least 2 s after
-    // the user was last confirmed (the `receivedAtMillis` of its state record).
+    // Each tombstone is dated with the event time of the state it deletes (so that the same
+    // state coming back replaces it), and comes no sooner than the TTL after the user was last
+    // confirmed (the `receivedAtMillis` of its state record): it was read at least 2 s later.
     for t in &truth {
-        let tombstone = reader.last[&t.user_id].timestamp.expect("a timestamp");
-        let confirmed = reader.last_value[&t.user_id]
+        let state = &reader.last_value[&t.user_id];
+        assert_eq!(
+            reader.last[&t.user_id].timestamp,
+            state.field_i64("eventTimeMillis"),
+            "{}: the tombstone's time",
+            t.user_id
+        );
+        let confirmed = state
             .field_i64("receivedAtMillis")
             .expect("receivedAtMillis");
+        let seen = seen_at[&t.user_id];
         assert!(
-            tombstone - confirmed >= 2_000 - 50,
-            "{}: expired {} ms after it was last confirmed",
+            seen - confirmed >= 2_000 - 50,
+            "{}: tombstone read {} ms after it was last confirmed",
             t.user_id,
-            tombstone - confirmed
+            seen - confirmed
         );
     }
     let expired = bridge.stats().await["expired"].as_u64();

@@ -99,8 +99,10 @@ impl Record {
 
 /// Reads a topic from the beginning with its own consumer (a fresh group, assigned every
 /// partition) and keeps, per key, the last record, the number of tombstones, and every problem
-/// seen on the way: a key whose event time went backwards, a value that breaks the schema
-/// (`docs/schema/presence-record.v1.json`), headers that disagree with the value.
+/// seen on the way: a key whose event time went backwards, a state older than the tombstone
+/// before it (a reader keeping each key's newest event time, as the schema says, would never
+/// see it), a value that breaks the schema (`docs/schema/presence-record.v1.json`), headers
+/// that disagree with the value.
 pub struct TopicReader {
     consumer: BaseConsumer,
     topic: String,
@@ -115,6 +117,8 @@ pub struct TopicReader {
     pub tombstones: HashMap<String, usize>,
     /// The newest event time per key since its last tombstone (values only).
     newest: HashMap<String, i64>,
+    /// The time of each key's last tombstone, until a state at least as new follows it.
+    tombstoned: HashMap<String, i64>,
     /// Every record read, with its key, per partition in offset order, when asked for
     /// ([`keeping_every_record`](TopicReader::keeping_every_record)).
     log: HashMap<i32, Vec<(String, Record)>>,
@@ -170,6 +174,7 @@ impl TopicReader {
             last_value: HashMap::new(),
             tombstones: HashMap::new(),
             newest: HashMap::new(),
+            tombstoned: HashMap::new(),
             log: HashMap::new(),
             keep_all: false,
             problems: Vec::new(),
@@ -291,7 +296,10 @@ impl TopicReader {
         }
         if record.value.is_none() {
             // A tombstone is never dated before the state it deletes; after it, the key
-            // starts afresh (a state older than the deleted one may follow).
+            // starts afresh, but no state older than the tombstone may follow (below).
+            if let Some(stamp) = record.timestamp {
+                self.tombstoned.insert(key.to_owned(), stamp);
+            }
             match (self.newest.remove(key), record.timestamp) {
                 (Some(newest), Some(stamp)) if stamp < newest => self.problem(format!(
                     "{key}: tombstone at {stamp} is older than the state it deletes ({newest}) at {}/{}",
@@ -340,6 +348,16 @@ impl TopicReader {
             self.problem(format!(
                 "{key}: record breaks the schema: {:?} headers {headers:?} timestamp {:?}",
                 record.value, record.timestamp
+            ));
+        }
+        if let Some(time) = time
+            && let Some(stamp) = self.tombstoned.remove(key)
+            && time < stamp
+        {
+            self.problem(format!(
+                "{key}: state at {time} follows a newer tombstone ({stamp}) at {}/{}: a reader \
+                 keeping each key's newest event time never sees it",
+                record.partition, record.offset
             ));
         }
         if let Some(time) = time {

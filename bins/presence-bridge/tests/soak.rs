@@ -1,7 +1,7 @@
 //! Issue 12's proof, "a month in minutes": the real `presence-bridge` binary, run as a
 //! subprocess against the in-process Genesys emulator and a real Kafka broker, through 30
 //! simulated days with time scaled down (a day is 10 s by default), an organisation that
-//! changes under it (3 % of the users a day created, deleted, deactivated or moved), one
+//! changes under it (3 % of the users a day created, deleted, deactivated, reactivated or moved), one
 //! maintenance wave a day and chaos on. Everything is judged from outside the bridge: the topic
 //! read back with an independent consumer, the emulator's truth and counters, and the bridge's
 //! admin HTTP (`/metrics`, `/v1/stats`, `/readyz`). `docs/soak.md` says what it proves, how time
@@ -247,13 +247,15 @@ struct Day {
     created: u64,
     deleted: u64,
     deactivated: u64,
+    reactivated: u64,
     moved: u64,
     events: u64,
     divergent_at_quiesce: usize,
     settle: Duration,
     /// Discoveries the bridge completed between the quiesce and the topic holding the truth.
     settle_discoveries: Option<u64>,
-    /// Users created, deleted, deactivated or moved, as a share of the day's first users.
+    /// Users created, deleted, deactivated, reactivated or moved, as a share of the day's
+    /// first users.
     churn_pct: f64,
     divergent: usize,
     channels_in_use: u64,
@@ -283,8 +285,10 @@ impl Day {
         self.created = b.churn.created - a.churn.created;
         self.deleted = b.churn.deleted - a.churn.deleted;
         self.deactivated = b.churn.deactivated - a.churn.deactivated;
+        self.reactivated = b.churn.reactivated - a.churn.reactivated;
         self.moved = b.churn.moved - a.churn.moved;
-        let changed = self.created + self.deleted + self.deactivated + self.moved;
+        let changed =
+            self.created + self.deleted + self.deactivated + self.reactivated + self.moved;
         self.churn_pct = 100.0 * changed as f64 / a.churn.active_users.max(1) as f64;
         self.events = b.events_generated - a.events_generated;
         self.channels_created = b.channels_created - a.channels_created;
@@ -372,18 +376,19 @@ fn opt(v: Option<u64>) -> String {
 /// The per-day table, in Markdown.
 fn table(days: &[Day]) -> String {
     let mut out = String::from(
-        "| day | users | +new | −del | −deact | moved | churn % | events | div@quiesce | settle s | disc to settle | div | ch in use | ch created (emu) | ch allowed | ch faults | ch created (bridge) | handovers | closing→new ch | discoveries | resyncs | bridge req | API req | API limit | own 429 | faults | RSS MiB | overrun s |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| day | users | +new | −del | −deact | +react | moved | churn % | events | div@quiesce | settle s | disc to settle | div | ch in use | ch created (emu) | ch allowed | ch faults | ch created (bridge) | handovers | closing→new ch | discoveries | resyncs | bridge req | API req | API limit | own 429 | faults | RSS MiB | overrun s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for d in days {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} | {:.1} |",
             d.day,
             d.active_users,
             d.created,
             d.deleted,
             d.deactivated,
+            d.reactivated,
             d.moved,
             d.churn_pct,
             d.events,

@@ -203,6 +203,9 @@ pub struct ChurnStats {
     pub deleted: u64,
     /// Users deactivated.
     pub deactivated: u64,
+    /// Deactivated users made active again.
+    #[serde(default)]
+    pub reactivated: u64,
     /// Users moved between groups (their groups set to something else).
     pub moved: u64,
 }
@@ -328,6 +331,7 @@ pub(crate) fn read_stats(shared: &Shared) -> Stats {
             created: c.users_created.load(Ordering::Relaxed),
             deleted: c.users_deleted.load(Ordering::Relaxed),
             deactivated: c.users_deactivated.load(Ordering::Relaxed),
+            reactivated: c.users_reactivated.load(Ordering::Relaxed),
             moved: c.users_moved.load(Ordering::Relaxed),
         },
         clients,

@@ -1,13 +1,15 @@
-//! Org churn: users created, deleted, deactivated and moved between groups, one at a time
-//! on demand ([`create`], [`end`], [`set_groups`], behind `EmulatorHandle`'s methods) or at
-//! [`churn_per_day`](crate::EmulatorConfig::churn_per_day) by the churn task.
+//! Org churn: users created, deleted, deactivated, reactivated and moved between groups, one at
+//! a time on demand ([`create`], [`end`], [`reactivate`], [`set_groups`], behind
+//! `EmulatorHandle`'s methods) or at [`churn_per_day`](crate::EmulatorConfig::churn_per_day)
+//! by the churn task.
 //!
 //! What a change means everywhere else: the listings (`state=active`, group members,
 //! `expand=groups`), bulk presence and `/emulator/truth` read [`Org`](crate::org::Org), so
 //! they follow at once; a deleted user's topics are refused at subscribe time (the refused
 //! set of `refuse_topics`); a user no longer active makes no presence change, so an existing
 //! subscription to it delivers nothing more. A created user starts with a presence dated at
-//! its creation.
+//! its creation; a reactivated one comes back with the presence it had, its `modifiedDate`
+//! unchanged (nothing changed it while it was inactive).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -50,6 +52,19 @@ pub(crate) fn end(shared: &Shared, user: u32, to: Membership) -> bool {
     true
 }
 
+/// Makes a deactivated user active again, with the presence and groups it had; false when it
+/// was not deactivated.
+pub(crate) fn reactivate(shared: &Shared, user: u32) -> bool {
+    if !shared.org.write().reactivate(user) {
+        return false;
+    }
+    shared
+        .counters
+        .users_reactivated
+        .fetch_add(1, Ordering::Relaxed);
+    true
+}
+
 /// Sets an active user's groups; false when it is not active or nothing changed.
 pub(crate) fn set_groups(shared: &Shared, user: u32, groups: u64) -> bool {
     let valid = if shared.world.groups.len() >= 64 {
@@ -64,19 +79,25 @@ pub(crate) fn set_groups(shared: &Shared, user: u32, groups: u64) -> bool {
     true
 }
 
-/// One random change: a creation, a deletion, a deactivation or a move, equally likely.
-/// Returns whether anything changed (a creation with no spare left, or a move in an org
-/// without groups, changes nothing).
+/// One random change: a creation, a deletion, a deactivation, a reactivation or a move,
+/// equally likely. Returns whether anything changed (a creation with no spare left, a
+/// reactivation with no deactivated user, or a move in an org without groups, changes
+/// nothing).
 fn random_change(shared: &Shared, rng: &mut Rng) -> bool {
     let pick_active = |rng: &mut Rng| {
         let org = shared.org.read();
         let active = org.active();
         (!active.is_empty()).then(|| active[rng.below(active.len() as u64) as usize])
     };
-    match rng.below(4) {
+    match rng.below(5) {
         0 => create(shared).is_some(),
         1 => pick_active(rng).is_some_and(|u| end(shared, u, Membership::Deleted)),
         2 => pick_active(rng).is_some_and(|u| end(shared, u, Membership::Inactive)),
+        3 => {
+            let inactive = shared.org.read().with_membership(Membership::Inactive);
+            !inactive.is_empty()
+                && reactivate(shared, inactive[rng.below(inactive.len() as u64) as usize])
+        }
         _ => {
             let groups = shared.world.groups.len().min(64) as u64;
             let Some(user) = pick_active(rng) else {

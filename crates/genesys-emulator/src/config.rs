@@ -229,7 +229,8 @@ impl Default for EmulatorConfig {
 impl EmulatorConfig {
     /// Org churn: this fraction of [`users`](Self::users) changes per simulated
     /// [`day`](Self::day), each change one of (equally likely) a user created (from the
-    /// [`spare_users`](Self::spare_users)), deleted, deactivated, or moved between groups. A
+    /// [`spare_users`](Self::spare_users)), deleted, deactivated, reactivated (a deactivated
+    /// user, with the presence it had; nothing when there is none), or moved between groups. A
     /// soak that scales the day down (say, 10 s) gets the same churn per day at any scale.
     /// Stops while quiesced. At most 100 (the whole org a hundred times a day). By default, 0.
     pub fn churn_per_day(mut self, fraction: f64) -> Self {

@@ -128,6 +128,19 @@ impl Org {
         true
     }
 
+    /// Makes a deactivated user active again (with the groups it had); false when it was not
+    /// deactivated. A deleted user cannot come back.
+    pub(crate) fn reactivate(&mut self, user: u32) -> bool {
+        if self.membership(user) != Membership::Inactive {
+            return false;
+        }
+        self.membership[user as usize] = Membership::Active;
+        if let Err(at) = self.active.binary_search(&user) {
+            self.active.insert(at, user);
+        }
+        true
+    }
+
     /// Sets an active user's groups; false when it is not active or nothing changed.
     pub(crate) fn set_groups(&mut self, user: u32, groups: u64) -> bool {
         if !self.is_active(user) || self.groups(user) == groups {
@@ -158,6 +171,11 @@ mod tests {
         assert!(!org.end(3, Membership::Deleted));
         assert_eq!(org.active(), [0, 1, 4, 5, 6]);
         assert_eq!(org.with_membership(Membership::Inactive), [3]);
+        assert!(org.reactivate(3));
+        assert!(!org.reactivate(3), "active already");
+        assert!(!org.reactivate(2), "a deleted user stays deleted");
+        assert_eq!(org.active(), [0, 1, 3, 4, 5, 6], "sorted");
+        assert!(org.end(3, Membership::Inactive));
         assert!(org.set_groups(0, 0b10));
         assert!(!org.set_groups(0, 0b10));
         assert!(!org.set_groups(2, 0b01));

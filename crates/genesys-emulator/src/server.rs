@@ -241,6 +241,15 @@ impl EmulatorHandle {
             .is_some_and(|u| churn::end(&self.shared, u, Membership::Inactive))
     }
 
+    /// Makes a deactivated user active again, as a Genesys administrator can: listed with
+    /// `state=active` and in the truth again, with the groups and the presence it had (its
+    /// `modifiedDate` unchanged: nothing changed it while it was inactive), and changing
+    /// presence again. Returns whether it was deactivated (a deleted user cannot come back).
+    pub fn reactivate_user(&self, user: Guid) -> bool {
+        self.user_index(user)
+            .is_some_and(|u| churn::reactivate(&self.shared, u))
+    }
+
     /// Sets an active user's groups to those of `groups` (indices into
     /// [`group_ids`](Self::group_ids); others ignored): group member listings,
     /// `expand=groups`, relay frames and the truth follow. Returns whether anything changed.

@@ -79,6 +79,7 @@ pub(crate) struct Counters {
     pub(crate) users_created: AtomicU64,
     pub(crate) users_deleted: AtomicU64,
     pub(crate) users_deactivated: AtomicU64,
+    pub(crate) users_reactivated: AtomicU64,
     pub(crate) users_moved: AtomicU64,
     /// Faults asked for, by kind.
     pub(crate) faults_requested: Mutex<BTreeMap<&'static str, u64>>,

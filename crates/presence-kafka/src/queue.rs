@@ -19,11 +19,12 @@ use presence_frame::{EventTime, PresenceEvent, PresenceState, Source, UserId};
 pub enum Update {
     /// The user's current state.
     State(PresenceEvent),
-    /// The user expired: a tombstone, stamped with the expiry time.
+    /// The user expired or left: a tombstone, dated with the event time of the state it
+    /// deletes.
     Tombstone {
-        /// Whose entry expired.
+        /// Whose entry it deletes.
         user: UserId,
-        /// When.
+        /// The event time of the state it deletes.
         time: EventTime,
     },
 }

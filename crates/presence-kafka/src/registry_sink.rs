@@ -161,7 +161,9 @@ const RETRY_TOMBSTONES_MAX: usize = 1 << 20;
 ///   tombstone in its place among them (it is enqueued under the same lock as the removal).
 /// - A state the publisher refused (queue full) or later gave up on is marked in the registry
 ///   as not published, and sent again at the user's next confirmation.
-/// - A tombstone's time is never earlier than the event time of the state it deletes.
+/// - A tombstone carries the event time of the state it deletes, so that a user who comes back
+///   with that same state (reactivated with its presence unchanged) replaces it in a reader that
+///   keeps each key's newest event time, ties to the later record.
 /// - Event times further ahead than [`SinkConfig::max_future_skew`] are dropped.
 /// - While the source is not healthy (as the caller of [`sweep`](RegistrySink::sweep) says),
 ///   nobody expires: silence from a source that cannot be reached says nothing about the
@@ -355,7 +357,7 @@ where
     }
 
     /// Removes each user from the registry and tombstones it under its shard's lock (dated
-    /// now, or the state's own time when that is later, as expiry does); the observer, if
+    /// with the event time of the state it deletes, as expiry does); the observer, if
     /// any, is told of them as expired.
     fn remove(&self, users: &[UserId]) {
         let removed = self.join.remove(users);
@@ -532,9 +534,8 @@ impl<P: Publisher, C: Clock> Join<P, C> {
 
         let mut expired = Vec::new();
         let mut refused = Vec::new();
-        let wall = EventTime::now();
         self.registry.sweep_with(|gone| {
-            self.tombstone(&gone, wall, now, &mut refused);
+            self.tombstone(&gone, now, &mut refused);
             expired.push(gone.last.user);
         });
         if !refused.is_empty() {
@@ -548,12 +549,11 @@ impl<P: Publisher, C: Clock> Join<P, C> {
     /// returns them.
     fn remove(&self, users: &[UserId]) -> Vec<UserId> {
         let now = Instant::now();
-        let wall = EventTime::now();
         let mut removed = Vec::new();
         let mut refused = Vec::new();
         for &user in users {
             self.registry.remove_with(user, |gone| {
-                self.tombstone(&gone, wall, now, &mut refused);
+                self.tombstone(&gone, now, &mut refused);
                 removed.push(user);
             });
         }
@@ -564,23 +564,22 @@ impl<P: Publisher, C: Clock> Join<P, C> {
         removed
     }
 
-    /// Tombstones a user just taken out of the registry, still under its shard's lock: dated
-    /// `wall`, never earlier than the state it deletes (whose time may be up to the skew
-    /// ahead). One the publisher's full queue refused goes to `refused`, to keep for later.
-    fn tombstone(
-        &self,
-        gone: &Expired,
-        wall: EventTime,
-        now: Instant,
-        refused: &mut Vec<(UserId, EventTime)>,
-    ) {
+    /// Tombstones a user just taken out of the registry, still under its shard's lock, dated
+    /// with the event time of the state it deletes. Not the wall clock: a user who comes back
+    /// with that same state (reactivated in Genesys with its presence unchanged, or confirmed
+    /// again after expiring) is then published at the tombstone's own time, and a reader that
+    /// keeps each key's newest event time, ties to the later record (the schema's rule),
+    /// takes it back; dated now, the tombstone would hide the user from such a reader until
+    /// its presence next changed. One the publisher's full queue refused goes to `refused`, to
+    /// keep for later.
+    fn tombstone(&self, gone: &Expired, now: Instant, refused: &mut Vec<(UserId, EventTime)>) {
         let user = gone.last.user;
         if !self.owns(user) {
             // Not ours to delete: its next owner decides.
             SinkStats::add(&self.stats.not_owned, 1);
             return;
         }
-        let time = wall.max(gone.last.time);
+        let time = gone.last.time;
         if self.publisher.tombstone(user, time, now) == Enqueue::QueueFull {
             refused.push((user, time));
         }
@@ -1144,6 +1143,35 @@ mod tests {
             Some(Update::Tombstone { time, .. }) => assert!(time >= ahead, "{time:?} < {ahead:?}"),
             other => panic!("expected a tombstone, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_tombstone_carries_its_state_s_time_so_the_same_state_back_replaces_it() {
+        // A user deactivated and reactivated in Genesys comes back with its presence unchanged
+        // (same modifiedDate). Dated with the wall clock, its tombstone was newer than that
+        // state, and a reader keeping each key's newest event time never saw the user again.
+        let (sink, publisher, clock) = sink();
+        let old = EventTime(EventTime::now().0 - 3_600_000);
+        let state = event(1, old, Status::OFFLINE);
+        assert_eq!(apply(&sink, &state), 1);
+        PresenceSink::remove(&sink, &[UserId::Relay(1)]);
+        assert_eq!(apply(&sink, &state), 1, "back: published again");
+        let tombstone = Update::Tombstone {
+            user: UserId::Relay(1),
+            time: old,
+        };
+        assert_eq!(
+            publisher.updates(UserId::Relay(1)),
+            [
+                Update::State(state.clone()),
+                tombstone.clone(),
+                Update::State(state)
+            ]
+        );
+        // Expiry dates its tombstone the same way.
+        clock.advance(TTL * 2);
+        assert_eq!(sink.sweep(true).expired, [UserId::Relay(1)]);
+        assert_eq!(publisher.last(UserId::Relay(1)), Some(tombstone));
     }
 
     #[test]

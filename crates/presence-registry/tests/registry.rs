@@ -323,7 +323,11 @@ fn an_unpublished_or_expired_entry_takes_every_kind_of_event() {
             current: busy.clone()
         })
     );
-    assert_eq!(registry.apply(busy.clone()), Outcome::Refreshed, "published");
+    assert_eq!(
+        registry.apply(busy.clone()),
+        Outcome::Refreshed,
+        "published"
+    );
     // Past its TTL, not swept: the same state at a later time is a change with no previous.
     clock.advance(TTL);
     let busy_later = event(1, 400, Status::BUSY);

@@ -1,4 +1,4 @@
-//! Org churn (issue 12): users created, deleted, deactivated and moved between groups, by
+//! Org churn (issue 12): users created, deleted, deactivated, reactivated and moved between groups, by
 //! hand and at a configured rate; listings, group members, bulk presence, the truth and
 //! subscriptions follow.
 
@@ -71,6 +71,11 @@ async fn created_deleted_deactivated_and_moved_users_show_everywhere() {
     );
 
     // Deleted and deactivated: absent from the active listing, the truth and bulk presence.
+    let inactive_presence = emu
+        .truth()
+        .into_iter()
+        .find(|t| t.user() == Some(users[2]))
+        .expect("in the truth");
     assert!(emu.delete_user(users[1]));
     assert!(emu.deactivate_user(users[2]));
     assert!(!emu.delete_user(users[1]), "already gone");
@@ -142,6 +147,26 @@ async fn created_deleted_deactivated_and_moved_users_show_everywhere() {
         .find(|t| t.user() == Some(users[0]))
         .expect("truth");
     assert_eq!(truth0.group_mask, 0b10);
+    // Reactivated: listed and in the truth again, with the presence it had (same
+    // modifiedDate) and its groups; a deleted user cannot come back.
+    let before = |user: Guid| emu.truth().into_iter().find(|t| t.user() == Some(user));
+    assert!(before(users[2]).is_none());
+    assert!(!emu.reactivate_user(users[1]), "deleted");
+    assert!(!emu.reactivate_user(users[0]), "active");
+    assert!(emu.reactivate_user(users[2]));
+    assert!(
+        listed(&emu, &token, "&state=active")
+            .await
+            .contains(&users[2])
+    );
+    assert!(listed(&emu, &token, "&state=inactive").await.is_empty());
+    let back = before(users[2]).expect("in the truth again");
+    assert_eq!(
+        back.modified_date, inactive_presence.modified_date,
+        "its presence unchanged"
+    );
+    assert_eq!(back.system_presence, inactive_presence.system_presence);
+    assert_eq!(back.group_mask, inactive_presence.group_mask);
     let stats = emu.stats().churn;
     assert_eq!(
         (
@@ -149,9 +174,10 @@ async fn created_deleted_deactivated_and_moved_users_show_everywhere() {
             stats.created,
             stats.deleted,
             stats.deactivated,
+            stats.reactivated,
             stats.moved
         ),
-        (9, 1, 1, 1, 1)
+        (10, 1, 1, 1, 1, 1)
     );
 }
 
@@ -224,7 +250,11 @@ async fn churn_at_a_rate_changes_the_org_and_stops_while_quiesced() {
     assert!(
         eventually(Duration::from_secs(10), || {
             let c = emu.stats().churn;
-            c.created >= 5 && c.deleted >= 5 && c.deactivated >= 5 && c.moved >= 5
+            c.created >= 5
+                && c.deleted >= 5
+                && c.deactivated >= 5
+                && c.reactivated >= 5
+                && c.moved >= 5
         })
         .await,
         "{:?}",
@@ -239,7 +269,7 @@ async fn churn_at_a_rate_changes_the_org_and_stops_while_quiesced() {
     assert_eq!(truth.len() as u64, quiet.active_users);
     assert_eq!(
         quiet.active_users,
-        200 + quiet.created - quiet.deleted - quiet.deactivated
+        200 + quiet.created + quiet.reactivated - quiet.deleted - quiet.deactivated
     );
     let token = token(&emu).await;
     let mut all = BTreeSet::new();
