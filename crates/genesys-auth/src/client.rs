@@ -286,6 +286,15 @@ struct RawResponse {
     body: Vec<u8>,
 }
 
+/// A task that is aborted when its handle is dropped: a token request whose caller gave up.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Inner {
     config: AuthConfig,
     /// For the API's origin and for the login origin: each has its own proxy decision.
@@ -294,7 +303,8 @@ struct Inner {
     /// The token held. Only ever locked to read or store it, never across a request, so that
     /// readiness ([`GenesysClient::token_state`]) can read it while a token request retries.
     token: parking_lot::Mutex<Option<AccessToken>>,
-    /// Held by the one token request under way: concurrent callers wait here, then take the
+    /// Held by the one token request under way (always in a task of its own, never in a
+    /// caller's future: see [`GenesysClient::token`]): the others wait here, then take the
     /// token it stored.
     token_request: tokio::sync::Mutex<()>,
     /// Whether a token request is under way (see [`RequestUnderWay`]).
@@ -376,12 +386,31 @@ impl GenesysClient {
 
     /// A valid token: the cached one, or a new one when it is missing or within the refresh
     /// margin of expiry. Concurrent callers share one token request.
+    ///
+    /// The request runs in a task of its own, which holds the lock that lets only one run at a
+    /// time: had the caller's future held it, a caller that stopped polling that future
+    /// (parked beside a `select!`, say) would keep every other caller waiting for good (a
+    /// futurelock). Dropping the call cancels its request, as it did when the request ran in
+    /// the caller's future.
     pub async fn token(&self) -> Result<AccessToken> {
         if let Some(token) = self.fresh_token() {
             return Ok(token);
         }
+        let client = self.clone();
+        let mut request = AbortOnDrop(tokio::spawn(async move { client.request_token().await }));
+        match (&mut request.0).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Worker(format!(
+                "the token request was cancelled: {e}"
+            ))),
+        }
+    }
+
+    /// [`token`](Self::token)'s request, one at a time: a request that ran while this one
+    /// waited may have stored a fresh token already.
+    async fn request_token(&self) -> Result<AccessToken> {
         let _one_request = self.inner.token_request.lock().await;
-        // A request that ran while this call waited may have stored a fresh token.
         if let Some(token) = self.fresh_token() {
             return Ok(token);
         }

@@ -387,3 +387,36 @@ async fn token_requests_spend_none_of_the_pacing() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_caller_no_longer_polled_does_not_hold_the_others_up() {
+    // A futurelock: a caller whose future started the token request and then stopped being
+    // polled (parked beside a `select!`, say) must not keep every other caller waiting. It
+    // did while the request held an async lock in the caller's own future.
+    let emulator = emulator(EmulatorConfig::default().users(1)).await;
+    let client = client(&emulator);
+    let mut parked = Box::pin(client.token());
+    // Polled until it waits on the token request it started, then never again.
+    assert!(
+        futures_poll_once(&mut parked).await.is_none(),
+        "the first poll cannot have a token yet"
+    );
+    let other = tokio::time::timeout(Duration::from_secs(10), client.token()).await;
+    let token = other
+        .expect("another caller got a token while the first was parked")
+        .expect("token");
+    assert_eq!(client.stats().token_refreshes.load(Ordering::Relaxed), 1);
+    // The parked caller, polled again, has the same token.
+    assert_eq!(parked.await.expect("token"), token);
+}
+
+/// Polls `future` once; its output if it was ready.
+async fn futures_poll_once<F: std::future::Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *future).poll(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
