@@ -26,7 +26,7 @@
 //! starts at its boundary, or at once when the check overran. Every check passes on the
 //! current bridge, but the days overrun (settling after the quiesce takes 9 to 37 s under
 //! the unscaled rate limit: a deleted user is removed once two listings miss it), so 30 days
-//! take about 17 minutes, not the 6 the issue asks: CI runs 6 days (about 4 minutes), the
+//! take about 20 minutes, not the 6 the issue asks: CI runs 6 days (about 4 minutes), the
 //! month is `SOAK_DAYS=30`. `docs/soak.md` has the numbers.
 #![allow(missing_docs, unreachable_pub)]
 
@@ -53,7 +53,7 @@ use crate::process::{BridgeProcess, Launch};
 use crate::topic::{Expect, TopicReader, judge, lingering, random_topic};
 
 /// Days of the default run, the one CI runs (about 4 minutes). The month (`SOAK_DAYS=30`)
-/// takes about 17 minutes, more than CI's budget: settling after each day's quiesce waits for
+/// takes about 20 minutes, more than CI's budget: settling after each day's quiesce waits for
 /// two discoveries under the unscaled rate limit (docs/soak.md).
 const CI_DAYS: u32 = 6;
 /// A real day: what every scaled setting is a fraction of.
