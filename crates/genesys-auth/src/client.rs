@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::{Error, Result};
 use crate::limiter::RateLimiter;
@@ -286,15 +287,6 @@ struct RawResponse {
     body: Vec<u8>,
 }
 
-/// A task that is aborted when its handle is dropped: a token request whose caller gave up.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 struct Inner {
     config: AuthConfig,
     /// For the API's origin and for the login origin: each has its own proxy decision.
@@ -397,8 +389,9 @@ impl GenesysClient {
             return Ok(token);
         }
         let client = self.clone();
-        let mut request = AbortOnDrop(tokio::spawn(async move { client.request_token().await }));
-        match (&mut request.0).await {
+        let request =
+            AbortOnDropHandle::new(tokio::spawn(async move { client.request_token().await }));
+        match request.await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(e) => Err(Error::Worker(format!(
