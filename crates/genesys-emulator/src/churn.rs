@@ -84,19 +84,17 @@ pub(crate) fn set_groups(shared: &Shared, user: u32, groups: u64) -> bool {
 /// reactivation with no deactivated user, or a move in an org without groups, changes
 /// nothing).
 fn random_change(shared: &Shared, rng: &mut Rng) -> bool {
-    let pick_active = |rng: &mut Rng| {
-        let org = shared.org.read();
-        let active = org.active();
-        (!active.is_empty()).then(|| active[rng.below(active.len() as u64) as usize])
+    let pick = |rng: &mut Rng, users: &[u32]| {
+        (!users.is_empty()).then(|| users[rng.below(users.len() as u64) as usize])
     };
+    let pick_active = |rng: &mut Rng| pick(rng, shared.org.read().active());
     match rng.below(5) {
         0 => create(shared).is_some(),
         1 => pick_active(rng).is_some_and(|u| end(shared, u, Membership::Deleted)),
         2 => pick_active(rng).is_some_and(|u| end(shared, u, Membership::Inactive)),
         3 => {
             let inactive = shared.org.read().with_membership(Membership::Inactive);
-            !inactive.is_empty()
-                && reactivate(shared, inactive[rng.below(inactive.len() as u64) as usize])
+            pick(rng, &inactive).is_some_and(|u| reactivate(shared, u))
         }
         _ => {
             let groups = shared.world.groups.len().min(64) as u64;
