@@ -372,11 +372,9 @@ impl Shard {
         match event.time().cmp(&hot.time).then(by_state) {
             // Older than what is held.
             Ordering::Less => Outcome::Stale,
-            // A repeat (same time, same state): keep the larger source so replicas agree.
+            // A repeat (same time, same state).
             Ordering::Equal => {
-                let entry = &mut self.hot[slot];
-                entry.source = entry.source.max(event.source());
-                self.confirm(at, now.ms, now.tick);
+                self.confirm_same_state(at, event, now);
                 Outcome::Refreshed
             }
             Ordering::Greater if by_state.is_eq() => {
@@ -384,10 +382,7 @@ impl Shard {
                 // does only on a change, so a change and its undo happened unseen (say, in a
                 // gap before a resync). Report it so that downstream learns the new time.
                 let outcome = changed(Some(self.event_at(slot)), event);
-                let entry = &mut self.hot[slot];
-                entry.time = event.time();
-                entry.source = event.source();
-                self.confirm(at, now.ms, now.tick);
+                self.confirm_same_state(at, event, now);
                 outcome
             }
             Ordering::Greater => {
@@ -417,32 +412,38 @@ impl Shard {
         // Past its TTL, the entry is gone as far as readers know: a change has no previous.
         let expired = now.is_expired(hot.confirmed_ms);
         if by_state.is_eq() {
-            let later = event.time() > hot.time;
-            if !later && hot.published {
-                // A repeat of a published entry past its TTL but not yet swept: it lives on,
-                // and downstream, which never saw its tombstone, already holds this state.
-                let entry = &mut self.hot[slot];
-                entry.source = entry.source.max(event.source());
-                self.confirm(at, now.ms, now.tick);
-                return Outcome::Refreshed;
-            }
             // The same state at a later time (see `apply`), or a repeat of a state that never
-            // reached downstream: report it (again).
-            let previous = (!expired).then(|| self.event_at(slot));
-            let entry = &mut self.hot[slot];
-            if later {
-                entry.time = event.time();
-                entry.source = event.source();
+            // reached downstream, is reported (again). A repeat of a published entry past its
+            // TTL but not yet swept is not: it lives on, and downstream, which never saw its
+            // tombstone, already holds this state.
+            let report = event.time() > hot.time || !hot.published;
+            let previous = (report && !expired).then(|| self.event_at(slot));
+            self.confirm_same_state(at, event, now);
+            return if report {
+                changed(previous, event)
             } else {
-                entry.source = entry.source.max(event.source());
-            }
-            entry.published = true;
-            self.confirm(at, now.ms, now.tick);
-            return changed(previous, event);
+                Outcome::Refreshed
+            };
         }
         let previous = self.replace(at, event);
         self.confirm(at, now.ms, now.tick);
         changed((!expired).then_some(previous), event)
+    }
+
+    /// Confirms the entry at `at`, which holds `event`'s state, as published: a later event
+    /// time moves the entry to it, with its source; at the same time the larger source is
+    /// kept, so that replicas agree.
+    #[inline(always)]
+    fn confirm_same_state(&mut self, at: u32, event: &impl Incoming, now: Now) {
+        let entry = &mut self.hot[at as usize];
+        if event.time() > entry.time {
+            entry.time = event.time();
+            entry.source = event.source();
+        } else {
+            entry.source = entry.source.max(event.source());
+        }
+        entry.published = true;
+        self.confirm(at, now.ms, now.tick);
     }
 
     /// Marks `user` as not published when its entry still holds event time `time`; returns
